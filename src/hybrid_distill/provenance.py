@@ -1,0 +1,42 @@
+"""What produced a result: git SHA, package versions, host. Saved beside every number."""
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+_PACKAGES = ("torch", "torchvision", "timm", "numpy", "omegaconf", "hybrid-distill")
+
+
+def git_sha(cwd: Path | None = None) -> str:
+    """The checkout's HEAD, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance() -> dict:
+    import torch
+    return {
+        "git_sha": git_sha(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    }
