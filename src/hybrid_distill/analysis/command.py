@@ -1,0 +1,220 @@
+"""`hybrid-distill analyze MODEL [MODEL...]`: attention distance, NMI and maps of ViTs on images.
+
+Every model sees the same images (a seeded subset of the data), resized to its own input size
+and normalised with its own mean/std. Writes DIR/analysis.json (every plotted number, the image
+indices and provenance) and DIR/*.png (paper figures 1-3 and 5 in kind).
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms
+
+from hybrid_distill.analysis import plots
+from hybrid_distill.analysis.extract import METRICS, dataset_metrics, query_maps
+from hybrid_distill.models.load import load_model, mean_std
+from hybrid_distill.provenance import provenance
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hybrid-distill analyze", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="timm name, hybrid-distill model file or checkpoint, or run directory")
+    p.add_argument("--data", required=True,
+                   help="'fashion_mnist' or 'fashion_mnist:DIR' (IDX files), or an image folder (class subfolders)")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="Fashion-MNIST split")
+    p.add_argument("--num-images", type=int, default=1000, help="images analysed (a seeded random subset)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="1-indexed layers for the attention maps, negative from the end (default: 4 spread layers)")
+    p.add_argument("--queries", nargs="+", default=None, metavar="ROW,COL",
+                   help="query patches for the attention maps, as grid cells (default: the centre cell)")
+    p.add_argument("--map-images", type=int, default=2, help="images shown in the attention-map figures")
+    p.add_argument("--img-size", type=int, default=None, help="input size for timm names (their img_size)")
+    p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    args = p.parse_args(argv)
+    if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
+        p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
+    if args.layers and 0 in args.layers:
+        p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
+    args.queries = [parse_cell(q, p) for q in args.queries] if args.queries else None
+    return args
+
+
+def parse_cell(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        parser.error(f"--queries takes grid cells as ROW,COL (e.g. 7,7), got '{text}'")
+    return row, col
+
+
+class Images(Dataset):
+    """Images only, as RGB tensors in [0, 1] of one size; labels dropped."""
+
+    def __init__(self, base: Dataset, size: tuple[int, int]):
+        self.base = base
+        # Shorter side to the model's size, then the centre crop: the whole Fashion-MNIST frame stays.
+        self.transform = transforms.Compose([
+            transforms.Resize(min(size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size), transforms.ToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.base[index][0]
+        return self.transform(image.convert("RGB"))
+
+
+def open_dataset(spec: str, split: str) -> Dataset:
+    if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
+        from hybrid_distill.data.fashion_mnist import FashionMNIST
+        root = spec.partition(":")[2] or None
+        return FashionMNIST(root, split)
+    if Path(spec).is_dir():
+        from torchvision.datasets import ImageFolder
+        return ImageFolder(spec)
+    raise ValueError(f"--data '{spec}' is neither 'fashion_mnist[:DIR]' nor an existing image folder")
+
+
+def choose_indices(size: int, count: int, seed: int) -> list[int]:
+    if count > size:
+        raise ValueError(f"--num-images {count} exceeds the {size} images of the data; lower it")
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(size, generator=g)[:count].tolist())
+
+
+def model_labels(specs: list[str]) -> list[str]:
+    labels = []
+    for spec in specs:
+        path = Path(spec)
+        base = path.name if path.is_dir() else path.stem if path.is_file() else spec
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base}-{n}"
+        labels.append(label)
+    return labels
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
+    kwargs = {"img_size": args.img_size} if args.img_size else {}
+    if Path(spec).exists() and (kwargs or args.pretrained):
+        print(f"note: --img-size/--pretrained apply to timm names only; {spec} keeps its own")
+        kwargs = {}
+    return load_model(spec, pretrained=args.pretrained, **kwargs)
+
+
+def describe(model: torch.nn.Module) -> dict:
+    mean, std = mean_std(model)
+    pe = model.patch_embed
+    return {"architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+            "depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads,
+            "embed_dim": model.embed_dim, "img_size": list(pe.img_size), "patch_size": list(pe.patch_size),
+            "grid_size": list(pe.grid_size), "num_prefix_tokens": int(model.num_prefix_tokens),
+            "mean": list(mean), "std": list(std)}
+
+
+def normalised(batches, mean, std, device):
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
+    for images in batches:
+        yield ((images - mean) / std).to(device)
+
+
+def summarise(metrics: dict[str, torch.Tensor]) -> dict:
+    """{name: (layers, images, H)} -> per-head mean/std over images and per-layer mean, as lists."""
+    return {name: {"per_head": m.mean(dim=1).tolist(),
+                   "per_head_std": m.std(dim=1).tolist() if m.shape[1] > 1 else None,
+                   "per_layer": m.mean(dim=(1, 2)).tolist()}
+            for name, m in metrics.items()}
+
+
+def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[tuple[int, int]]]:
+    """0-indexed layers and grid cells for the attention maps of one model."""
+    depth, (gh, gw) = info["depth"], info["grid_size"]
+    layers = args.layers or sorted({round(i * (depth - 1) / 3) + 1 for i in range(4)})
+    for layer in layers:
+        if not -depth <= layer <= depth:
+            raise ValueError(f"--layers {layer} is outside 1..{depth} (or -{depth}..-1) of a {depth}-block model")
+    cells = args.queries or [(gh // 2, gw // 2)]
+    for r, c in cells:
+        if not (0 <= r < gh and 0 <= c < gw):
+            raise ValueError(f"--queries {r},{c} is outside the {gh}x{gw} patch grid of this model")
+    return [layer - 1 if layer > 0 else depth + layer for layer in layers], cells
+
+
+def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -> tuple[dict, dict]:
+    """Numbers of one model, and what its attention-map figure needs."""
+    model = model.to(device)
+    info = describe(model)
+    data = Subset(Images(base, tuple(info["img_size"])), indices)
+    loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers)
+    start = time.perf_counter()
+    metrics = dataset_metrics(model, normalised(loader, info["mean"], info["std"], device))
+    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2)}
+    figure = None
+    if args.map_images:
+        layers, cells = map_settings(info, args)
+        raw = torch.stack([data[i] for i in range(min(args.map_images, len(data)))])
+        flat = [r * info["grid_size"][1] + c for r, c in cells]
+        maps = query_maps(model, next(normalised([raw], info["mean"], info["std"], device)), layers, flat)
+        result["query_maps"] = {"layers": layers, "queries": [list(c) for c in cells],
+                                "image_indices": indices[:len(raw)], "maps": maps.tolist()}
+        figure = {"images": raw, "maps": maps, "layers": layers, "queries": cells,
+                  "patch_size": tuple(info["patch_size"])}
+    return result, figure
+
+
+def draw(results: dict, figures: dict, out: Path) -> list[str]:
+    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png")
+             for v in ("distance", "distance_plain")]
+    paths.append(plots.nmi_figure({k: r["nmi"]["per_layer"] for k, r in results.items()}, out / "nmi.png"))
+    for label, fig in figures.items():
+        if fig is not None:
+            title = f"{label}: head-mean attention of the query patch (red box) to patches"
+            paths.append(plots.attention_map_figure(**fig, title=title, path=out / f"attention_maps_{label}.png"))
+    return [str(p) for p in paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    base = open_dataset(args.data, args.split)
+    indices = choose_indices(len(base), args.num_images, args.seed)
+    results, figures = {}, {}
+    for spec, label in zip(args.models, model_labels(args.models)):
+        results[label], figures[label] = analyse(load(spec, args), spec, base, indices, args, device)
+        print(f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
+              f"NMI per layer {[round(v, 3) for v in results[label]['nmi']['per_layer']]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = draw(results, figures, args.out)
+    report = {"command": "analyze", "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "data": {"spec": args.data, "split": args.split, "num_images": len(indices), "seed": args.seed,
+                       "indices": indices},
+              "metrics": {name: METRIC_NOTES[name] for name in METRICS},
+              "models": results, "figures": paths, "provenance": provenance()}
+    (args.out / "analysis.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out / 'analysis.json'} and {len(paths)} figures")
+    return 0
+
+
+METRIC_NOTES = {
+    "distance": "mean attention distance in pixels, prefix dropped, rows renormalised (Park et al. 2023)",
+    "distance_plain": "mean attention distance in pixels, prefix dropped, rows not renormalised (dBOT)",
+    "nmi": "NMI of queries and keys, prefix dropped, p(q) uniform, natural log (Park et al. 2023)",
+}
