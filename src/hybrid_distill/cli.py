@@ -1,0 +1,56 @@
+"""`hybrid-distill train|demo|analyze|eval|export|teachers`: thin calls into the library.
+
+Process-wide set-up (warnings, threads) happens here and nowhere else. A known problem with the
+input ends the command with one line naming it and the fix, and exit code 2.
+"""
+import argparse
+import importlib
+import sys
+
+from .config import ConfigError, load_config
+from .data.build import DataError
+
+# subcommand -> (module, function, help); each takes its own argv
+DELEGATED = {
+    "demo": ("hybrid_distill.demo.run", "main", "offline demo on Fashion-MNIST: teachers, students, report"),
+    "analyze": ("hybrid_distill.analysis.command", "main", "attention distance, NMI and attention maps"),
+    "eval": ("hybrid_distill.evaluation.command", "main", "k-NN, linear probe or fine-tuning of a model"),
+    "export": ("hybrid_distill.weights.command", "export_main", "export a student for timm, ViTDet or mmseg"),
+    "teachers": ("hybrid_distill.weights.command", "teachers_main", "list or prefetch teacher weights"),
+}
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hybrid-distill train", description="Distil a ViT student from its teachers.")
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
+    parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
+    args = parser.parse_args(argv)
+    from .trainer import train
+    run_dir = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": "distil a student from a YAML config with overrides",
+                **{k: v[2] for k, v in DELEGATED.items()}}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        width = max(map(len, commands))
+        lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in commands.items())
+        print(f"usage: hybrid-distill COMMAND [ARGS]\n\ncommands:\n{lines}")
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return train_main(rest)
+        module, func, _ = DELEGATED[command]
+        return getattr(importlib.import_module(module), func)(rest)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"hybrid-distill {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Datasets by name: image folders and tars through timm's readers, Fashion-MNIST IDX, synthetic."""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .fashion_mnist import FashionMNIST
+from .sampler import SeededDataset, StepSampler
+from .transforms import pretrain_transform
+
+
+class DataError(ValueError):
+    """A data problem, said in one line with the fix."""
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """Deterministic random RGB images, for benchmarks and tests."""
+
+    def __init__(self, num_samples: int, img_size: int, num_classes: int = 10):
+        self.num_samples, self.img_size, self.num_classes = num_samples, img_size, num_classes
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng(index)
+        pixels = rng.integers(0, 256, (self.img_size, self.img_size, 3), dtype=np.uint8)
+        return Image.fromarray(pixels), index % self.num_classes
+
+
+def _split_root(path: Path, split: str) -> Path:
+    return path / split if (path / split).is_dir() else path
+
+
+def timm_dataset(name: str, path: str, split: str):
+    """timm's create_dataset: '' or 'folder' for class folders, 'tar', 'wds/...', 'hfds/...'."""
+    from timm.data import create_dataset
+    root = Path(path)
+    if name in ("folder", "", "tar"):
+        root = _split_root(root, split)
+        name = "" if name == "folder" else name
+    try:
+        dataset = create_dataset(name, root=str(root), split=split, is_training=True)
+    except (RuntimeError, FileNotFoundError, AssertionError) as err:
+        raise DataError(f"cannot read a dataset at {root}: {str(err).splitlines()[0]} "
+                        "(expected one sub-folder per class holding images)") from None
+    return dataset
+
+
+def build_dataset(cfg, split: str | None = None):
+    """An indexable dataset of (PIL image, label) from the data config."""
+    split = split or cfg.split
+    if cfg.dataset == "synthetic":
+        return SyntheticImages(cfg.synthetic_size, cfg.img_size)
+    if cfg.dataset == "fashion_mnist":
+        try:
+            dataset = FashionMNIST(cfg.path, split="test" if split in ("test", "val") else "train")
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from None
+    else:
+        if not cfg.path:
+            raise DataError(f"data.path is not set for data.dataset='{cfg.dataset}': set data.path=/path/to/images")
+        if not Path(cfg.path).exists() and "/" not in cfg.dataset:
+            raise DataError(f"data.path={cfg.path} does not exist: set data.path to your image folder")
+        dataset = timm_dataset(cfg.dataset, cfg.path, split)
+    if cfg.limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
+    if len(dataset) == 0:
+        raise DataError(f"the dataset at {cfg.path} ({split} split) is empty: put images in class sub-folders")
+    return dataset
+
+
+def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
+    """A loader that yields uint8 micro-batches in the sampler's resumable step order."""
+    sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
+    transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
+    workers = cfg.num_workers
+    loader = torch.utils.data.DataLoader(
+        SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True,
+        num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        persistent_workers=cfg.persistent_workers and workers > 0,
+        prefetch_factor=cfg.prefetch_factor if workers > 0 else None)
+    return loader, sampler

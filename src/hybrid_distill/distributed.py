@@ -1,0 +1,49 @@
+"""Process group set-up from torchrun's or SLURM's environment; rank queries. Nothing else."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if name in os.environ:
+            return int(os.environ[name])
+    return default
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; under `srun` SLURM_PROCID / SLURM_NTASKS /
+    SLURM_LOCALID stand in (MASTER_ADDR and MASTER_PORT must then be exported by the job script)."""
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    if world == 1:
+        return Dist()
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    if not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

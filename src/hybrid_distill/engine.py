@@ -1,0 +1,65 @@
+"""One distillation step (paper eq. 1), the optimiser and its per-step schedule."""
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from .data.transforms import to_unit
+from .losses import distill_losses
+
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms (1-D) and position / prefix tokens (MAE, dBOT)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.split(".")[-1] in _NO_DECAY_NAMES
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=0.0,
+                             betas=tuple(optim_cfg.betas), fused=torch.cuda.is_available() or None)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
+    """Linear warmup from 0, then half-cycle cosine to min_lr, per step (MAE util/lr_sched.py)."""
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torch.Tensor],
+               optimizer: torch.optim.Optimizer, scaler, lr: float, run) -> dict[str, torch.Tensor]:
+    """Accumulate over micro-batches, clip, step. Returns the loss parts, detached, averaged."""
+    set_lr(optimizer, lr)
+    totals: dict[str, torch.Tensor] = {}
+    for i, images in enumerate(micro_batches):
+        pixels = to_unit(images.to(run.device, non_blocking=True))  # (B, 3, H, W) in [0, 1]
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(student, "no_sync") else student.no_sync()
+        with sync, run.autocast():
+            targets = teachers(pixels)  # frozen teachers; the MIM teacher picks the kept tokens
+            keep = next(iter(targets.values())).keep  # (B, K), shared by every target
+            out = student(pixels, keep)  # student on CLS + kept tokens only
+            parts = distill_losses(out, targets, run.loss_weights, run.beta)
+            scaler.scale(parts["loss"] / len(micro_batches)).backward()
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
+    scaler.unscale_(optimizer)
+    totals["grad_norm"] = nn.utils.clip_grad_norm_(student.parameters(), run.clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return totals

@@ -1,0 +1,30 @@
+"""Distillation losses (paper eq. 1): smooth-L1 on CLS + kept tokens, one named part per target.
+
+Smooth L1 with beta 2.0, mean over channels (or relation entries) and tokens, as dBOT and FD.
+"""
+import torch
+import torch.nn.functional as F
+
+from .models.student import StudentOutput
+from .models.teacher import TeacherOutput
+
+
+def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    return F.smooth_l1_loss(pred.float(), target.float(), beta=beta)
+
+
+def distill_losses(out: StudentOutput, targets: dict[str, TeacherOutput], weights: dict[str, float],
+                   beta: float) -> dict[str, torch.Tensor]:
+    """Named weighted parts '<teacher>/feat' and '<teacher>/rel<block>' and their sum under 'loss'."""
+    parts = {}
+    for name, target in targets.items():
+        if target.features is not None:
+            parts[f"{name}/feat"] = weights[name] * smooth_l1(out.features[name], target.features, beta)
+        # eq. 3 distils the concatenation [R^{L-1}, R^{L-2}] under one mean: each block weighs 1/n
+        for spec, rel in target.relations.items():
+            share = weights[name] / len(target.relations)
+            parts[f"{name}/rel{spec}"] = share * smooth_l1(out.relations[name][spec], rel, beta)
+    parts["loss"] = torch.stack(list(parts.values())).sum()
+    return parts

@@ -1,0 +1,82 @@
+"""The student: a plain timm VisionTransformer run on CLS + the kept patch tokens.
+
+Its state_dict is the timm model's own (`backbone`), so exported weights need no renaming table;
+the feature heads Linear(D_s -> D_t) live beside it and are saved apart (FD, dBOT).
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import RelationHeads, RelationKind
+from ..masking import all_indices, keep_with_prefix
+from ..relations import relation_form, resolve_block
+from .attention import block_with_logits, check_block
+from .tokens import Normalize, embed_tokens
+
+
+@dataclass
+class StudentOutput:
+    tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
+    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> spec -> (B, H, 1+K, 1+K)
+
+
+@dataclass
+class RelationSpec:
+    """A relation the student must produce for one teacher: its block spec and form."""
+    teacher: str
+    spec: int
+    kind: RelationKind
+    heads: RelationHeads
+
+
+class Student(nn.Module):
+    def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
+                 relation_specs: list[RelationSpec]):
+        super().__init__()
+        for block in backbone.blocks:
+            check_block(block)
+        self.backbone = backbone
+        self.normalize = Normalize(mean, std)
+        width = backbone.embed_dim
+        self.heads = nn.ModuleDict({name: nn.Linear(width, dim) for name, dim in head_dims.items()})
+        self.relation_specs = relation_specs
+        depth = len(backbone.blocks)
+        self.relation_blocks = {resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'")
+                                for r in relation_specs}
+
+    def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
+        """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
+        bb = self.backbone
+        x = embed_tokens(bb, self.normalize(pixels))  # (B, P + L, D)
+        P = bb.num_prefix_tokens
+        if keep is not None:
+            x = keep_with_prefix(x, keep, P)  # (B, P + K, D)
+        logits = {}
+        for i, block in enumerate(bb.blocks):
+            if i in self.relation_blocks:
+                x, logits[i] = block_with_logits(block, x)
+            else:
+                x = block(x)
+        x = bb.norm(x)
+        tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # CLS + kept patches
+        return StudentOutput(tokens, {n: head(tokens) for n, head in self.heads.items()},
+                             self.relations(logits, P))
+
+    def relations(self, logits: dict[int, torch.Tensor], P: int) -> dict[str, dict[int, torch.Tensor]]:
+        out: dict[str, dict[int, torch.Tensor]] = {}
+        depth = len(self.backbone.blocks)
+        for r in self.relation_specs:
+            lg = logits[r.spec % depth]  # (B, H, P + K, P + K)
+            if P > 1:  # drop register rows and columns, keep CLS
+                lg = torch.cat([lg[:, :, :1], lg[:, :, P:]], dim=2)
+                lg = torch.cat([lg[..., :1], lg[..., P:]], dim=3)  # (B, H, 1 + K, 1 + K)
+            scale = self.backbone.blocks[r.spec % depth].attn.scale
+            out.setdefault(r.teacher, {})[r.spec] = relation_form(lg, scale, r.kind, r.heads)
+        return out
+
+    def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
+        """Every token kept: equals timm's forward_features on CLS + patches."""
+        grid = self.backbone.patch_embed.grid_size
+        return self.forward(pixels, all_indices(pixels.shape[0], grid[0] * grid[1], pixels.device))

@@ -1,0 +1,179 @@
+"""The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
+import contextlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .build import build_models
+from .config import Amp, ConfigError, to_dict, to_yaml
+from .data.build import build_dataset, build_loader
+from .distributed import Dist, init_distributed
+from .engine import build_optimizer, lr_at, train_step
+from .provenance import provenance
+from .run_log import RunLog
+
+
+@dataclass
+class RunContext:
+    """What the step needs besides models and data."""
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    loss_weights: dict[str, float]
+    beta: float
+    clip_grad: float
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
+    amp = Amp(amp)
+    if amp is Amp.auto:
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {Amp.bf16: torch.bfloat16, Amp.fp16: torch.float16, Amp.none: None}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2))
+    (run_dir / "manifest.json").write_text(json.dumps({"teachers": records}, indent=2))
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, resume: str | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir) / cfg.name
+        self.device = pick_device(cfg.train.device)
+        self.dist: Dist = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        seed_everything(cfg.seed + self.dist.rank)
+        self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
+        self.student, self.teachers, records = build_models(cfg)
+        self.student.to(self.device)
+        self.teachers.to(self.device)
+        if self.dist.main:
+            write_run_files(self.run_dir, cfg, records)
+        self.model = self.wrap(self.student)
+        self.optimizer = build_optimizer(self.student, cfg.optim)
+        dtype = amp_dtype(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+        self.ctx = RunContext(self.device, dtype, {n: t.weight for n, t in cfg.teachers.items()},
+                              cfg.loss.beta, cfg.optim.clip_grad or float("inf"))
+        self.micro_batch = self.micro_batch_size()
+        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
+                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
+        self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.optim.accum_steps
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.step = 0
+        self.resume(resume)
+
+    def micro_batch_size(self) -> int:
+        per = self.dist.world * self.cfg.optim.accum_steps
+        if self.cfg.optim.batch_size % per:
+            raise ConfigError(f"optim.batch_size={self.cfg.optim.batch_size} is not divisible by world size x "
+                              f"accum_steps = {per}")
+        return self.cfg.optim.batch_size // per
+
+    def wrap(self, student):
+        if not self.dist.enabled:
+            return student
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(student, device_ids=ids)
+
+    def resume(self, resume: str | None) -> None:
+        path = ckpt.resolve_resume(resume, self.run_dir)
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        self.student.backbone.load_state_dict(state["student"])
+        self.student.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        if self.dist.main:
+            print(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> None:
+        rngs = [ckpt.rng_state()]
+        if self.dist.enabled:
+            rngs = [None] * self.dist.world
+            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        if not self.dist.main:
+            return
+        payload = {"student": self.student.backbone.state_dict(), "heads": self.student.heads.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                   "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
+                   "config": to_dict(self.cfg), "provenance": provenance()}
+        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+
+    def lr(self) -> float:
+        o = self.cfg.optim
+        peak = o.blr * o.batch_size / 256  # linear scaling rule (MAE, dBOT)
+        warmup = int(o.warmup_epochs * self.steps_per_epoch)
+        return lr_at(self.step, self.total_steps, warmup, peak, o.min_lr)
+
+    def last_step(self) -> int:
+        return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
+
+    def fit(self) -> Path:
+        cfg, last = self.cfg.train, self.last_step()
+        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
+        self.student.train()
+        accum = self.cfg.optim.accum_steps
+        while self.step < last:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, start * accum)
+            batches = iter(self.loader)
+            for _ in range(start, self.steps_per_epoch):
+                micro = [next(batches)[0] for _ in range(accum)]
+                lr = self.lr()
+                parts = train_step(self.model, self.teachers, micro, self.optimizer, self.scaler, lr, self.ctx)
+                self.step += 1
+                self.after_step(log, parts, lr, epoch)
+                if self.step >= last:
+                    break
+            if self.step % self.steps_per_epoch == 0 or self.step >= last:
+                self.save()
+        log.close()
+        return self.run_dir
+
+    def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
+        cfg = self.cfg.train
+        if self.step % cfg.log_every == 0 or self.step == 1:
+            record = {k: float(v) for k, v in parts.items()}
+            record.update(lr=lr, epoch=epoch, img_per_s=log.throughput(self.step, self.cfg.optim.batch_size))
+            log.log(self.step, record)
+            log.show(self.step, record)
+        if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+            self.save()
+
+
+def train(cfg: DictConfig, resume: str | None = None) -> Path:
+    return Trainer(cfg, resume).fit()
