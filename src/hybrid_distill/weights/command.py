@@ -1,0 +1,75 @@
+"""`hybrid-distill teachers list|prefetch` and `hybrid-distill export`."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .export import FORMATS, export
+from .teachers import build_teacher_backbone, resolve_arch, teacher_table
+
+_COLUMNS = ("name", "arch", "role", "width", "depth", "heads", "patch", "img_size", "mean", "std", "license")
+
+
+def _print_table(rows: list[dict]) -> None:
+    cells = [[_cell(r[c]) for c in _COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(_COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(value) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in value) + ")" if isinstance(value, list) else str(value)
+
+
+def prefetch(names: list[str], cache: Path) -> list[dict]:
+    """Download each teacher through timm / the HF hub into `cache` (its HF_HOME layout: cache/hub)."""
+    records = []
+    for name in names:
+        _, record = build_teacher_backbone(resolve_arch(name), pretrained=True, cache_dir=cache / "hub")
+        records.append(dict(record, name=name))
+    (cache / "teachers.json").write_text(json.dumps(records, indent=2))
+    return records
+
+
+def teachers_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hybrid-distill teachers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("list", help="supported teachers: normalisation, width, depth, heads, patch, licence")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fetch = sub.add_parser("prefetch", help="download teachers once, to train offline later")
+    fetch.add_argument("names", nargs="+", help="names from `teachers list` or timm names with a pretrained tag")
+    fetch.add_argument("--cache", type=Path, required=True, help="folder to download into")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        rows = teacher_table()
+        print(json.dumps(rows, indent=2)) if args.json else _print_table(rows)
+        return 0
+    args.cache.mkdir(parents=True, exist_ok=True)
+    try:
+        records = prefetch(args.names, args.cache)
+    except Exception as err:  # network, unknown names: say which and what to do
+        print(f"prefetch failed: {err}\nprefetch needs internet access to the Hugging Face hub; run it on a "
+              "machine that has it and copy the --cache folder over.", file=sys.stderr)
+        return 1
+    for r in records:
+        print(f"{r['name']}: {r['file']} sha256={r['sha256']} licence: {r['license']}")
+    print(f"offline runs: export HF_HOME={args.cache.resolve()} TORCH_HOME={args.cache.resolve()} HF_HUB_OFFLINE=1")
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hybrid-distill export",
+                                     description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain")
+    parser.add_argument("run", help="run directory, checkpoint file or hybrid-distill model file")
+    parser.add_argument("--format", choices=FORMATS, default="timm")
+    parser.add_argument("--out", type=Path, required=True, help="output file (.safetensors for timm, .pth otherwise)")
+    parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
+    args = parser.parse_args(argv)
+    try:
+        result = export(args.run, args.format, args.out, verify=args.verify)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0

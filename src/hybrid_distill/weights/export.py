@@ -1,0 +1,145 @@
+"""A trained student out to the tools people fine-tune in.
+
+- timm: `FILE` (safetensors, timm names, no head) + `FILE.json` beside it; loads strictly with
+      `timm.create_model(arch, pretrained=True, num_classes=0,
+                         pretrained_cfg_overlay=dict(file=FILE, num_classes=0), **model_kwargs)`
+      (timm's loader drops strictness when num_classes differs from the config's: both are 0 here).
+- mae: `{'model': state_dict}` in MAE / timm names with pos_embed holding the CLS entry, the layout
+      of `mae_pretrain_vit_base.pth` that detectron2 ViTDet (`pretrain_use_cls_token=True`,
+      init_checkpoint `...?matching_heuristics=True`) and mmdet's ViTDet project load.
+- mmseg / mmpretrain: `{'state_dict': ...}` in OpenMMLab ViT names (formats.to_mm states the mapping
+      and its sources); mmseg/mmpretrain backbones take it as init_cfg=dict(type='Pretrained', checkpoint=FILE).
+`verify` reloads each file strictly, as its consumer would, and compares features.
+"""
+import json
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
+from ..provenance import provenance
+from .formats import load_into, to_mm
+from .safe_load import load_weights
+
+FORMATS = ("timm", "mae", "mmseg", "mmpretrain")
+TOLERANCE = 1e-6
+
+# Keys of mae_pretrain_vit_base.pth (DESIGN.md section 6); ViTDet's ViT has a place for each.
+_MAE_KEY = re.compile(r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
+                      r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+
+
+def read_student(run: str | Path) -> tuple[nn.Module, str, dict]:
+    """(model, arch, model_kwargs) of a run directory, one of its checkpoints, or a model file."""
+    path = Path(run)
+    path = newest_checkpoint(path) if path.is_dir() else path
+    payload = load_weights(path)
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind == CHECKPOINT_FORMAT:
+        cfg = payload["config"]["student"]
+        arch, kwargs, state, mean, std = (cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"],
+                                          cfg.get("mean"), cfg.get("std"))
+    elif kind == MODEL_FORMAT:
+        arch, kwargs, state, mean, std = (payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"],
+                                          payload["mean"], payload["std"])
+    else:
+        raise ValueError(f"{path} is not a hybrid-distill run, checkpoint or model file")
+    kwargs.pop("drop_path_rate", None)  # training-only; the exported structure does not depend on it
+    kwargs.pop("num_classes", None)
+    model = create_vit(arch, **kwargs)
+    model.load_state_dict(state, strict=True)
+    if mean and std:
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(mean), std=tuple(std))
+    return model.eval(), arch, kwargs
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _save(obj, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(out)
+
+
+def timm_config_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def write_timm(model: nn.Module, arch: str, kwargs: dict, out: Path) -> list[Path]:
+    from safetensors.torch import save_file
+    mean, std = mean_std(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_state(model), str(out), metadata={"format": "pt", "architecture": arch})
+    overlay = {"file": out.name, "num_classes": 0, "mean": list(mean), "std": list(std),
+               "input_size": [3, *model.patch_embed.img_size], "interpolation": "bicubic"}
+    config = {"architecture": arch, "model_kwargs": kwargs, "pretrained_cfg_overlay": overlay,
+              "usage": "timm.create_model(architecture, pretrained=True, num_classes=0, "
+                       "pretrained_cfg_overlay=dict(overlay, file=<this folder>/overlay['file']), **model_kwargs)",
+              "provenance": provenance()}
+    timm_config_path(out).write_text(json.dumps(config, indent=2))
+    return [out, timm_config_path(out)]
+
+
+def load_timm_export(config_path: str | Path) -> nn.Module:
+    """The documented timm call on an exported `FILE.json`."""
+    config_path = Path(config_path)
+    config = json.loads(config_path.read_text())
+    overlay = dict(config["pretrained_cfg_overlay"], file=str(config_path.parent / config["pretrained_cfg_overlay"]["file"]))
+    return timm.create_model(config["architecture"], pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay=overlay, **config["model_kwargs"])
+
+
+def write_mae(model: nn.Module, out: Path) -> list[Path]:
+    state = _state(model)
+    foreign = [k for k in state if not _MAE_KEY.fullmatch(k)]
+    if foreign or getattr(model, "no_embed_class", False) or model.num_prefix_tokens != 1:
+        raise ValueError(f"the student has parts the MAE / ViTDet layout has no place for: {foreign[:6]} "
+                         "(MAE layout = CLS token, pos_embed with a CLS entry, pre-LN blocks with qkv bias, "
+                         "final norm). Export --format timm instead.")
+    _save({"model": state}, out)
+    return [out]
+
+
+def write_mm(model: nn.Module, out: Path, layout: str) -> list[Path]:
+    _save({"state_dict": to_mm(_state(model), layout)}, out)
+    return [out]
+
+
+def reload(fmt: str, out: Path, arch: str, kwargs: dict) -> nn.Module:
+    """The exported file read back strictly: timm's own loader for timm, ours for the others."""
+    if fmt == "timm":
+        return load_timm_export(timm_config_path(out))
+    model = create_vit(arch, **kwargs)
+    load_into(model, load_weights(out), source=str(out))
+    return model
+
+
+def feature_difference(a: nn.Module, b: nn.Module, seed: int = 0) -> float:
+    """Max |a - b| of forward_features on a fixed random batch at the model's input size."""
+    size = a.patch_embed.img_size
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return (a.eval().forward_features(x) - b.eval().forward_features(x)).abs().max().item()
+
+
+def export(run: str | Path, fmt: str, out: str | Path, verify: bool = False) -> dict:
+    """Write the student of `run` in `fmt`; with `verify`, reload it and compare features."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format '{fmt}'; choose one of {FORMATS}")
+    model, arch, kwargs = read_student(run)
+    out = Path(out)
+    writers = {"timm": lambda: write_timm(model, arch, kwargs, out), "mae": lambda: write_mae(model, out),
+               "mmseg": lambda: write_mm(model, out, "mmseg"), "mmpretrain": lambda: write_mm(model, out, "mmpretrain")}
+    result = {"format": fmt, "arch": arch, "files": [str(p) for p in writers[fmt]()]}
+    if verify:
+        diff = feature_difference(model, reload(fmt, out, arch, kwargs))
+        if diff >= TOLERANCE:
+            raise RuntimeError(f"{out} reloads with features off by {diff:.3g} (>= {TOLERANCE}); the export is wrong")
+        result["max_feature_diff"] = diff
+    return result

@@ -1,0 +1,240 @@
+"""Official checkpoint layouts -> timm VisionTransformer state dicts, and back for export.
+
+Layouts (DESIGN.md section 6 and the sources named at each mapping):
+- timm names, wrapped or not: MAE `{'model': encoder}`, DeiT `{'model'}` with `head.*`,
+  DINO raw or its training checkpoint `{'teacher': {'backbone.*', 'head.*'}}`.
+- OpenAI CLIP / open_clip `visual.*` names: converted by timm's own `checkpoint_filter_fn`
+  (`_convert_openai_clip`), which also handles open_clip's `visual.trunk.*` timm towers.
+- Hugging Face `ViTMAEModel` / `ViTModel` and `CLIPVisionModel` / `CLIPModel` names.
+- mmseg / mmpretrain ViT names (the inverse of `to_mm`).
+Every path ends in timm's `checkpoint_filter_fn` (pos-embed and patch-embed resampling to the
+model's grid) and a strict `load_state_dict`.
+"""
+import re
+
+import torch
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
+
+# MAE pre-training checkpoints (facebookresearch/mae models_mae.py) carry the decoder and mask token.
+_MAE_DECODER = ("decoder_", "mask_token")
+
+
+def unwrap(payload: dict) -> tuple[dict, str]:
+    """The state dict inside a checkpoint, and the wrapper it came in."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a dict of tensors, got {type(payload).__name__}")
+    for key in ("model", "state_dict", "teacher"):
+        inner = payload.get(key)
+        if isinstance(inner, dict) and any(torch.is_tensor(v) for v in inner.values()):
+            return inner, key
+    return payload, ""
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def detect_format(sd: dict) -> str:
+    """One of: openai-clip, open-clip-timm, hf-clip, hf-vit, mmseg, mmpretrain, timm."""
+    keys = set(sd)
+    if {"visual.class_embedding", "module.visual.class_embedding"} & keys:
+        return "openai-clip"
+    if any(k.startswith(("visual.trunk.", "module.visual.trunk.")) for k in keys):
+        return "open-clip-timm"
+    if any(k.startswith("vision_model.embeddings.") for k in keys):
+        return "hf-clip"
+    if any(re.match(r"(vit\.)?embeddings\.patch_embeddings\.projection\.", k) for k in keys):
+        return "hf-vit"
+    if any(re.match(r"(backbone\.)?layers\.\d+\.attn\.attn\.in_proj_weight", k) for k in keys):
+        return "mmseg"
+    if any(re.match(r"(backbone\.)?layers\.\d+\.attn\.qkv\.", k) for k in keys):
+        return "mmpretrain"
+    if any(k.startswith(("module.", "backbone.")) for k in keys) and not any(k.startswith("blocks.") for k in keys):
+        return "timm-prefixed"
+    return "timm"
+
+
+def _drop_prefix_all(sd: dict) -> dict:
+    """DDP `module.` and DINO `backbone.` wrappers; DINO's projection head is not part of the ViT."""
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):
+            sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()
+                  if k.startswith(prefix)}
+    return sd
+
+
+# ---------------------------------------------------------------- Hugging Face transformers
+
+
+def _hf_vit_key(k: str) -> str | None:
+    """transformers modeling_vit.py / modeling_vit_mae.py names -> timm names (None: not encoder)."""
+    fixed = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+             "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+             "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+             "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    if k in fixed:
+        return fixed[k]
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", k)
+    if not m:
+        return None  # embeddings.mask_token, pooler.*, classifier.*, decoder.*
+    i, part, kind = m.groups()
+    sub = {"attention.output.dense": "attn.proj", "layernorm_before": "norm1", "layernorm_after": "norm2",
+           "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}.get(part)
+    return f"blocks.{i}.{sub}.{kind}" if sub else None
+
+
+def _hf_clip_key(k: str) -> str | None:
+    """transformers modeling_clip.py vision names -> timm CLIP-tower names."""
+    fixed = {"embeddings.patch_embedding.weight": "patch_embed.proj.weight",
+             "pre_layrnorm.weight": "norm_pre.weight", "pre_layrnorm.bias": "norm_pre.bias",
+             "post_layernorm.weight": "norm.weight", "post_layernorm.bias": "norm.bias"}
+    if k in fixed:
+        return fixed[k]
+    m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", k)
+    if not m:
+        return None  # class_embedding and position_embedding are reshaped below; position_ids dropped
+    i, part, kind = m.groups()
+    sub = {"self_attn.out_proj": "attn.proj", "layer_norm1": "norm1", "layer_norm2": "norm2",
+           "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}.get(part)
+    return f"blocks.{i}.{sub}.{kind}" if sub else None
+
+
+def _fuse_qkv(sd: dict, pattern: str, names: tuple[str, str, str]) -> dict:
+    """Separate q, k, v projections -> timm's fused qkv, stacked [q; k; v] (timm Attention.forward)."""
+    out = {}
+    for k in sd:
+        m = re.fullmatch(pattern.format(part=names[0]), k)
+        if m:
+            i, kind = m.groups()
+            parts = [sd[re.sub(rf"\.{names[0]}\.", f".{n}.", k)] for n in names]
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, 0)  # (3D, D) or (3D,)
+    return out
+
+
+def from_hf_vit(sd: dict) -> dict:
+    sd = _strip(sd, "vit.") if any(k.startswith("vit.") for k in sd) else sd
+    out = {_hf_vit_key(k): v for k, v in sd.items() if _hf_vit_key(k)}
+    out.update(_fuse_qkv(sd, r"encoder\.layer\.(\d+)\.attention\.attention\.{part}\.(weight|bias)",
+                         ("query", "key", "value")))
+    return out
+
+
+def from_hf_clip(sd: dict) -> dict:
+    vision = _strip(sd, "vision_model.")
+    out = {_hf_clip_key(k): v for k, v in vision.items() if _hf_clip_key(k)}
+    out.update(_fuse_qkv(vision, r"encoder\.layers\.(\d+)\.self_attn\.{part}\.(weight|bias)",
+                         ("q_proj", "k_proj", "v_proj")))
+    out["cls_token"] = vision["embeddings.class_embedding"].reshape(1, 1, -1)  # (D,) -> (1, 1, D)
+    out["pos_embed"] = vision["embeddings.position_embedding.weight"].unsqueeze(0)  # (N, D) -> (1, N, D)
+    if "visual_projection.weight" in sd:  # CLIPModel / CLIPVisionModelWithProjection: (P, D), no bias
+        out["head.weight"] = sd["visual_projection.weight"]
+        out["head.bias"] = torch.zeros(sd["visual_projection.weight"].shape[0])
+    return out
+
+
+# ---------------------------------------------------------------- mmseg / mmpretrain
+
+# timm -> OpenMMLab ViT names. mmseg: tools/model_converters/vit2mmseg.py (attention is mmcv's
+# MultiheadAttention wrapping nn.MultiheadAttention: attn.attn.in_proj_*, attn.attn.out_proj).
+# mmpretrain: models/backbones/vision_transformer.py as used by tools/model_converters/
+# openai-clip_to_mmpretrain-clip.py (attn.qkv, attn.proj, pre_norm). Both: layers.i.ln1/ln2,
+# ffn.layers.0.0 (fc1), ffn.layers.1 (fc2), patch_embed.projection, final norm ln1.
+_MM_BLOCK = {
+    "mmseg": {"norm1": "ln1", "norm2": "ln2", "attn.qkv.weight": "attn.attn.in_proj_weight",
+              "attn.qkv.bias": "attn.attn.in_proj_bias", "attn.proj": "attn.attn.out_proj",
+              "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"},
+    "mmpretrain": {"norm1": "ln1", "norm2": "ln2", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj",
+                   "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"},
+}
+_MM_TOP = {"cls_token": "cls_token", "pos_embed": "pos_embed", "patch_embed.proj": "patch_embed.projection",
+           "norm": "ln1", "norm_pre": "pre_norm"}
+
+
+def _rename(key: str, table: dict) -> str | None:
+    for old, new in table.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def to_mm(sd: dict, layout: str) -> dict:
+    """A timm ViT state dict (no head) in mmseg or mmpretrain backbone names."""
+    if layout == "mmseg" and "norm_pre.weight" in sd:
+        raise ValueError("mmseg's VisionTransformer has no pre-norm (CLIP-style ln_pre); export "
+                         "--format mmpretrain, whose ViT has pre_norm, or use a student without norm_pre")
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", k)
+        new = (f"layers.{m[1]}.{_rename(m[2], _MM_BLOCK[layout])}" if m and _rename(m[2], _MM_BLOCK[layout])
+               else None if m else _rename(k, _MM_TOP))
+        if new is None:
+            raise ValueError(f"no {layout} name for timm key '{k}' (layer scale, register tokens and "
+                             "heads have no place in the OpenMMLab ViT)")
+        out[new] = v
+    return out
+
+
+def from_mm(sd: dict, layout: str) -> dict:
+    sd = _strip(sd, "backbone.") if any(k.startswith("backbone.") for k in sd) else sd
+    inverse_block = {v: k for k, v in _MM_BLOCK[layout].items()}
+    inverse_top = {v: k for k, v in _MM_TOP.items()}
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"layers\.(\d+)\.(.+)", k)
+        sub = _rename(m[2], inverse_block) if m else None
+        new = (f"blocks.{m[1]}.{sub}" if sub else None) if m else _rename(k, inverse_top)
+        out[new or k] = v  # unknown keys stay as they are and fail the strict load by name
+    return out
+
+
+# ---------------------------------------------------------------- to a timm model
+
+
+def to_timm_names(payload: dict) -> tuple[dict, str]:
+    """Any supported layout -> (state dict in timm or OpenAI-CLIP names, format name).
+
+    OpenAI CLIP names are left for timm's `checkpoint_filter_fn` to convert."""
+    sd, wrapper = unwrap(payload)
+    fmt = detect_format(sd)
+    if fmt == "hf-vit":
+        sd = from_hf_vit(sd)
+    elif fmt == "hf-clip":
+        sd = from_hf_clip(sd)
+    elif fmt in ("mmseg", "mmpretrain"):
+        sd = from_mm(sd, fmt)
+    elif fmt in ("timm", "timm-prefixed"):
+        sd = _drop_prefix_all(sd)
+        if any(k.startswith(_MAE_DECODER) for k in sd):
+            sd = {k: v for k, v in sd.items() if not k.startswith(_MAE_DECODER)}
+    return sd, f"{fmt} ({wrapper!r} wrapper)" if wrapper else fmt
+
+
+def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    """Prefixes of classifier weights a headless model (num_classes=0) has no place for."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names if not list(model.get_submodule(n).parameters()))
+
+
+def load_into(model: nn.Module, payload: dict, source: str = "checkpoint") -> str:
+    """Convert `payload` and load it strictly into the timm `model`; returns the detected format."""
+    sd, fmt = to_timm_names(payload)
+    sd = checkpoint_filter_fn(sd, model)  # timm: OpenAI CLIP names, pos-embed / patch resampling
+    drop = _classifier_keys(model)
+    sd = {k: v for k, v in sd.items() if not (drop and k.startswith(drop))}
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{source} (format {fmt}) has tensors of other shapes than the model: "
+                         f"{str(err).splitlines()[1:4]}. Pick the arch and model_kwargs (width, depth, "
+                         "patch size) that match the file.") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source} (format {fmt}) does not fit {type(model).__name__} "
+            f"'{getattr(model, 'pretrained_cfg', {}).get('architecture', '?')}': "
+            f"missing {result.missing_keys[:6]}{'...' if len(result.missing_keys) > 6 else ''}, "
+            f"unexpected {result.unexpected_keys[:6]}{'...' if len(result.unexpected_keys) > 6 else ''}. "
+            "Pick the arch that matches the file (e.g. vit_base_patch16_clip_quickgelu_224.openai for "
+            "OpenAI CLIP, vit_base_patch16_224.mae for MAE) and model_kwargs for its width/depth.")
+    return fmt

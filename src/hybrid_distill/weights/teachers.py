@@ -1,0 +1,170 @@
+"""Teacher backbones from timm names, official files or our own runs, with a manifest record.
+
+`build_teacher_backbone(arch, file=None, pretrained=False, model_kwargs=None)` returns a plain timm
+VisionTransformer (num_classes=0 unless asked) and a record
+`{'file', 'sha256', 'source', 'license', 'arch', 'format'}` for the run manifest.
+"""
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
+from .formats import load_into
+from .safe_load import is_torchscript_archive, load_weights, sha256_file
+
+OWN_RUN_LICENSE = "derived from a hybrid-distill run: the licences of that run's teachers apply (see its manifest)"
+UNKNOWN_LICENSE = "unknown: check the terms of the weights' source"
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    name: str
+    arch: str  # timm name with pretrained tag; its pretrained_cfg holds mean / std
+    role: str  # mim | contrastive | supervised | self-distillation
+    width: int
+    depth: int
+    heads: int
+    patch: int
+    img_size: int
+    license: str  # of the released weights, with where it is stated
+    official_file: str
+
+
+# Licences: facebookresearch/mae LICENSE (CC BY-NC 4.0), facebookresearch/deit and dino LICENSE
+# (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT).
+TEACHERS = {t.name: t for t in (
+    TeacherSpec("mae_vit_base_patch16", "vit_base_patch16_224.mae", "mim", 768, 12, 12, 16, 224,
+                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_base.pth"),
+    TeacherSpec("mae_vit_large_patch16", "vit_large_patch16_224.mae", "mim", 1024, 24, 16, 16, 224,
+                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_large.pth"),
+    TeacherSpec("deit_base_patch16", "deit_base_patch16_224.fb_in1k", "supervised", 768, 12, 12, 16, 224,
+                "Apache-2.0 (facebookresearch/deit)", "deit_base_patch16_224-b5f2ef4d.pth"),
+    TeacherSpec("deit_small_patch16", "deit_small_patch16_224.fb_in1k", "supervised", 384, 12, 6, 16, 224,
+                "Apache-2.0 (facebookresearch/deit)", "deit_small_patch16_224-cd65a155.pth"),
+    TeacherSpec("dino_vit_base_patch16", "vit_base_patch16_224.dino", "self-distillation", 768, 12, 12, 16, 224,
+                "Apache-2.0 (facebookresearch/dino)", "dino_vitbase16_pretrain.pth"),
+    TeacherSpec("dino_vit_small_patch16", "vit_small_patch16_224.dino", "self-distillation", 384, 12, 6, 16, 224,
+                "Apache-2.0 (facebookresearch/dino)", "dino_deitsmall16_pretrain.pth"),
+    TeacherSpec("clip_vit_base_patch16", "vit_base_patch16_clip_quickgelu_224.openai", "contrastive",
+                768, 12, 12, 16, 224, "MIT (openai/CLIP)", "ViT-B-16.pt"),
+    TeacherSpec("clip_vit_large_patch14", "vit_large_patch14_clip_quickgelu_224.openai", "contrastive",
+                1024, 24, 16, 14, 224, "MIT (openai/CLIP)", "ViT-L-14.pt"),
+    TeacherSpec("openclip_vit_base_patch16_laion2b", "vit_base_patch16_clip_224.laion2b", "contrastive",
+                768, 12, 12, 16, 224, "MIT (mlfoundations/open_clip)", "open_clip_pytorch_model.bin"),
+)}
+
+
+def resolve_arch(name: str) -> str:
+    """A registry name or a timm name -> the timm name (registry names map to their tagged arch)."""
+    return TEACHERS[name].arch if name in TEACHERS else name
+
+
+def license_of(arch: str) -> str:
+    """Licence of the weights an arch name stands for; an untagged name means timm's default tag."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    tagged = arch if "." in arch or cfg is None else f"{arch}.{cfg.tag}"
+    return next((t.license for t in TEACHERS.values() if t.arch == tagged), UNKNOWN_LICENSE)
+
+
+def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return (tuple(cfg.mean), tuple(cfg.std)) if cfg else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def teacher_table() -> list[dict]:
+    """Rows for `hybrid-distill teachers list`."""
+    rows = []
+    for spec in TEACHERS.values():
+        mean, std = normalisation(spec.arch)
+        rows.append(dict(asdict(spec), mean=list(mean), std=list(std)))
+    return rows
+
+
+# ---------------------------------------------------------------- building
+
+
+def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
+    path = Path(file).resolve() if file else None
+    return {"file": str(path) if path else None, "sha256": sha256_file(path) if path else None,
+            "source": source, "license": license, "arch": arch, "format": fmt}
+
+
+def _set_mean_std(model: nn.Module, mean, std) -> nn.Module:
+    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {}, mean=tuple(mean), std=tuple(std))
+    return model
+
+
+def _from_own_run(path: Path, payload: dict, model_kwargs: dict) -> tuple[nn.Module, dict]:
+    """A student of one of our runs (or a model file) as the next stage's teacher (dBOT-style)."""
+    if payload["format"] == CHECKPOINT_FORMAT:
+        cfg = payload["config"]["student"]
+        arch, kwargs, state = cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"]
+        mean, std = cfg.get("mean"), cfg.get("std")
+    else:
+        arch, kwargs, state = payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"]
+        mean, std = payload["mean"], payload["std"]
+    kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
+    model = create_vit(arch, **{**kwargs, **model_kwargs})
+    load_into(model, {"model": state}, source=str(path))
+    if mean and std:
+        _set_mean_std(model, mean, std)
+    return model, _record(path, f"hybrid-distill {payload['format']}", OWN_RUN_LICENSE, arch, payload["format"])
+
+
+def _from_file(arch: str, file: Path, model_kwargs: dict) -> tuple[nn.Module, dict]:
+    payload = load_weights(file)
+    if isinstance(payload, dict) and payload.get("format") in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        return _from_own_run(file, payload, model_kwargs)
+    if not arch:
+        raise ValueError(f"{file} is an official checkpoint: name its timm arch too "
+                         "(see `hybrid-distill teachers list`)")
+    model = create_vit(arch, **model_kwargs)
+    fmt = load_into(model, payload, source=str(file))
+    if is_torchscript_archive(file) and type(model.blocks[0].mlp.act).__name__ != "QuickGELU":
+        raise ValueError(f"{file} is an OpenAI CLIP archive, which uses QuickGELU; '{arch}' does not. Use "
+                         f"{arch.split('.')[0].replace('_clip_', '_clip_quickgelu_')}.openai")
+    return model, _record(file, f"file {file.name}", license_of(arch), arch, fmt)
+
+
+def _hub_file(arch: str, cache_dir) -> Path | None:
+    """The cached weight file timm read from the HF hub, when it can be found."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if not (cfg and cfg.hf_hub_id):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(cfg.hf_hub_id, name, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained: bool = False,
+                           model_kwargs: dict | None = None, *, cache_dir: str | Path | None = None,
+                           ) -> tuple[nn.Module, dict]:
+    """A frozen-to-be timm ViT and its manifest record {'file', 'sha256', 'source', 'license', ...}.
+
+    arch: timm name (tag picks mean/std) or a `teachers list` name; may be empty when `file` is ours.
+    file: an official checkpoint (MAE, DeiT, DINO, OpenAI CLIP, open_clip, HF, mmseg/mmpretrain, any
+          of them as safetensors) or one of our run checkpoints / run directories / model files.
+    pretrained: without a file, weights through timm / the HF hub (`cache_dir`: where they are cached).
+    """
+    arch, kwargs = resolve_arch(arch or ""), dict(model_kwargs or {})
+    if file is not None:
+        path = Path(file)
+        path = newest_checkpoint(path) if path.is_dir() else path
+        model, record = _from_file(arch, path, kwargs)
+    elif pretrained:
+        model = create_vit(arch, pretrained=True, cache_dir=cache_dir, **kwargs)
+        cached = _hub_file(arch, cache_dir)
+        record = _record(cached, f"timm/HF hub {arch}", license_of(arch), arch, "timm")
+    else:
+        model = create_vit(arch, **kwargs)
+        record = {"file": None, "sha256": None, "source": "random init", "license": None, "arch": arch,
+                  "format": None}
+    mean, std = mean_std(model)
+    return model.eval(), dict(record, mean=list(mean), std=list(std))
