@@ -30,8 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="1-indexed layers for the attention maps, negative from the end (default: 4 spread layers)")
-    p.add_argument("--queries", nargs="+", default=None, metavar="ROW,COL",
-                   help="query patches for the attention maps, as grid cells (default: the centre cell)")
+    p.add_argument("--queries", nargs="+", default=["0.5,0.5"], metavar="ROW,COL",
+                   help="query patches for the attention maps: grid cells as integers (7,7), or positions as "
+                        "fractions of the image height and width (0.5,0.5; the same spot for every grid). "
+                        "Default: the image centre")
     p.add_argument("--map-images", type=int, default=2, help="images shown in the attention-map figures")
     p.add_argument("--img-size", type=int, default=None, help="input size for timm names (their img_size)")
     p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names")
@@ -44,16 +46,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
     if args.layers and 0 in args.layers:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
-    args.queries = [parse_cell(q, p) for q in args.queries] if args.queries else None
+    args.queries = [parse_cell(q, p) for q in args.queries]
     return args
 
 
-def parse_cell(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+def parse_cell(text: str, parser: argparse.ArgumentParser) -> tuple[int | float, int | float]:
+    """'7,7' -> grid cell (7, 7); '0.5,0.25' -> fractions of the image, resolved per model grid."""
     try:
-        row, col = (int(v) for v in text.split(","))
+        row, col = (float(v) if "." in v else int(v) for v in text.split(","))
     except ValueError:
-        parser.error(f"--queries takes grid cells as ROW,COL (e.g. 7,7), got '{text}'")
+        parser.error(f"--queries takes ROW,COL as grid cells (7,7) or image fractions (0.5,0.5), got '{text}'")
+    if any(isinstance(v, float) and not 0 <= v <= 1 for v in (row, col)):
+        parser.error(f"--queries fractions must lie in [0, 1], got '{text}'")
     return row, col
+
+
+def grid_cell(query: tuple, grid: tuple[int, int]) -> tuple[int, int]:
+    """A query as a cell of this model's grid; fractions pick the cell holding that spot."""
+    return tuple(min(int(v * n), n - 1) if isinstance(v, float) else v for v, n in zip(query, grid))
 
 
 class Images(Dataset):
@@ -151,7 +161,7 @@ def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[
     for layer in layers:
         if not -depth <= layer <= depth:
             raise ValueError(f"--layers {layer} is outside 1..{depth} (or -{depth}..-1) of a {depth}-block model")
-    cells = args.queries or [(gh // 2, gw // 2)]
+    cells = [grid_cell(q, (gh, gw)) for q in args.queries]
     for r, c in cells:
         if not (0 <= r < gh and 0 <= c < gw):
             raise ValueError(f"--queries {r},{c} is outside the {gh}x{gw} patch grid of this model")

@@ -86,10 +86,11 @@ def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[
                 m = maps[li, b, qi].reshape(1, 1, gh, gw)
                 m = F.interpolate(m, size=(gh * ph, gw * pw), mode="nearest")[0, 0]
                 row[li + 1].imshow(picture.mean(axis=-1), cmap="gray")
-                row[li + 1].imshow(m.numpy(), cmap="jet", alpha=0.55, extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5))
-                row[li + 1].set_title(f"layer {layer + 1}", fontsize=7)
+                row[li + 1].imshow(m.numpy(), cmap="jet", alpha=0.55, vmin=0, vmax=float(m.max()),
+                                   extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5))
+                row[li + 1].set_title(f"layer {layer + 1} (max {float(m.max()):.3f})", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}\ncolours from 0 to each panel's max; uniform attention = {1 / (gh * gw):.3f}", fontsize=9)
     return _save(fig, path)
