@@ -148,7 +148,8 @@ def _declared_tensors(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[st
         text = archive.read(name).decode("utf-8", errors="replace")
         for cls, body in re.findall(r"^class (\w+)\(Module\):\n((?:  .*\n)*)", text, flags=re.M):
             lists = re.findall(r"^  __(?:parameters|buffers)__ = \[(.*)\]$", body, flags=re.M)
-            declared[f"{module}.{cls}"] = {n for chunk in lists for n in re.findall(r'"(\w+)"', chunk)}
+            if lists:  # no declaration found: _flatten keeps every tensor of that class
+                declared[f"{module}.{cls}"] = {n for chunk in lists for n in re.findall(r'"(\w+)"', chunk)}
     return declared
 
 
