@@ -238,13 +238,18 @@ def test_analyze_command_end_to_end(tmp_path):
         assert str(out / name) in report["figures"]
 
 
-def test_analyze_names_bad_queries(tmp_path):
+def test_analyze_names_bad_input(tmp_path, capsys):
     data = fashion_mnist_dir(tmp_path)
     kw = dict(img_size=28, patch_size=4, embed_dim=24, depth=2, num_heads=2)
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "m.pt")
-    with pytest.raises(ValueError, match="outside the 7x7 patch grid"):
-        analyze([str(tmp_path / "m.pt"), "--data", f"fashion_mnist:{data}", "--num-images", "2",
-                 "--out", str(tmp_path / "o"), "--queries", "7,0"])
+    common = ["--data", f"fashion_mnist:{data}", "--out", str(tmp_path / "o")]
+    cases = {"outside the 7x7 patch grid": [str(tmp_path / "m.pt"), "--num-images", "2", "--queries", "7,0"],
+             "exceeds the 12 images": [str(tmp_path / "m.pt"), "--num-images", "13"],
+             "unknown timm model": ["vit_nonexistent_model", "--num-images", "2"],
+             "no such model file": [str(tmp_path / "missing.pt"), "--num-images", "2"]}
+    for message, argv in cases.items():
+        assert analyze(argv + common) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_analyze_reads_an_image_folder(tmp_path):

@@ -6,6 +6,7 @@ indices and provenance) and DIR/*.png (paper figures 1-3 and 5 in kind).
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, query_maps
 from hybrid_distill.models.load import load_model, mean_std
 from hybrid_distill.provenance import provenance
+
+
+class AnalyzeError(ValueError):
+    """A problem with the command's input, said in one line with the fix (exit code 2)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,12 +97,12 @@ def open_dataset(spec: str, split: str) -> Dataset:
     if Path(spec).is_dir():
         from torchvision.datasets import ImageFolder
         return ImageFolder(spec)
-    raise ValueError(f"--data '{spec}' is neither 'fashion_mnist[:DIR]' nor an existing image folder")
+    raise AnalyzeError(f"--data '{spec}' is neither 'fashion_mnist[:DIR]' nor an existing image folder")
 
 
 def choose_indices(size: int, count: int, seed: int) -> list[int]:
     if count > size:
-        raise ValueError(f"--num-images {count} exceeds the {size} images of the data; lower it")
+        raise AnalyzeError(f"--num-images {count} exceeds the {size} images of the data; lower it")
     g = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(size, generator=g)[:count].tolist())
 
@@ -126,7 +131,10 @@ def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
     if Path(spec).exists() and (kwargs or args.pretrained):
         print(f"note: --img-size/--pretrained apply to timm names only; {spec} keeps its own")
         kwargs = {}
-    return load_model(spec, pretrained=args.pretrained, **kwargs)
+    try:
+        return load_model(spec, pretrained=args.pretrained, **kwargs)
+    except ValueError as err:  # unknown timm name, or a file that is not ours
+        raise AnalyzeError(str(err)) from err
 
 
 def describe(model: torch.nn.Module) -> dict:
@@ -160,11 +168,11 @@ def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[
     layers = args.layers or sorted({round(i * (depth - 1) / 3) + 1 for i in range(4)})
     for layer in layers:
         if not -depth <= layer <= depth:
-            raise ValueError(f"--layers {layer} is outside 1..{depth} (or -{depth}..-1) of a {depth}-block model")
+            raise AnalyzeError(f"--layers {layer} is outside 1..{depth} (or -{depth}..-1) of a {depth}-block model")
     cells = [grid_cell(q, (gh, gw)) for q in args.queries]
     for r, c in cells:
         if not (0 <= r < gh and 0 <= c < gw):
-            raise ValueError(f"--queries {r},{c} is outside the {gh}x{gw} patch grid of this model")
+            raise AnalyzeError(f"--queries {r},{c} is outside the {gh}x{gw} patch grid of this model")
     return [layer - 1 if layer > 0 else depth + layer for layer in layers], cells
 
 
@@ -174,16 +182,16 @@ def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -
     info = describe(model)
     data = Subset(Images(base, tuple(info["img_size"])), indices)
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers)
+    layers, cells = map_settings(info, args)  # checked before the long part
     start = time.perf_counter()
     metrics = dataset_metrics(model, normalised(loader, info["mean"], info["std"], device))
     result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2)}
     figure = None
     if args.map_images:
-        layers, cells = map_settings(info, args)
         raw = torch.stack([data[i] for i in range(min(args.map_images, len(data)))])
         flat = [r * info["grid_size"][1] + c for r, c in cells]
         maps = query_maps(model, next(normalised([raw], info["mean"], info["std"], device)), layers, flat)
-        result["query_maps"] = {"layers": layers, "queries": [list(c) for c in cells],
+        result["query_maps"] = {"block_indices": layers, "queries": [list(c) for c in cells],
                                 "image_indices": indices[:len(raw)], "maps": maps.tolist()}
         figure = {"images": raw, "maps": maps, "layers": layers, "queries": cells,
                   "patch_size": tuple(info["patch_size"])}
@@ -203,6 +211,14 @@ def draw(results: dict, figures: dict, out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except (AnalyzeError, FileNotFoundError) as err:
+        print(f"hybrid-distill analyze: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     base = open_dataset(args.data, args.split)
     indices = choose_indices(len(base), args.num_images, args.seed)
