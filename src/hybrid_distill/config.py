@@ -203,3 +203,10 @@ def to_yaml(cfg: DictConfig) -> str:
 def to_dict(cfg: DictConfig) -> dict:
     """Plain containers (enums as their values) for checkpoints and JSON."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def from_dict(values: dict, where: str = "config") -> DictConfig:
+    """Defaults <- a nested dict (programmatic experiments such as the demo), typed and checked."""
+    cfg = merge(OmegaConf.structured(Config()), values, where)
+    check(cfg)
+    return cfg

@@ -1,0 +1,54 @@
+"""The demo's own small teachers, trained on Fashion-MNIST: a supervised ViT (labels, the stand-in
+for DeiT / CLIP) and an MAE-pre-trained ViT (pixels, the MIM teacher). Saved as our model files so
+the distillation runs load them like any teacher file."""
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data.build import build_loader
+from ..data.transforms import to_unit
+from ..engine import lr_at, param_groups, set_lr
+from ..models.load import create_vit, save_model_file
+from ..models.tokens import Normalize
+from .mae import MaskedAutoencoder
+
+
+def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, blr: float,
+        seed: int, desc: str, mean, std) -> None:
+    """AdamW (0.9, 0.95), wd 0.05, one warmup epoch then cosine, per step (MAE recipe)."""
+    loader, sampler = build_loader(data_cfg, dataset, batch, batch, seed)
+    optimizer = torch.optim.AdamW(param_groups(module, 0.05), lr=0.0, betas=(0.9, 0.95))
+    normalize, steps = Normalize(mean, std), sampler.steps_per_epoch
+    peak, bar = blr * batch / 256, tqdm(total=epochs * steps, desc=desc, dynamic_ncols=True)
+    module.train()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for images, labels in loader:
+            set_lr(optimizer, lr_at(bar.n, epochs * steps, steps, peak, 0.0))
+            loss = loss_fn(normalize(to_unit(images)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+    bar.close()
+    module.eval()
+
+
+def train_supervised_teacher(demo, data_cfg, dataset, path: Path) -> Path:
+    model = create_vit(demo.arch, num_classes=10, **demo.vit_kwargs)
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    fit(model, lambda x, y: ce(model(x), y), data_cfg, dataset, demo.teacher_epochs, demo.batch,
+        demo.supervised_blr, demo.seed, "supervised teacher", demo.mean, demo.std)
+    model.reset_classifier(0)
+    return save_model_file(model, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)
+
+
+def train_mae_teacher(demo, data_cfg, dataset, path: Path) -> Path:
+    encoder = create_vit(demo.arch, **demo.vit_kwargs)
+    mae = MaskedAutoencoder(encoder)
+    fit(mae, lambda x, _: mae(x), data_cfg, dataset, demo.mae_epochs, demo.batch, demo.mae_blr,
+        demo.seed, "MAE teacher", demo.mean, demo.std)
+    return save_model_file(encoder, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)
