@@ -1,0 +1,129 @@
+"""`hybrid-distill eval knn|linear|finetune MODEL --data ...`: one protocol, one JSON result.
+
+MODEL: a run directory or checkpoint of ours, one of our model files, or a timm name.
+--data: an image folder with train/ and val/ subfolders (torchvision ImageFolder layout), or
+`fashion_mnist` / `fashion_mnist:PATH` (IDX files; default the Debian package path).
+Under torchrun, features are extracted on all ranks and gathered; rank 0 writes the JSON.
+"""
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from hybrid_distill.evaluation.features import POOLS
+from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
+from hybrid_distill.evaluation.knn import knn_eval
+from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
+from hybrid_distill.models.load import load_model
+from hybrid_distill.provenance import provenance
+
+PROTOCOLS = ("knn", "linear", "finetune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybrid-distill eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("protocol", choices=PROTOCOLS)
+    p.add_argument("model", help="run dir, checkpoint, model file (.pt) or timm name")
+    p.add_argument("--data", required=True, help="image folder with train/ and val/, or fashion_mnist[:PATH]")
+    p.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, the model file's "
+                                            "folder/eval, or ./eval/TIMM_NAME)")
+    p.add_argument("--pool", choices=POOLS, default="cls", help="frozen features: CLS token or mean of patch tokens")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="fine-tune recipe (default: fashion_mnist for that data, else imagenet)")
+    p.add_argument("--epochs", type=int, help="override the probe's or the preset's epochs")
+    p.add_argument("--batch-size", type=int, help="feature extraction (default 256) or fine-tune batch")
+    p.add_argument("--k", type=int, default=20, help="k-NN neighbours (DINO: 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (DINO: 0.07)")
+    p.add_argument("--crop-pct", type=float, help="eval resize/centre crop (default 1.0 Fashion-MNIST, 0.875 folders)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    return p
+
+
+def load_data(spec: str):
+    """(train, test, info) for `fashion_mnist[:PATH]` or an image folder with train/ and val/."""
+    if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
+        from hybrid_distill.data.fashion_mnist import FashionMNIST
+        root = spec.partition(":")[2] or None
+        info = {"name": "fashion_mnist", "spec": spec, "crop_pct": 1.0}
+        return FashionMNIST(root, "train"), FashionMNIST(root, "test"), info
+    root = Path(spec)
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise FileNotFoundError(f"--data {spec}: expected an image folder with train/ and val/ subfolders "
+                                "(one folder per class inside each), or fashion_mnist[:PATH]")
+    from torchvision.datasets import ImageFolder
+    train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+    if train.classes != test.classes:
+        raise ValueError(f"{root}: train/ and val/ hold different classes ({len(train.classes)} vs {len(test.classes)})")
+    return train, test, {"name": root.resolve().name, "spec": str(root.resolve()), "crop_pct": 0.875}
+
+
+def default_out(model_spec: str) -> Path:
+    path = Path(model_spec)
+    if path.is_dir():
+        return path / "eval"
+    if path.is_file():
+        return path.parent / "eval"
+    return Path("eval") / model_spec.replace("/", "_")
+
+
+def run_protocol(args, model, train, test, info: dict, out: Path) -> dict:
+    crop = args.crop_pct if args.crop_pct is not None else info["crop_pct"]
+    common = dict(device=args.device)
+    if args.protocol == "finetune":
+        name = args.preset or ("fashion_mnist" if info["name"] == "fashion_mnist" else "imagenet")
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                       ("crop_pct", args.crop_pct)) if v is not None}
+        return finetune_eval(model, train, test, name, log=print, **common, **overrides)
+    feat = dict(pool=args.pool, batch_size=args.batch_size or 256, crop_pct=crop,
+                cache_dir=None if args.no_cache else out / "features",
+                data_keys=(f"{info['spec']}#train", f"{info['spec']}#test"), **common)
+    if args.protocol == "knn":
+        return knn_eval(model, train, test, k=args.k, temperature=args.temperature, **feat)
+    cfg = ProbeConfig() if args.epochs is None else replace(ProbeConfig(), epochs=args.epochs)
+    return linear_eval(model, train, test, cfg=cfg, **feat)
+
+
+def result_path(out: Path, args, result: dict, data_name: str) -> Path:
+    variant = result["preset"] if args.protocol == "finetune" else args.pool
+    return out / f"{args.protocol}-{data_name}-{variant}.json"
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group when launched by torchrun; True if this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    created = init_distributed()
+    try:
+        train, test, info = load_data(args.data)
+        model = load_model(args.model)
+        out = args.out or default_out(args.model)
+        result = run_protocol(args, model, train, test, info, out)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            result = {**result, "model": args.model, "data": info, "provenance": provenance()}
+            path = result_path(out, args, result, info["name"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2, default=str))
+            print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {path}")
+    finally:
+        if created:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
