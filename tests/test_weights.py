@@ -173,13 +173,14 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, res=32, patch=16, d=64, depth=2, h=4, out=24, act=QuickGELU):
         super().__init__()
+        scale = d ** -0.5  # openai/CLIP's init scale, which keeps outputs near unit size
         self.conv1 = nn.Conv2d(3, d, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(d))
-        self.positional_embedding = nn.Parameter(torch.randn((res // patch) ** 2 + 1, d))
+        self.class_embedding = nn.Parameter(scale * torch.randn(d))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((res // patch) ** 2 + 1, d))
         self.ln_pre = nn.LayerNorm(d)
         self.transformer = Transformer(d, depth, h, act)
         self.ln_post = nn.LayerNorm(d)
-        self.proj = nn.Parameter(torch.randn(d, out))
+        self.proj = nn.Parameter(scale * torch.randn(d, out))
 
     def tokens(self, x):
         x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, L, D)
@@ -218,7 +219,8 @@ def save_torchscript(model: nn.Module, path, size=32) -> None:
     """OpenAI released its models as traced TorchScript archives (clip.load(jit=True))."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.trace(model, torch.randn(1, 3, size, size)).save(str(path))
+        dtype = next(model.parameters()).dtype  # OpenAI archives hold fp16 weights
+        torch.jit.trace(model, torch.randn(1, 3, size, size, dtype=dtype)).save(str(path))
 
 
 # openai/CLIP names -> timm names, with the shape change each needs (DESIGN.md section 6)
