@@ -43,7 +43,10 @@ def teachers_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         rows = teacher_table()
-        print(json.dumps(rows, indent=2)) if args.json else _print_table(rows)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_table(rows)
         return 0
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
