@@ -80,5 +80,6 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
         SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True,
         num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=cfg.persistent_workers and workers > 0,
-        prefetch_factor=cfg.prefetch_factor if workers > 0 else None)
+        prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed))  # its own: iter() must not draw from the global RNG
     return loader, sampler

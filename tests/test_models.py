@@ -1,0 +1,157 @@
+"""Module contracts and equivalence with timm for the student, the teachers and their relations."""
+import pytest
+import timm
+import torch
+
+from hybrid_distill.config import ConfigError, RelationHeads, TeacherConfig, from_dict
+from hybrid_distill.build import build_models
+from hybrid_distill.models.student import RelationSpec, Student
+from hybrid_distill.models.teacher import Teacher
+from hybrid_distill.losses import distill_losses, smooth_l1
+
+from conftest import TINY, tiny_run_config, tiny_vit
+
+
+def hand_logits(model, images, block_index):
+    """Pre-softmax logits of one block from timm's non-fused attention, captured by a hook."""
+    captured = {}
+    attn = model.blocks[block_index].attn
+    attn.fused_attn = False
+    hook = attn.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("p", i[0]))
+    qkv = {}
+    h2 = attn.qkv.register_forward_hook(lambda m, i, o: qkv.setdefault("x", o))
+    model.forward_features(images)
+    hook.remove(), h2.remove()
+    attn.fused_attn = True
+    B, N, _ = qkv["x"].shape
+    q, k, _ = qkv["x"].reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    return q @ k.transpose(-2, -1) * attn.head_dim ** -0.5, captured["p"]
+
+
+def test_student_with_every_token_equals_timm_forward_features():
+    backbone = tiny_vit().eval()
+    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, [RelationSpec("m", -2, "scaled", "per_head")]).eval()
+    images = torch.rand(2, 3, 28, 28)
+    out = student.forward_all(images)
+    assert torch.allclose(out.tokens, backbone.forward_features(images), atol=1e-5)
+
+
+def test_kept_token_student_equals_timm_on_the_gathered_sequence():
+    backbone = tiny_vit().eval()
+    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, []).eval()
+    images, keep = torch.rand(2, 3, 28, 28), torch.tensor([[0, 5, 9, 48], [1, 2, 3, 40]])
+    tokens = backbone._pos_embed(backbone.patch_embed(images))
+    gathered = torch.cat([tokens[:, :1], torch.stack([t[1:][k] for t, k in zip(tokens, keep)])], dim=1)
+    expected = backbone.norm(backbone.blocks(gathered))
+    assert torch.allclose(student(images, keep).tokens, expected, atol=1e-5)
+
+
+def test_relations_equal_logits_by_hand_from_non_fused_timm_attention():
+    model = tiny_vit()
+    cfg = TeacherConfig(arch="x", relation_blocks=[-3, -2])
+    teacher = Teacher("mim", cfg, model, (7, 7))
+    images = torch.rand(2, 3, 28, 28)
+    out = teacher(images)
+    for spec in (-3, -2):
+        logits, probs = hand_logits(model, teacher.normalize(images), spec % 6)
+        assert torch.allclose(out.relations[spec], logits, atol=1e-5)
+        assert torch.allclose(out.relations[spec].softmax(-1), probs, atol=1e-6)
+    keep = torch.tensor([[0, 3, 7], [2, 4, 48]])
+    kept = teacher(images, keep=keep).relations[-2]
+    rows = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], dim=1)
+    full = out.relations[-2]
+    by_hand = torch.stack([full[b][:, rows[b]][:, :, rows[b]] for b in range(2)])
+    assert kept.shape == (2, 3, 4, 4) and torch.allclose(kept, by_hand, atol=1e-5)
+
+
+def test_feature_target_is_final_norm_then_whitened_and_pruning_keeps_the_same_keep_set():
+    model = tiny_vit()
+    teacher = Teacher("sup", TeacherConfig(arch="x", features=True), model, (7, 7))
+    images = torch.rand(2, 3, 28, 28)
+    feats = teacher(images).features
+    expected = torch.nn.functional.layer_norm(model.forward_features(teacher.normalize(images)), (48,))
+    assert torch.allclose(feats, expected, atol=1e-5)
+    picker = Teacher("mim", TeacherConfig(arch="x", relation_blocks=[-3, -2]), tiny_vit(1), (7, 7))
+    full = picker(images, select={0: 34, 2: 23, 4: 16})
+    pruned = picker(images, select={0: 34, 2: 23, 4: 16}, prune=True)
+    assert full.keep.shape == (2, 16)
+    # the first selection sees the same tokens either way
+    first = picker(images, select={0: 34})
+    assert torch.equal(first.keep, picker(images, select={0: 34}, prune=True).keep)
+    assert pruned.keep.shape == (2, 16) and pruned.relations[-2].shape == (2, 3, 17, 17)
+
+
+def test_every_student_parameter_gets_a_gradient_and_no_teacher_parameter_does(idx_folder, tmp_path):
+    cfg = from_dict(tiny_run_config(idx_folder, tmp_path))
+    student, teachers, _ = build_models(cfg)
+    student.train()
+    images = torch.rand(2, 3, 28, 28)
+    targets = teachers(images)
+    out = student(images, targets["mim"].keep)
+    assert targets["mim"].keep.shape == (2, 16)  # 49 -> 34 -> 23 -> 16
+    distill_losses(out, targets, {"sup": 1.0, "mim": 1.0}, 2.0)["loss"].backward()
+    missing = [n for n, p in student.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert all(p.grad is None and not p.requires_grad for p in teachers.parameters())
+
+
+def test_teachers_stay_in_eval_mode_after_train():
+    teacher = Teacher("sup", TeacherConfig(arch="x", features=True), tiny_vit(), (7, 7))
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+
+
+def test_clip_normalised_teacher_receives_clip_normalised_pixels():
+    model = timm.create_model("vit_base_patch16_clip_quickgelu_224", num_classes=0, pretrained=False,
+                              img_size=28, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+    clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    assert tuple(model.pretrained_cfg["mean"]) == clip_mean
+    teacher = Teacher("clip", TeacherConfig(arch="x", features=True), model, (7, 7))
+    seen = {}
+    model.patch_embed.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    images = torch.rand(1, 3, 28, 28)
+    teacher(images)
+    mean, std = torch.tensor(clip_mean).view(1, 3, 1, 1), torch.tensor(clip_std).view(1, 3, 1, 1)
+    assert torch.allclose(seen["x"], (images - mean) / std, atol=1e-6)
+
+
+def test_smooth_l1_by_hand_and_named_weighted_parts():
+    pred, target = torch.tensor([0.0, 1.0, 5.0]), torch.tensor([0.5, 3.0, 0.0])
+    # |d| = 0.5, 2, 5 with beta 2: 0.5 * d^2 / beta = 0.0625; |d| >= beta: |d| - beta / 2 = 1, 4
+    assert torch.isclose(smooth_l1(pred, target, 2.0), torch.tensor((0.0625 + 1.0 + 4.0) / 3))
+
+    class Out:
+        features = {"c": torch.zeros(1, 2, 1)}
+        relations = {"m": {-3: torch.zeros(1, 1, 2, 2), -2: torch.zeros(1, 1, 2, 2)}}
+
+    class T:
+        def __init__(self, features=None, relations=None):
+            self.features, self.relations = features, relations or {}
+
+    targets = {"c": T(features=torch.full((1, 2, 1), 4.0)),
+               "m": T(relations={-3: torch.full((1, 1, 2, 2), 1.0), -2: torch.full((1, 1, 2, 2), 3.0)})}
+    parts = distill_losses(Out(), targets, {"c": 1.0, "m": 0.5}, 2.0)
+    assert parts["c/feat"].item() == pytest.approx(3.0)  # 4 - 1
+    assert parts["m/rel-3"].item() == pytest.approx(0.5 / 2 * 0.25)  # alpha / 2 blocks * 0.5 * 1 / 2
+    assert parts["m/rel-2"].item() == pytest.approx(0.5 / 2 * 2.0)  # alpha / 2 blocks * (3 - 1)
+    assert parts["loss"].item() == pytest.approx(3.0 + 0.0625 + 0.5)
+
+
+def test_head_count_mismatch_fails_naming_both_counts_and_the_switch(idx_folder, tmp_path):
+    cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"student.model_kwargs": {**TINY, "num_heads": 4}}))
+    with pytest.raises(ConfigError, match=r"3 heads but the student has 4.*relation_heads=head_mean"):
+        build_models(cfg)
+    cfg.teachers.mim.relation_heads = RelationHeads.head_mean
+    student, teachers, _ = build_models(cfg)
+    out = student(torch.rand(1, 3, 28, 28), teachers(torch.rand(1, 3, 28, 28))["mim"].keep)
+    assert out.relations["mim"][-2].shape == (1, 1, 17, 17)
+
+
+def test_token_grid_mismatch_fails_with_the_fix(idx_folder, tmp_path):
+    values = tiny_run_config(idx_folder, tmp_path)
+    values["teachers"]["sup"]["model_kwargs"] = {**TINY, "patch_size": 7}
+    with pytest.raises(ConfigError, match=r"\(4, 4\) token grid but the student has \(7, 7\).*img_size=49"):
+        build_models(from_dict(values))
+    values["teachers"]["sup"]["model_kwargs"] = {**TINY, "patch_size": 7, "img_size": 49}
+    student, teachers, _ = build_models(from_dict(values))  # resized input, same grid
+    assert teachers(torch.rand(1, 3, 28, 28))["sup"].features.shape == (1, 17, 48)

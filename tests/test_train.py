@@ -1,0 +1,109 @@
+"""Training: exact resume, checkpoints, and bad input failing before training with one line."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from hybrid_distill import checkpoint as ckpt
+from hybrid_distill.cli import main
+from hybrid_distill.config import ConfigError, from_dict, load_config
+from hybrid_distill.data.build import DataError
+from hybrid_distill.trainer import Trainer
+
+from conftest import tiny_run_config
+
+
+def run(idx_folder, out, max_steps, resume=None, **extra):
+    cfg = from_dict(tiny_run_config(idx_folder, out, **{"train.max_steps": max_steps, **extra}))
+    trainer = Trainer(cfg, resume=resume)
+    trainer.fit()
+    return trainer
+
+
+def test_2n_steps_equal_n_steps_resume_n_steps(idx_folder, tmp_path):
+    # 96 images / batch 16 = 6 steps an epoch: 8 steps cross an epoch boundary mid-way after resume
+    whole = run(idx_folder, tmp_path / "a", 8)
+    half = run(idx_folder, tmp_path / "b", 4)
+    assert [p.name for p in ckpt.list_checkpoints(half.run_dir)] == ["checkpoint-00000004.pt"]
+    resumed = run(idx_folder, tmp_path / "b", 8, resume="auto")
+    assert resumed.step == 8
+    for (name, a), b in zip(whole.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    sa, sb = whole.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], atol=1e-7) for k in sa)
+
+
+def test_checkpoint_holds_no_teacher_weights_and_loads_weights_only(idx_folder, tmp_path):
+    trainer = run(idx_folder, tmp_path, 2, **{"train.ckpt_every_steps": 1, "train.keep_checkpoints": 1})
+    files = ckpt.list_checkpoints(trainer.run_dir)
+    assert len(files) == 1  # older ones pruned
+    state = torch.load(files[-1], weights_only=True)
+    assert set(state) >= {"student", "heads", "optimizer", "scaler", "step", "rng", "config", "provenance"}
+    assert not any(k.startswith(("teacher", "module.", "_orig_mod.")) for k in state["student"])
+    assert state["config"]["student"]["arch"] == "vit_tiny_patch16_224"
+    assert json.loads((trainer.run_dir / "provenance.json").read_text())["packages"]["torch"]
+    assert (trainer.run_dir / "config.yaml").is_file() and (trainer.run_dir / "metrics.jsonl").is_file()
+
+
+def test_accumulation_matches_one_big_batch(idx_folder, tmp_path):
+    # drop path and random crops are seeded per sample / restored, so only the micro-batch split differs
+    big = run(idx_folder, tmp_path / "big", 2, **{"student.drop_path": 0.0})
+    acc = run(idx_folder, tmp_path / "acc", 2, **{"student.drop_path": 0.0, "optim.accum_steps": 2})
+    for a, b in zip(big.student.parameters(), acc.student.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def write_yaml(path, values):
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unknown_key_fails_with_the_valid_choices(idx_folder, tmp_path, capsys):
+    path = write_yaml(tmp_path / "c.yaml", tiny_run_config(idx_folder, tmp_path))
+    err = cli_error(capsys, ["train", str(path), "optim.bllr=1e-4"])
+    assert "bllr" in err and "Did you mean" in err and "blr" in err
+    with pytest.raises(ConfigError, match="valid keys there"):
+        load_config(path, ["masking.ratio=0.5"])
+
+
+def test_wrong_type_fails(idx_folder, tmp_path, capsys):
+    path = write_yaml(tmp_path / "c.yaml", tiny_run_config(idx_folder, tmp_path))
+    assert "could not be converted to Float" in cli_error(capsys, ["train", str(path), "optim.blr=fast"])
+    assert "expected one of [progressive, last, random, none]" in cli_error(
+        capsys, ["train", str(path), "masking.strategy=smart"])
+
+
+def test_missing_dataset_path_fails_naming_it(idx_folder, tmp_path, capsys):
+    values = tiny_run_config(idx_folder, tmp_path)
+    values["data"] = {"dataset": "folder", "path": str(tmp_path / "nowhere"), "img_size": 28}
+    err = cli_error(capsys, ["train", str(write_yaml(tmp_path / "c.yaml", values))])
+    assert "nowhere does not exist" in err and "data.path" in err
+    values["data"] = {"dataset": "fashion_mnist", "path": str(tmp_path), "img_size": 28}
+    assert "dataset-fashion-mnist" in cli_error(capsys, ["train", str(write_yaml(tmp_path / "c.yaml", values))])
+
+
+def test_empty_dataset_fails(idx_folder, tmp_path, capsys):
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    values = tiny_run_config(idx_folder, tmp_path)
+    values["data"] = {"dataset": "folder", "path": str(tmp_path / "empty"), "img_size": 28}
+    err = cli_error(capsys, ["train", str(write_yaml(tmp_path / "c.yaml", values))])
+    assert "empty" in err or "cannot read a dataset" in err
+    with pytest.raises(DataError):
+        Trainer(from_dict(values))
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = load_config(path, ["data.path=/data"])
+        assert cfg.teachers
