@@ -149,9 +149,10 @@ def test_head_count_mismatch_fails_naming_both_counts_and_the_switch(idx_folder,
 
 def test_token_grid_mismatch_fails_with_the_fix(idx_folder, tmp_path):
     values = tiny_run_config(idx_folder, tmp_path)
-    values["teachers"]["sup"]["model_kwargs"] = {**TINY, "patch_size": 7}
-    with pytest.raises(ConfigError, match=r"\(4, 4\) token grid but the student has \(7, 7\).*img_size=49"):
+    values["teachers"]["sup"].update(model_kwargs={**TINY, "patch_size": 7}, match_grid=False)
+    with pytest.raises(ConfigError, match=r"\(4, 4\) token grid but the student has \(7, 7\).*match_grid=true"):
         build_models(from_dict(values))
-    values["teachers"]["sup"]["model_kwargs"] = {**TINY, "patch_size": 7, "img_size": 49}
-    student, teachers, _ = build_models(from_dict(values))  # resized input, same grid
+    values["teachers"]["sup"]["match_grid"] = True  # the default: built at 49 px, input resized
+    student, teachers, _ = build_models(from_dict(values))
+    assert teachers.teachers["sup"].model.patch_embed.img_size == (49, 49)
     assert teachers(torch.rand(1, 3, 28, 28))["sup"].features.shape == (1, 17, 48)

@@ -21,7 +21,7 @@ def build_teachers(cfg: DictConfig, student_grid) -> tuple[TeacherSet, dict]:
         raise ConfigError("no teachers configured: add teachers.<name>.arch=... (see configs/)")
     teachers, records = {}, {}
     for name, tcfg in cfg.teachers.items():
-        model, records[name] = build_teacher_model(name, tcfg)
+        model, records[name] = build_teacher_model(name, tcfg, student_grid)
         teachers[name] = Teacher(name, tcfg, model, student_grid)
     grid = tuple(student_grid)
     return TeacherSet(teachers, cfg.masking, grid[0] * grid[1]), records

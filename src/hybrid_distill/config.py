@@ -73,6 +73,7 @@ class TeacherConfig:
     arch: str = "???"  # timm name
     weights: str = "pretrained"  # 'pretrained' (timm / HF hub), 'random' (tests only), or a file path
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
     features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
     feature_block: int = -1  # -1: last block

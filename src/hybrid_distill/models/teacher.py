@@ -14,7 +14,7 @@ from ..config import ConfigError, TeacherConfig
 from ..masking import all_indices, cls_and_kept, gather_tokens, keep_with_prefix, least_redundant, positions_within
 from ..relations import relation_form, resolve_block
 from .attention import attention_logits, check_block
-from .load import create_vit, load_model, mean_std
+from .load import mean_std
 from .tokens import Normalize, embed_tokens, grid_size, image_size
 
 
@@ -25,18 +25,17 @@ class TeacherOutput:
     relations: dict[int, torch.Tensor] = field(default_factory=dict)  # block spec -> (B, H, 1 + K, 1 + K)
 
 
-def build_teacher_model(name: str, cfg: TeacherConfig) -> tuple[nn.Module, dict]:
-    """The timm backbone and a manifest record (file, sha256, source, licence)."""
+def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tuple[nn.Module, dict]:
+    """The timm backbone and a manifest record (file, sha256, source, licence). With match_grid, a
+    teacher of another patch size or resolution is built at the input size that gives the student's
+    grid, its position embeddings interpolated by timm (e.g. a /14 teacher at 196 px for /16 at 224)."""
+    from ..weights import build_teacher_backbone
+    from ..weights.grid import grid_model_kwargs
     kwargs = dict(cfg.model_kwargs)
-    if cfg.weights == "pretrained":
-        return create_vit(cfg.arch, pretrained=True, **kwargs), {"source": f"timm:{cfg.arch}"}
-    if cfg.weights == "random":
-        return create_vit(cfg.arch, **kwargs), {"source": "random init (asked for by weights=random)"}
-    try:
-        from ..weights import build_teacher_backbone
-    except ImportError:
-        return load_model(cfg.weights), {"file": cfg.weights}
-    return build_teacher_backbone(cfg.arch, file=cfg.weights, model_kwargs=kwargs)
+    if cfg.match_grid and student_grid is not None:
+        kwargs = grid_model_kwargs(cfg.arch, tuple(student_grid), kwargs)
+    file = None if cfg.weights in ("pretrained", "random") else cfg.weights
+    return build_teacher_backbone(cfg.arch, file=file, pretrained=cfg.weights == "pretrained", model_kwargs=kwargs)
 
 
 class Teacher(nn.Module):
@@ -50,7 +49,7 @@ class Teacher(nn.Module):
             patch = model.patch_embed.patch_size[0]
             raise ConfigError(
                 f"teacher '{name}' has a {grid_size(model)} token grid but the student has {tuple(student_grid)}; "
-                f"set teachers.{name}.model_kwargs.img_size={student_grid[0] * patch} so both grids match")
+                f"set teachers.{name}.match_grid=true or teachers.{name}.model_kwargs.img_size={student_grid[0] * patch}")
         self.name, self.cfg, self.model = name, cfg, model.requires_grad_(False)
         self.normalize = Normalize(*mean_std(model))
         depth = len(model.blocks)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtualenv in .venv with the package and its tests,
+# and Fashion-MNIST through apt where it is missing and apt is usable. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "note: install Debian's dataset-fashion-mnist, or pass the IDX folder with --data" >&2
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if ! .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>/dev/null; then
+  .venv/bin/pip install -q --upgrade pip
+  # torch 2.14.1 + torchvision 0.29.1 work together (the 2.13 CPU wheel breaks torchvision)
+  .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/pip install -q -e ".[test]"
+fi
