@@ -107,3 +107,20 @@ def test_shipped_configs_load():
     for path in configs:
         cfg = load_config(path, ["data.path=/data"])
         assert cfg.teachers
+
+
+def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
+    from hybrid_distill.analysis.extract import reduce_attention
+    from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
+    trainer = run(idx_folder, tmp_path, 2, **{"train.monitor_every": 2, "train.monitor_images": 4})
+    logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    record = [r for r in logged if "attn/nmi/layer00" in r][-1]
+    assert record["step"] == 2
+    probe = trainer.monitor.probe_images
+    assert probe.shape == (4, 3, 28, 28)
+    direct = reduce_attention(trainer.student.backbone, probe, lambda _, p: (
+        attention_distance(p, (7, 7), (4, 4), 1, renormalize=True).mean().item(),
+        attention_nmi(p, 1).mean().item()))
+    for layer, (distance, nmi) in enumerate(direct):
+        assert record[f"attn/distance/layer{layer:02d}"] == pytest.approx(distance, rel=1e-5)
+        assert record[f"attn/nmi/layer{layer:02d}"] == pytest.approx(nmi, rel=1e-5)

@@ -120,6 +120,7 @@ class TrainConfig:
     ckpt_every_steps: int = 0  # 0: once per epoch
     keep_checkpoints: int = 3
     monitor_every: int = 0  # attention distance / NMI of the student every N steps (0: off)
+    monitor_images: int = 16  # size of the fixed probe batch (the first images of the dataset)
     progress: bool = True
     tensorboard: bool = True
 

@@ -89,7 +89,19 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.optim.accum_steps
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step = 0
+        self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
         self.resume(resume)
+
+    def build_monitor(self):
+        """Attention distance and NMI of the student on a fixed probe batch (paper section 2 measures)."""
+        from .analysis.monitor import AttentionMonitor
+        from .data.transforms import eval_transform, to_unit
+        transform = eval_transform(self.cfg.data.img_size, self.cfg.data.interpolation)
+        count = min(self.cfg.train.monitor_images, len(self.dataset))
+        images = to_unit(torch.stack([transform(self.dataset[i][0]) for i in range(count)]))
+        bb = self.student.backbone
+        probe = self.student.normalize(images.to(self.device))
+        return AttentionMonitor(probe, tuple(bb.patch_embed.grid_size), tuple(bb.patch_embed.patch_size))
 
     def micro_batch_size(self) -> int:
         per = self.dist.world * self.cfg.optim.accum_steps
@@ -171,6 +183,8 @@ class Trainer:
             record.update(lr=lr, epoch=epoch, img_per_s=log.throughput(self.step, self.cfg.optim.batch_size))
             log.log(self.step, record)
             log.show(self.step, record)
+        if self.monitor is not None and self.step % cfg.monitor_every == 0:
+            log.log(self.step, self.monitor(self.student.backbone))
         if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
             self.save()
 
