@@ -3,8 +3,10 @@
 1. trains a supervised ViT teacher (labels) and an MAE ViT teacher (pixels);
 2. distils three students with the training code users run: Hybrid (supervised features + MAE
    relations, MAE-picked tokens) and the single-teacher baselines Distill-Sup and Distill-MAE;
-3. reports k-NN accuracy on the test split for raw pixels, a random-init ViT, both teachers and
-   every student, in results.json and report.md, with config, git SHA and package versions.
+3. reports k-NN and linear-probe accuracy on the test split for raw pixels, a random-init ViT, both
+   teachers and every student, a short fine-tune of the Hybrid student against the same recipe from
+   random init, and the paper's attention-distance / NMI figures, in results.json and report.md, with
+   config, git SHA and package versions.
 """
 import argparse
 import json
@@ -16,7 +18,11 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..data.fashion_mnist import FashionMNIST
-from ..evaluation.knn import knn_classify, knn_eval
+from ..analysis.command import main as analyze_main
+from ..evaluation.features import extract_features
+from ..evaluation.finetune import finetune_eval
+from ..evaluation.knn import knn_classify
+from ..evaluation.linear import linear_probe
 from ..models.load import create_vit, load_model
 from ..provenance import provenance
 from ..trainer import train
@@ -30,18 +36,20 @@ class DemoConfig:
     out: str = "runs/demo"
     data_path: str | None = None  # folder with the IDX files; None: Debian's dataset-fashion-mnist
     seed: int = 0
-    train_limit: int = 12000  # training images for teachers and students
-    knn_train_limit: int = 10000  # k-NN memory bank (test split: all 10,000)
+    train_limit: int = 10000  # training images for teachers and students
+    knn_train_limit: int = 5000  # k-NN / linear-probe training bank (test split: all 10,000)
     arch: str = "vit_tiny_patch16_224"
-    vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=96, depth=6,
-                                                          num_heads=3))
+    vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6,
+                                                          num_heads=4))
     batch: int = 128
-    teacher_epochs: int = 4
+    teacher_epochs: int = 3
     supervised_blr: float = 1e-3
-    mae_epochs: int = 6
+    mae_epochs: int = 5
     mae_blr: float = 1.5e-3
     student_epochs: int = 3
     student_blr: float = 1e-3
+    finetune_epochs: int = 2  # fine-tune preset 'fashion_mnist' on train_limit images
+    analysis_images: int = 200
     mean: list = field(default_factory=lambda: list(FASHION_MEAN))
     std: list = field(default_factory=lambda: list(FASHION_STD))
 
@@ -49,7 +57,7 @@ class DemoConfig:
     def fast(cls, out: str) -> "DemoConfig":
         """A seconds-long version for tests: tiny subset, tiny models, one epoch each."""
         return cls(out=out, train_limit=256, knn_train_limit=256, batch=64, teacher_epochs=1, mae_epochs=1,
-                   student_epochs=1, vit_kwargs=dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3))
+                   student_epochs=1, finetune_epochs=1, analysis_images=16, vit_kwargs=dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3))
 
 
 def student_config(demo: DemoConfig, name: str, teachers: dict, masking: dict):
@@ -83,38 +91,72 @@ def stage(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def pixel_knn(train_ds: FashionMNIST, test_ds: FashionMNIST, limit: int) -> dict:
-    flat = lambda ds, n: torch.from_numpy(ds.images[:n].reshape(min(n, len(ds)), -1)).float() / 255
-    labels = lambda ds, n: torch.from_numpy(ds.labels[:n])
-    result = knn_classify(flat(train_ds, limit), labels(train_ds, limit), flat(test_ds, len(test_ds)),
-                          labels(test_ds, len(test_ds)))
-    return {"protocol": "knn", **result}
+def pixel_features(ds: FashionMNIST, n: int):
+    n = min(n, len(ds))
+    return torch.from_numpy(ds.images[:n].reshape(n, -1).copy()).float() / 255, torch.from_numpy(ds.labels[:n].copy())
+
+
+def frozen_evals(train_feats, train_labels, test_feats, test_labels) -> dict:
+    """k-NN (DINO: k=20, T=0.07) and a linear probe chosen on held-out training data, same features."""
+    knn = knn_classify(train_feats, train_labels, test_feats, test_labels)
+    linear = linear_probe(train_feats, train_labels, lambda: (test_feats, test_labels))
+    return {"knn": knn, "linear": linear}
 
 
 def evaluate(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
     bank = torch.utils.data.Subset(train_ds, range(min(demo.knn_train_limit, len(train_ds))))
-    results = {"pixels": pixel_knn(train_ds, test_ds, demo.knn_train_limit)}
+    results = {"pixels": frozen_evals(*pixel_features(train_ds, demo.knn_train_limit),
+                                      *pixel_features(test_ds, len(test_ds)))}
     for name, model in models.items():
-        results[name] = knn_eval(model, bank, test_ds)
-        print(f"  k-NN {name:<14} top-1 {results[name]['top1']:.2f}", flush=True)
+        results[name] = frozen_evals(*extract_features(model, bank), *extract_features(model, test_ds))
+        print(f"  {name:<14} k-NN top-1 {results[name]['knn']['top1']:.2f}   "
+              f"linear top-1 {results[name]['linear']['top1']:.2f}", flush=True)
     return results
 
 
-def report(demo: DemoConfig, results: dict, timings: dict, out: Path) -> str:
-    kinds = {"pixels": "raw pixels", "random_init": "random-init ViT", "teacher_sup": "teacher (labels)",
-             "teacher_mae": "teacher (MAE)", "hybrid": "student: Hybrid Distill",
-             "distill_sup": "student: Distill-Sup", "distill_mae": "student: Distill-MAE"}
-    rows = [f"| {name} | {kinds.get(name, '')} | {r['top1']:.2f} | {r['top5']:.2f} |" for name, r in results.items()]
+def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
+    """The Hybrid student against the same recipe from random init (issue: does pre-training help?)."""
+    subset = torch.utils.data.Subset(train_ds, range(demo.train_limit))
+    out = {}
+    for name in ("hybrid", "random_init"):
+        out[name] = finetune_eval(models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs)
+        print(f"  fine-tuned {name:<12} top-1 {out[name]['top1']:.2f}", flush=True)
+    return out
+
+
+def analyze(demo: DemoConfig, out: Path, model_paths: list[str]) -> Path:
+    data = f"fashion_mnist:{demo.data_path}" if demo.data_path else "fashion_mnist"
+    analyze_main([*model_paths, "--data", data, "--num-images", str(demo.analysis_images),
+                  "--out", str(out / "analysis")])
+    return out / "analysis"
+
+
+KINDS = {"pixels": "raw pixels", "random_init": "random-init ViT", "teacher_sup": "teacher (labels)",
+         "teacher_mae": "teacher (MAE)", "hybrid": "student: Hybrid Distill",
+         "distill_sup": "student: Distill-Sup", "distill_mae": "student: Distill-MAE"}
+FIGURES = ("distance.png", "distance_plain.png", "nmi.png")
+
+
+def report(demo: DemoConfig, results: dict, tuned: dict, timings: dict, out: Path) -> str:
+    rows = [f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | "
+            f"{tuned[name]['top1']:.2f} |" if name in tuned else
+            f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | |"
+            for name, r in results.items()]
     prov = provenance()
     text = "\n".join([
         "# hybrid-distill demo: Fashion-MNIST", "",
         f"git {prov['git_sha']}, torch {prov['packages']['torch']}, timm {prov['packages']['timm']}, "
-        f"{prov['device']}; {demo.train_limit} training images, k-NN (k=20, T=0.07) on the 10,000 test images",
-        "", "| model | what | k-NN top-1 | k-NN top-5 |", "|---|---|---|---|", *rows, "",
+        f"{prov['device']}; {demo.train_limit} training images; top-1 (%) on the 10,000 test images: k-NN "
+        f"(k=20, T=0.07, {demo.knn_train_limit}-image bank), linear probe (setting chosen on held-out training "
+        f"data), fine-tune ({demo.finetune_epochs} epochs, preset fashion_mnist)",
+        "", "| model | what | k-NN | linear | fine-tune |", "|---|---|---|---|---|", *rows, "",
+        "Figures (paper section 2): " + ", ".join(f"[{f}](analysis/{f})" for f in FIGURES)
+        + ", attention maps in analysis/attention_maps_*.png", "",
         "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""])
     (out / "report.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
-        {"results": results, "timings_s": timings, "demo": asdict(demo), "provenance": prov}, indent=2))
+        {"frozen": results, "finetune": tuned, "timings_s": timings, "demo": asdict(demo), "provenance": prov},
+        indent=2))
     return text
 
 
@@ -131,22 +173,30 @@ def run_demo(demo: DemoConfig) -> Path:
         timings[name], start = time.perf_counter() - start, time.perf_counter()
 
     subset = torch.utils.data.Subset(train_ds, range(demo.train_limit))
-    stage("1/4 supervised teacher (labels)")
+    stage("1/6 supervised teacher (labels)")
     sup = train_supervised_teacher(demo, data_cfg, subset, out / "teachers" / "teacher_sup.pt")
     tick("teacher_sup")
-    stage("2/4 MAE teacher (masked pixel reconstruction)")
+    stage("2/6 MAE teacher (masked pixel reconstruction)")
     mae = train_mae_teacher(demo, data_cfg, subset, out / "teachers" / "teacher_mae.pt")
     tick("teacher_mae")
     models = {"random_init": _random_init(demo), "teacher_sup": load_model(str(sup)), "teacher_mae": load_model(str(mae))}
+    paths = [str(sup), str(mae)]
     for name, cfg in student_configs(demo, sup, mae).items():
-        stage(f"3/4 student {name}: teachers {list(cfg.teachers)}, masking {cfg.masking.strategy.value}")
-        models[name] = load_model(str(train(cfg)))
+        stage(f"3/6 student {name}: teachers {list(cfg.teachers)}, masking {cfg.masking.strategy.value}")
+        paths.append(str(train(cfg)))
+        models[name] = load_model(paths[-1])
         tick(f"student_{name}")
-    stage("4/4 evaluation: k-NN on the test split")
+    stage("4/6 frozen evaluation on the test split: k-NN and linear probe")
     results = evaluate(models, demo, train_ds, test_ds)
-    tick("evaluation")
-    print("\n" + report(demo, results, timings, out))
-    print(f"results: {out / 'results.json'}, {out / 'report.md'}")
+    tick("frozen_eval")
+    stage("5/6 fine-tuning: Hybrid student vs random init")
+    tuned = finetune(models, demo, train_ds, test_ds)
+    tick("finetune")
+    stage("6/6 attention distance and NMI (paper figures 1, 3, 5)")
+    analyze(demo, out, paths)
+    tick("analysis")
+    print("\n" + report(demo, results, tuned, timings, out))
+    print(f"results: {out / 'results.json'}, {out / 'report.md'}, figures in {out / 'analysis'}")
     return out
 
 
