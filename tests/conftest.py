@@ -12,7 +12,7 @@ TINY = dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3)
 
 def tiny_vit(seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", num_classes=0, **{**TINY, **overrides})
+    return timm.create_model("vit_tiny_patch16_224", **{"num_classes": 0, **TINY, **overrides})
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

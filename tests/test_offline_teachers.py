@@ -1,0 +1,40 @@
+"""Issue 5: a run started from official-format teacher files, with the network cut off, trains and its
+manifest lists each file's SHA-256."""
+import hashlib
+import json
+import socket
+
+import pytest
+import torch
+
+from hybrid_distill.config import from_dict
+from hybrid_distill.trainer import Trainer
+
+from conftest import TINY, tiny_run_config, tiny_vit
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_run_from_teacher_files_offline_records_hashes(idx_folder, tmp_path, no_network):
+    mae_file, deit_file = tmp_path / "mae_pretrain_vit_tiny.pth", tmp_path / "deit_tiny.pth"
+    torch.save({"model": tiny_vit(1).state_dict()}, mae_file)  # MAE: {'model': encoder}
+    torch.save({"model": tiny_vit(2, num_classes=10).state_dict()}, deit_file)  # DeiT: with its head
+    values = tiny_run_config(idx_folder, tmp_path / "runs", **{"train.max_steps": 2})
+    values["teachers"]["sup"].update(weights=str(deit_file))
+    values["teachers"]["mim"].update(weights=str(mae_file))
+    trainer = Trainer(from_dict(values))
+    trainer.fit()
+    assert trainer.step == 2
+    manifest = json.loads((trainer.run_dir / "manifest.json").read_text())["teachers"]
+    for name, path in (("sup", deit_file), ("mim", mae_file)):
+        assert manifest[name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    # the teacher got the file's weights, not a fresh init
+    expected = tiny_vit(1).state_dict()["blocks.0.attn.qkv.weight"]
+    assert torch.equal(trainer.teachers.teachers["mim"].model.blocks[0].attn.qkv.weight, expected)
