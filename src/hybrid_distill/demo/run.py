@@ -36,16 +36,16 @@ class DemoConfig:
     out: str = "runs/demo"
     data_path: str | None = None  # folder with the IDX files; None: Debian's dataset-fashion-mnist
     seed: int = 0
-    train_limit: int = 10000  # training images for teachers and students
+    train_limit: int = 6000  # training images for teachers and students
     knn_train_limit: int = 5000  # k-NN / linear-probe training bank
-    test_limit: int = 10000  # test images evaluated (Fashion-MNIST has 10,000)
+    test_limit: int = 5000  # test images evaluated (the first of Fashion-MNIST's 10,000)
     arch: str = "vit_tiny_patch16_224"
     vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6,
                                                           num_heads=4))
     batch: int = 128
     teacher_epochs: int = 3
     supervised_blr: float = 1e-3
-    mae_epochs: int = 5
+    mae_epochs: int = 4
     mae_blr: float = 1.5e-3
     student_epochs: int = 3
     student_blr: float = 1e-3
