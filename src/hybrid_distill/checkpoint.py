@@ -3,8 +3,10 @@
 Written atomically (temp file, fsync, rename) so a crash never leaves a half file under the real
 name; every value is a tensor or a builtin so `torch.load(weights_only=True)` reads it.
 """
+import hashlib
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,21 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(path: Path, payload: dict) -> Path:
+    """Temp file + fsync + rename, then the SHA-256 beside it: a checkpoint without a matching
+    checksum was cut short (preempted while writing, disk full) and is never resumed from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -44,7 +60,13 @@ def save_checkpoint(path: Path, payload: dict) -> Path:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+    _checksum_path(path).write_text(sha256_file(path) + "\n")
     return path
+
+
+def is_complete(path: Path) -> bool:
+    checksum = _checksum_path(path)
+    return checksum.is_file() and checksum.read_text().strip() == sha256_file(path)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -62,19 +84,27 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*.pt"))
 
 
+def newest_complete(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose checksum matches; a corrupt newer one is skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        if is_complete(path):
+            return path
+        warnings.warn(f"checkpoint {path} is truncated or corrupt (checksum mismatch); trying the previous one")
+    return None
+
+
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """'auto': the newest checkpoint of this run (None when there is none); else a path."""
+    """'auto': the newest complete checkpoint of this run (None when there is none); else a path."""
     if not resume:
         return None
     if resume == "auto":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
+        return newest_complete(run_dir)
     path = Path(resume)
     if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"--resume {resume}: no checkpoints/checkpoint-*.pt in that run directory")
-        return found[-1]
+        found = newest_complete(path)
+        if found is None:
+            raise FileNotFoundError(f"--resume {resume}: no complete checkpoints/checkpoint-*.pt in that run directory")
+        return found
     if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file (use --resume auto for the newest)")
     return path
@@ -83,3 +113,4 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
+        _checksum_path(old).unlink(missing_ok=True)

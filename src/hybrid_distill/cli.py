@@ -5,6 +5,7 @@ input ends the command with one line naming it and the fix, and exit code 2.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from .config import ConfigError, load_config
@@ -26,8 +27,15 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
     parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
     args = parser.parse_args(argv)
+    if args.resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        args.resume = "auto"  # a requeued SLURM job picks up where it was preempted
+    from .guards import StopTraining
     from .trainer import train
-    run_dir = train(load_config(args.config, args.overrides), resume=args.resume)
+    try:
+        run_dir = train(load_config(args.config, args.overrides), resume=args.resume)
+    except StopTraining as stop:
+        print(f"hybrid-distill train: {stop}", file=sys.stderr)
+        return stop.exit_code
     print(f"run directory: {run_dir}")
     return 0
 

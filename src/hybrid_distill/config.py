@@ -57,6 +57,7 @@ class DataConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: int = 2
+    max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
 
 
 @dataclass
@@ -121,6 +122,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     monitor_every: int = 0  # attention distance / NMI of the student every N steps (0: off)
     monitor_images: int = 16  # size of the fixed probe batch (the first images of the dataset)
+    max_nonfinite_steps: int = 10  # save and stop after this many skipped non-finite steps in a row
     progress: bool = True
     tensorboard: bool = True
 

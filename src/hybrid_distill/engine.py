@@ -3,6 +3,7 @@ import contextlib
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .data.transforms import to_unit
@@ -59,7 +60,13 @@ def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torc
             totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
     scaler.unscale_(optimizer)
     totals["grad_norm"] = nn.utils.clip_grad_norm_(student.parameters(), run.clip_grad)
-    scaler.step(optimizer)
+    # a non-finite loss or gradient skips the step on every rank alike (one host sync per step)
+    skipped = (~torch.isfinite(totals["grad_norm"]) | ~torch.isfinite(totals["loss"])).float()
+    if dist.is_initialized():
+        dist.all_reduce(skipped, op=dist.ReduceOp.MAX)
+    totals["skipped"] = skipped.bool()
+    if scaler.is_enabled() or not totals["skipped"].item():
+        scaler.step(optimizer)  # fp16: the scaler skips on its own and lowers the scale
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return totals

@@ -14,7 +14,9 @@ from .build import build_models
 from .config import Amp, ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .distributed import Dist, init_distributed
+from .data.sampler import sample_name
 from .engine import build_optimizer, lr_at, train_step
+from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
 from .provenance import provenance
 from .run_log import RunLog
 
@@ -70,9 +72,10 @@ class Trainer:
         self.dist: Dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        seed_everything(cfg.seed + self.dist.rank)
+        seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
         self.student, self.teachers, records = build_models(cfg)
+        seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
         if self.dist.main:
@@ -155,26 +158,48 @@ class Trainer:
         return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
 
     def fit(self) -> Path:
+        """Train to the last step; a guard or a preemption signal saves and raises StopTraining."""
         cfg, last = self.cfg.train, self.last_step()
         log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
+        preemption, nonfinite = Preemption(), NonFiniteGuard(cfg.max_nonfinite_steps)
+        bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), self.cfg.data.max_bad_fraction,
+                         self.dist.main)
         self.student.train()
-        accum = self.cfg.optim.accum_steps
-        while self.step < last:
-            epoch, start = divmod(self.step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch, start * accum)
-            batches = iter(self.loader)
-            for _ in range(start, self.steps_per_epoch):
-                micro = [next(batches)[0] for _ in range(accum)]
-                lr = self.lr()
-                parts = train_step(self.model, self.teachers, micro, self.optimizer, self.scaler, lr, self.ctx)
-                self.step += 1
-                self.after_step(log, parts, lr, epoch)
-                if self.step >= last:
-                    break
-            if self.step % self.steps_per_epoch == 0 or self.step >= last:
+        try:
+            while self.step < last:
+                epoch = self.step // self.steps_per_epoch
+                self.run_epoch(epoch, last, log, bad, nonfinite, preemption)
+                log.log(self.step, {"epoch": epoch, **bad.end_epoch(epoch), "skipped_steps": nonfinite.total})
                 self.save()
-        log.close()
+        except StopTraining as stop:
+            self.save()
+            log.write(f"stopped at step {self.step}: {stop}")
+            raise
+        finally:
+            preemption.restore()
+            log.close()
         return self.run_dir
+
+    def run_epoch(self, epoch: int, last: int, log: RunLog, bad: BadSamples, nonfinite: NonFiniteGuard,
+                  preemption: Preemption) -> None:
+        """The steps of one epoch from where the run stands (mid-epoch after a resume)."""
+        accum, start = self.cfg.optim.accum_steps, self.step % self.steps_per_epoch
+        self.sampler.set_epoch(epoch, start * accum)
+        batches = iter(self.loader)
+        for _ in range(start, self.steps_per_epoch):
+            micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
+            bad.update(torch.cat([m[2] for m in micro]))
+            lr = self.lr()
+            parts = train_step(self.model, self.teachers, [m[0] for m in micro], self.optimizer, self.scaler,
+                               lr, self.ctx)
+            self.step += 1
+            nonfinite.update(bool(parts["skipped"]), self.step)
+            self.after_step(log, parts, lr, epoch)
+            if preemption.should_stop():
+                raise StopTraining(f"preempted by a signal; resume with --resume auto (exit code {EXIT_PREEMPTED})",
+                                   EXIT_PREEMPTED)
+            if self.step >= last:
+                return
 
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train

@@ -29,6 +29,25 @@ class SyntheticImages(torch.utils.data.Dataset):
         return Image.fromarray(pixels), index % self.num_classes
 
 
+class ReaderImages(torch.utils.data.Dataset):
+    """A timm reader's samples decoded here, so that an unreadable file raises (timm's ImageDataset
+    silently retries the next one) and is counted and reported by the training loop."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int):
+        source, target = self.reader[index][:2]
+        image = source if isinstance(source, Image.Image) else Image.open(source)
+        return image.convert("RGB"), int(target)
+
+    def filename(self, index: int, absolute: bool = True) -> str:
+        return self.reader.filename(index, absolute=absolute)
+
+
 def _split_root(path: Path, split: str) -> Path:
     return path / split if (path / split).is_dir() else path
 
@@ -45,7 +64,8 @@ def timm_dataset(name: str, path: str, split: str):
     except (RuntimeError, FileNotFoundError, AssertionError) as err:
         raise DataError(f"cannot read a dataset at {root}: {str(err).splitlines()[0]} "
                         "(expected one sub-folder per class holding images)") from None
-    return dataset
+    from timm.data import ImageDataset
+    return ReaderImages(dataset.reader) if isinstance(dataset, ImageDataset) else dataset  # wds: iterable
 
 
 def build_dataset(cfg, split: str | None = None):

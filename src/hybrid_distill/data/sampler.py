@@ -45,18 +45,46 @@ class StepSampler(torch.utils.data.Sampler):
                 yield i, sample_seed(self.seed, self.epoch, i)
 
 
-class SeededDataset(torch.utils.data.Dataset):
-    """Wraps an indexable (image, label) dataset; items are addressed by (index, seed)."""
+# what PIL and the readers raise on unreadable, truncated or non-image files
+BAD_SAMPLE_ERRORS = (OSError, ValueError, SyntaxError)
 
-    def __init__(self, dataset, transform):
-        self.dataset, self.transform = dataset, transform
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Wraps an indexable (image, label) dataset; items are addressed by (index, seed).
+
+    Yields (image, label, bad): `bad` is the index of an unreadable sample that was replaced by the
+    next readable one (so batches keep their size and no worker dies), or -1.
+    """
+
+    def __init__(self, dataset, transform, max_tries: int = 32):
+        self.dataset, self.transform, self.max_tries = dataset, transform, max_tries
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def load(self, index: int):
+        bad = -1
+        for attempt in range(self.max_tries):
+            try:
+                return self.dataset[(index + attempt) % len(self.dataset)], bad
+            except BAD_SAMPLE_ERRORS:
+                bad = index if bad < 0 else bad
+        raise RuntimeError(f"{self.max_tries} samples in a row from index {index} are unreadable; check the data")
+
     def __getitem__(self, item):
         index, seed = item
-        image, label = self.dataset[index]
+        (image, label), bad = self.load(index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(image), label
+            return self.transform(image), label, bad
+
+
+def sample_name(dataset, index: int) -> str:
+    """A file path for reports where the dataset knows it (timm readers, ImageFolder), else the index."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    if hasattr(dataset, "filename"):
+        return str(dataset.filename(index, absolute=True))
+    if hasattr(dataset, "samples"):
+        return str(dataset.samples[index][0])
+    return f"index {index}"

@@ -25,7 +25,7 @@ def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, 
     module.train()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
-        for images, labels in loader:
+        for images, labels, _ in loader:
             set_lr(optimizer, lr_at(bar.n, epochs * steps, steps, peak, 0.0))
             loss = loss_fn(normalize(to_unit(images)), labels)
             optimizer.zero_grad(set_to_none=True)
