@@ -156,3 +156,17 @@ def test_token_grid_mismatch_fails_with_the_fix(idx_folder, tmp_path):
     student, teachers, _ = build_models(from_dict(values))
     assert teachers.teachers["sup"].model.patch_embed.img_size == (49, 49)
     assert teachers(torch.rand(1, 3, 28, 28))["sup"].features.shape == (1, 17, 48)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(idx_folder, tmp_path):
+    grads = []
+    for flag in (False, True):
+        cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.activation_checkpointing": flag,
+                                                                   "student.drop_path": 0.0}))
+        torch.manual_seed(0)
+        student, teachers, _ = build_models(cfg)
+        images = torch.rand(2, 3, 28, 28)
+        targets = teachers(images)
+        distill_losses(student(images, targets["mim"].keep), targets, {"sup": 1.0, "mim": 1.0}, 2.0)["loss"].backward()
+        grads.append([p.grad.clone() for p in student.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

@@ -44,7 +44,7 @@ def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None) -> Stude
         if tcfg.features:
             heads[name] = teacher.model.embed_dim
         specs += [RelationSpec(name, b, tcfg.relation_kind, tcfg.relation_heads) for b in tcfg.relation_blocks]
-    return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs)
+    return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs, cfg.train.activation_checkpointing)
 
 
 def build_models(cfg: DictConfig):

@@ -117,6 +117,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     device: str = "auto"  # auto | cpu | cuda
     amp: Amp = Amp.auto
+    activation_checkpointing: bool = False  # recompute student blocks in backward (ViT-L/H memory)
     log_every: int = 20
     ckpt_every_steps: int = 0  # 0: once per epoch
     keep_checkpoints: int = 3

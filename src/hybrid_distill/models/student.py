@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import RelationHeads, RelationKind
 from ..masking import all_indices, keep_with_prefix
@@ -33,8 +34,9 @@ class RelationSpec:
 
 class Student(nn.Module):
     def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
-                 relation_specs: list[RelationSpec]):
+                 relation_specs: list[RelationSpec], activation_checkpointing: bool = False):
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         for block in backbone.blocks:
             check_block(block)
         self.backbone = backbone
@@ -56,13 +58,19 @@ class Student(nn.Module):
         logits = {}
         for i, block in enumerate(bb.blocks):
             if i in self.relation_blocks:
-                x, logits[i] = block_with_logits(block, x)
+                x, logits[i] = self.run_block(block_with_logits, block, x)
             else:
-                x = block(x)
+                x = self.run_block(block, x)
         x = bb.norm(x)
         tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # CLS + kept patches
         return StudentOutput(tokens, {n: head(tokens) for n, head in self.heads.items()},
                              self.relations(logits, P))
+
+    def run_block(self, fn, *args):
+        """Activation checkpointing (recompute in backward) when set, for large students."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def relations(self, logits: dict[int, torch.Tensor], P: int) -> dict[str, dict[int, torch.Tensor]]:
         out: dict[str, dict[int, torch.Tensor]] = {}
