@@ -151,7 +151,7 @@ def test_holdout_split_is_seeded_and_disjoint():
 def test_layer_decay_groups():
     depth, decay = TINY["depth"], 0.65
     model = finetune.prepare_model(tiny_vit(), num_classes=5, drop_path=0.1)
-    opt = finetune.make_optimizer(model, finetune.preset("imagenet"), lr=1.0)
+    opt = finetune.make_optimizer(model, finetune.make_config("imagenet"), lr=1.0)
     scale, wd = {}, {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -174,7 +174,7 @@ def test_layer_decay_groups():
 
 def test_scheduler_applies_layer_scale_with_warmup_and_cosine():
     model = finetune.prepare_model(tiny_vit(), num_classes=5, drop_path=0.0)
-    cfg = finetune.preset("imagenet", epochs=4, warmup_epochs=1, min_lr=0.0)
+    cfg = finetune.make_config("imagenet", epochs=4, warmup_epochs=1, min_lr=0.0)
     opt = finetune.make_optimizer(model, cfg, lr=1.0)
     sched = finetune.make_scheduler(opt, cfg, steps_per_epoch=10)  # 10 warmup + 30 cosine steps
     expected = {5: 0.5, 10: 1.0, 25: 0.5 * (1 + math.cos(math.pi * 15 / 30)), 40: 0.0}
@@ -203,7 +203,7 @@ def test_finetune_runs_and_leaves_backbone_untouched(name):
 
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="fashion_mnist"):
-        finetune.preset("cifar")
+        finetune.make_config("cifar")
 
 
 # ---------------------------------------------------------------- features

@@ -20,7 +20,6 @@ from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
 from hybrid_distill.evaluation.knn import knn_eval
 from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
 from hybrid_distill.models.load import load_model
-from hybrid_distill.provenance import provenance
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or default_out(args.model)
         result = run_protocol(args, model, train, test, info, out)
         if not dist.is_initialized() or dist.get_rank() == 0:
-            result = {**result, "model": args.model, "data": info, "provenance": provenance()}
+            result = {**result, "model": args.model, "data": info}
             path = result_path(out, args, result, info["name"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))

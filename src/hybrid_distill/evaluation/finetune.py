@@ -13,9 +13,11 @@ lr * decay^(depth + 1), the head lr. timm puts the final `norm` with the last bl
 """
 import copy
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import timm.data
 import timm.loss
 import timm.optim
@@ -28,6 +30,7 @@ from hybrid_distill.evaluation.features import (Transformed, _device, _rank_worl
                                                 eval_transform, input_size)
 from hybrid_distill.evaluation.linear import accuracy
 from hybrid_distill.models.load import mean_std
+from hybrid_distill.provenance import provenance
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ PRESETS = {
 }
 
 
-def preset(name: str, **overrides) -> FinetuneConfig:
+def make_config(name: str, **overrides) -> FinetuneConfig:
+    """A preset with some fields replaced (any FinetuneConfig field)."""
     if name not in PRESETS:
         raise ValueError(f"unknown fine-tune preset '{name}'; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
@@ -199,7 +203,8 @@ def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_class
     """Fine-tune a copy of model on train_ds, then evaluate it once on test_ds (top-1 / top-5, percent)."""
     device = _device(device)
     num_classes = num_classes or num_classes_of(train_ds)
-    torch.manual_seed(cfg.seed)
+    # timm's crops and Mixup draw from Python's and NumPy's global generators (MAE seeds them the same way)
+    torch.manual_seed(cfg.seed), random.seed(cfg.seed), np.random.seed(cfg.seed)
     model = prepare_model(model, num_classes, cfg.drop_path).to(device)
     start = time.perf_counter()
     stats = train(model, train_loader(train_ds, model, cfg), cfg, num_classes, device, log)
@@ -211,9 +216,8 @@ def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_class
             "config": asdict(cfg)}
 
 
-def finetune_eval(model: nn.Module, train_ds, test_ds, preset_name: str = "fashion_mnist", device=None,
+def finetune_eval(model: nn.Module, train_ds, test_ds, preset: str = "fashion_mnist", device=None,
                   log=None, **overrides) -> dict:
     """Fine-tune with a preset (overrides: any FinetuneConfig field) and report test top-1 / top-5."""
-    cfg = preset(preset_name, **overrides)
-    return {"protocol": "finetune", "preset": preset_name, **finetune(model, train_ds, test_ds, cfg, device=device,
-                                                                      log=log)}
+    result = finetune(model, train_ds, test_ds, make_config(preset, **overrides), device=device, log=log)
+    return {"protocol": "finetune", "preset": preset, **result, "provenance": provenance()}

@@ -8,6 +8,9 @@ similarity matrix stays small.
 import torch
 import torch.nn.functional as F
 
+from hybrid_distill.evaluation.features import extract_features
+from hybrid_distill.provenance import provenance
+
 
 def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
@@ -53,12 +56,11 @@ def knn_eval(model, train_ds, test_ds, pool: str = "cls", k: int = 20, temperatu
              batch_size: int = 256, device=None, crop_pct: float = 1.0, cache_dir=None,
              data_keys: tuple[str, str] | None = None) -> dict:
     """k-NN top-1 / top-5 (percent) of a frozen model's features; datasets yield (PIL image, label)."""
-    from hybrid_distill.evaluation.features import extract_features
     kw = dict(pool=pool, batch_size=batch_size, device=device, crop_pct=crop_pct, cache_dir=cache_dir)
     keys = data_keys or (None, None)
     train_feats, train_labels = extract_features(model, train_ds, data_key=keys[0], **kw)
     test_feats, test_labels = extract_features(model, test_ds, data_key=keys[1], **kw)
     result = knn_classify(train_feats, train_labels, test_feats, test_labels, k, temperature)
-    return {"protocol": "knn", **result,
+    return {"protocol": "knn", **result, "provenance": provenance(),
             "config": {"k": k, "temperature": temperature, "pool": pool, "crop_pct": crop_pct,
                        "train_size": len(train_feats), "test_size": len(test_feats), "dim": train_feats.shape[1]}}

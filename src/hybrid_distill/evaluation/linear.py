@@ -10,7 +10,7 @@ No test leakage: the setting is chosen on a seeded held-out part of the *trainin
 chosen setting is refit on the whole training split; only then is the test split read, once.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import product
 from typing import Callable
 
@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+from hybrid_distill.evaluation.features import extract_features
+from hybrid_distill.provenance import provenance
+
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3)
 
 
@@ -129,14 +132,11 @@ def linear_eval(model, train_ds, test_ds, pool: str = "cls", cfg: ProbeConfig = 
                 batch_size: int = 256, device=None, crop_pct: float = 1.0, cache_dir=None,
                 data_keys: tuple[str, str] | None = None) -> dict:
     """Linear probe top-1 / top-5 (percent) of a frozen model; test_ds is read only after selection."""
-    from dataclasses import asdict
-
-    from hybrid_distill.evaluation.features import extract_features
     kw = dict(pool=pool, batch_size=batch_size, device=device, crop_pct=crop_pct, cache_dir=cache_dir)
     keys = data_keys or (None, None)
     train_feats, train_labels = extract_features(model, train_ds, data_key=keys[0], **kw)
     result = linear_probe(train_feats, train_labels, lambda: extract_features(model, test_ds, data_key=keys[1], **kw),
                           cfg=cfg)
-    return {"protocol": "linear", **result,
+    return {"protocol": "linear", **result, "provenance": provenance(),
             "config": {**asdict(cfg), "pool": pool, "crop_pct": crop_pct, "train_size": len(train_feats),
                        "dim": train_feats.shape[1]}}
