@@ -199,6 +199,10 @@ def test_finetune_runs_and_leaves_backbone_untouched(name):
     assert result["steps"] == 4 and math.isfinite(result["train_loss"])
     assert result["num_classes"] == 3 and 0.0 <= result["top1"] <= result["top5"] <= 100.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if name == "fashion_mnist":  # seeded: crops, flips, shuffling and head init repeat exactly
+        again = finetune.finetune_eval(model, fake_images(32), fake_images(10, seed=50), name, batch_size=8,
+                                       epochs=1, warmup_epochs=0.5, train_subset=None, num_workers=0)
+        assert again["train_loss"] == result["train_loss"]
 
 
 def test_unknown_preset_names_the_choices():

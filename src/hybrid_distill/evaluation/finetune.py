@@ -68,7 +68,7 @@ PRESETS = {
     "fashion_mnist": FinetuneConfig(epochs=3, batch_size=128, lr=1e-3, ref_batch=256, warmup_epochs=0.5,
                                     layer_decay=0.75, drop_path=0.0, mixup=0.0, cutmix=0.0,
                                     auto_augment=None, re_prob=0.0, scale=(0.6, 1.0), crop_pct=1.0,
-                                    train_subset=20000, num_workers=0),
+                                    train_subset=15000, num_workers=0),
 }
 
 
