@@ -24,8 +24,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for all parameters) on CUDA and CPU: 3x faster than foreach for ViT-S
+    on 2 CPU cores (hybrid-distill bench, '- fused_adamw')."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) or None
     return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=0.0,
-                             betas=tuple(optim_cfg.betas), fused=torch.cuda.is_available() or None)
+                             betas=tuple(optim_cfg.betas), fused=fused)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
@@ -58,15 +61,21 @@ def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torc
             scaler.scale(parts["loss"] / len(micro_batches)).backward()
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
+    totals.update(finish_step(student, optimizer, scaler, run.clip_grad, totals["loss"]))
+    return totals
+
+
+def finish_step(student: nn.Module, optimizer: torch.optim.Optimizer, scaler, clip_grad: float,
+                loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Clip, step unless non-finite, clear the gradients: {'grad_norm', 'skipped'}."""
     scaler.unscale_(optimizer)
-    totals["grad_norm"] = nn.utils.clip_grad_norm_(student.parameters(), run.clip_grad)
+    grad_norm = nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
     # a non-finite loss or gradient skips the step on every rank alike (one host sync per step)
-    skipped = (~torch.isfinite(totals["grad_norm"]) | ~torch.isfinite(totals["loss"])).float()
+    skipped = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float()
     if dist.is_initialized():
         dist.all_reduce(skipped, op=dist.ReduceOp.MAX)
-    totals["skipped"] = skipped.bool()
-    if scaler.is_enabled() or not totals["skipped"].item():
+    if scaler.is_enabled() or not skipped.item():
         scaler.step(optimizer)  # fp16: the scaler skips on its own and lowers the scale
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return totals
+    return {"grad_norm": grad_norm, "skipped": skipped.bool()}

@@ -44,14 +44,34 @@ class TeacherSet(nn.Module):
     def train(self, mode: bool = True) -> "TeacherSet":
         return super().train(False)
 
-    @torch.no_grad()
+    def cast(self, dtype: torch.dtype) -> "TeacherSet":
+        """Teacher weights in `dtype` (bf16 on CUDA halves their time and memory); normalisation and
+        targets stay fp32. A config-free switch: targets differ from fp32 ones by bf16 rounding."""
+        for teacher in self.teachers.values():
+            teacher.model.to(dtype)
+        return self
+
+    def order(self) -> list[str]:
+        """The token picker first: the others follow on its keep set."""
+        rest = [n for n in self.teachers if n != self.picker]
+        return [self.picker] + rest if self.picker in self.teachers else rest
+
     def forward(self, pixels: torch.Tensor) -> dict[str, TeacherOutput]:
         keep = self.keep_for(pixels.shape[0], pixels.device)
         out = {}
-        if keep is None:
-            out[self.picker] = self.teachers[self.picker](pixels, select=self.select, prune=self.prune)
-            keep = out[self.picker].keep
-        for name, teacher in self.teachers.items():
-            if name not in out:
-                out[name] = teacher(pixels, keep=keep)
+        for name in self.order():
+            out[name] = self.run_teacher(name, pixels, keep)
+            keep = out[name].keep
         return out
+
+    def run_teacher(self, name: str, pixels: torch.Tensor, keep: torch.Tensor | None) -> TeacherOutput:
+        """One teacher under inference mode (no autograd bookkeeping); the picker when keep is None.
+        Its outputs are cloned outside inference mode: the loss's backward must be able to save them."""
+        teacher = self.teachers[name]
+        with torch.inference_mode():
+            if keep is None:
+                out = teacher(pixels, select=self.select, prune=self.prune)
+            else:
+                out = teacher(pixels, keep=keep)
+        return TeacherOutput(out.keep.clone(), None if out.features is None else out.features.clone(),
+                             {spec: rel.clone() for spec, rel in out.relations.items()})

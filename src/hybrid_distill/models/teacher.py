@@ -56,6 +56,8 @@ class Teacher(nn.Module):
         self.feature_block = resolve_block(cfg.feature_block, depth, f"teachers.{name}.feature_block")
         self.relation_at = {resolve_block(b, depth, f"teachers.{name}.relation_blocks"): b
                             for b in cfg.relation_blocks}
+        self.trim = True  # stop after the last needed block, kept rows only after the final selection
+        self.kept_relations = True  # relations from q and k at CLS + kept rows only (else N x N, then gathered)
         self.eval()
 
     @property
@@ -74,7 +76,8 @@ class Teacher(nn.Module):
         size = image_size(self.model)
         if tuple(pixels.shape[-2:]) != size:
             pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return embed_tokens(self.model, self.normalize(pixels))
+        dtype = self.model.patch_embed.proj.weight.dtype  # bf16 once TeacherSet.cast(torch.bfloat16)
+        return embed_tokens(self.model, self.normalize(pixels).to(dtype))
 
     def last_needed_block(self, select: dict[int, int] | None) -> int:
         needed = list(self.relation_at) + list(select or {})
@@ -91,11 +94,18 @@ class Teacher(nn.Module):
         kept = keep if keep is not None else all_indices(B, L, x.device)
         present = None  # which patches x holds, sorted (None: all of them)
         saved, feats = {}, None
-        for i in range(self.last_needed_block(select) + 1):
+        last = self.last_needed_block(select) if self.trim else self.depth - 1
+        for i in range(last + 1):
             block = self.model.blocks[i]
             if i in self.relation_at:
                 saved[i] = (block.norm1(x), present)
-            x = block(x)
+            mode = self.block_mode(i, last, max(select) if select else -1)
+            if mode == "skip":
+                break
+            if mode == "rows":
+                x, present = block_at_rows(block, x, prefix_and(positions_within(present, kept), P)), kept
+            else:
+                x = block(x)
             if select and i in select:
                 current = gather_tokens(x[:, P:], positions_within(present, kept))  # (B, n, D)
                 kept = kept.gather(1, least_redundant(current, select[i]))
@@ -105,6 +115,20 @@ class Teacher(nn.Module):
                 feats = (x, present)
         return TeacherOutput(kept, self.feature_target(feats, kept), self.relation_targets(saved, kept))
 
+    def block_mode(self, i: int, last: int, final_select: int) -> str:
+        """'full', 'rows' (queries, projection and MLP on the prefix + kept rows only) or 'skip'.
+
+        Once the keep set is final (after the last selection block), targets read only kept rows: the
+        last needed block runs on kept rows (features), or not at all when only its q and k at kept
+        rows are read (relations); the block before a relation-only last block then needs kept rows
+        only too, since those q and k come from its kept outputs alone."""
+        if not self.trim or i <= final_select:
+            return "full"
+        last_is_feature = self.cfg.features and self.feature_block == last
+        if i == last:
+            return "rows" if last_is_feature else "skip"
+        return "rows" if i == last - 1 and not last_is_feature else "full"
+
     def feature_target(self, feats, kept: torch.Tensor) -> torch.Tensor | None:
         """Block output -> final norm -> per-token LayerNorm without affine (FD), at CLS + kept."""
         if feats is None:
@@ -113,14 +137,60 @@ class Teacher(nn.Module):
         x = cls_and_kept(x, positions_within(present, kept), self.model.num_prefix_tokens)
         if self.cfg.final_norm:
             x = self.model.norm(x)
+        x = x.float()  # targets in fp32 whatever the teacher's dtype
         return F.layer_norm(x, x.shape[-1:]) if self.cfg.whiten else x
 
     def relation_targets(self, saved: dict, kept: torch.Tensor) -> dict[int, torch.Tensor]:
         """q k^T * hd^-0.5 from each block's own projection, on CLS + kept rows and columns only."""
         out = {}
         for i, (normed, present) in saved.items():
-            rows = cls_and_kept(normed, positions_within(present, kept), self.model.num_prefix_tokens)
             attn = self.model.blocks[i].attn
-            out[self.relation_at[i]] = relation_form(attention_logits(attn, rows), attn.scale,
-                                                     self.cfg.relation_kind, self.cfg.relation_heads)
+            index = positions_within(present, kept)
+            if self.kept_relations:
+                logits = attention_logits(attn, cls_and_kept(normed, index, self.model.num_prefix_tokens))
+            else:
+                logits = gather_relation(attention_logits(attn, normed), prefix_and(index, self.model.num_prefix_tokens, 1))
+            out[self.relation_at[i]] = relation_form(logits.float(), attn.scale, self.cfg.relation_kind,
+                                                     self.cfg.relation_heads)
         return out
+
+
+def prefix_and(index: torch.Tensor, num_prefix: int, keep_prefix: int | None = None) -> torch.Tensor:
+    """(B, K) patch indices -> (B, p + K) token indices: the first p prefix tokens (all P by default),
+    then the patches shifted past the P prefix tokens."""
+    p = num_prefix if keep_prefix is None else keep_prefix
+    prefix = torch.arange(p, device=index.device).expand(index.shape[0], p)
+    return torch.cat([prefix, index + num_prefix], dim=1)
+
+
+def gather_relation(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, N) at token indices (B, R) on both axes -> (B, H, R, R)."""
+    H, N, R = logits.shape[1], logits.shape[-1], rows.shape[1]
+    logits = logits.gather(2, rows[:, None, :, None].expand(-1, H, R, N))
+    return logits.gather(3, rows[:, None, None, :].expand(-1, H, R, R))
+
+
+def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """timm Block.forward in eval mode at token rows (B, R) only: equals gather(block(x), rows).
+
+    Queries, projection and MLP run on those rows; keys and values on every token, split from the
+    block's own qkv weight (timm layers/attention.py, Attention.forward)."""
+    attn = block.attn
+    B, N, _ = x.shape
+    R, H, hd = rows.shape[1], attn.num_heads, attn.head_dim
+    h = block.norm1(x)  # (B, N, D)
+    h_rows = gather_tokens(h, rows)  # (B, R, D)
+    w_q, w_kv = attn.qkv.weight.split([H * hd, 2 * H * hd])
+    b_q, b_kv = attn.qkv.bias.split([H * hd, 2 * H * hd]) if attn.qkv.bias is not None else (None, None)
+    q = F.linear(h_rows, w_q, b_q).reshape(B, R, H, hd).transpose(1, 2)  # (B, H, R, hd)
+    k, v = F.linear(h, w_kv, b_kv).reshape(B, N, 2, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    out = attn.norm(out.transpose(1, 2).reshape(B, R, H * hd))  # (B, R, D)
+    if attn.gate is not None:
+        out = out * attn.gate(h_rows).sigmoid()
+    y = gather_tokens(x, rows) + block.ls1(attn.proj(out))
+    return y + block.ls2(block.mlp(block.norm2(y)))
