@@ -18,6 +18,7 @@ DELEGATED = {
     "eval": ("hybrid_distill.evaluation.command", "main", "k-NN, linear probe or fine-tuning of a model"),
     "export": ("hybrid_distill.weights.command", "export_main", "export a student for timm, ViTDet or mmseg"),
     "teachers": ("hybrid_distill.weights.command", "teachers_main", "list or prefetch teacher weights"),
+    "bench": ("hybrid_distill.bench.command", "main", "time the optimised step against a plain one, phase by phase"),
 }
 
 

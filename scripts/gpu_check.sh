@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU, in under 8 minutes: the default test suite (its CUDA tests run
+# there, they skip elsewhere), then `hybrid-distill bench` for the ViT-B paper setting (ViT-B student,
+# CLIP ViT-B/16 features + MAE ViT-B/16 relations, 224 px, batch 128, bf16, compiled student).
+# Writes runs/gpu_check/{gpu.txt,pytest.txt,bench.txt,bench.json}. Teacher weights are random (same FLOPs
+# and time as the real ones; nothing is downloaded).
+#   bash scripts/gpu_check.sh            # PY=/path/to/python to use another interpreter
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
+
+# 1. tests (about 4 minutes at most)
+timeout 240 "$PY" -m pytest -q -x -p no:cacheprovider 2>&1 | tee "$OUT/pytest.txt"
+
+# 2. the paper-setting bench (about 3 minutes at most: compile, warm-up, 10 repeats of each variant)
+timeout 210 "$PY" -m hybrid_distill.cli bench configs/hybrid_vitb_mae_clip.yaml --device cuda --batch 128 \
+    --steps 10 --warmup 3 --out "$OUT/bench.json" \
+    teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random \
+    teachers.mim.arch=vit_base_patch16_224 teachers.mim.weights=random 2>&1 | tee "$OUT/bench.txt"
+echo "gpu_check: done; figures in $OUT/bench.json"

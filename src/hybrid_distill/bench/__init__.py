@@ -1,0 +1,1 @@
+"""`hybrid-distill bench`: the optimised distillation step against a plain one, phase by phase."""

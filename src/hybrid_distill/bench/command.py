@@ -1,0 +1,191 @@
+"""`hybrid-distill bench CONFIG`: images/s, time per phase, peak memory, GFLOP per image and (CUDA)
+fraction of bf16 peak, for the plain and the optimised step interleaved in one process after
+warm-up, medians over repeats, their ratio, and each optimisation switched off on its own.
+
+    hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
+        teachers.clip.weights=random teachers.mim.weights=random
+"""
+import argparse
+import json
+import resource
+import statistics
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from ..build import build_models
+from ..config import ConfigError, load_config, to_dict
+from ..provenance import provenance
+from ..trainer import RunContext, pick_device, seed_everything
+from .phases import Bench, NullClock, Switches, default_switches
+
+# dense bf16 tensor-core peak, TFLOP/s, from the vendors' datasheets (without sparsity)
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+# CPU SDPA kernels that FlopCounterMode does not count by itself (same formulas as its CUDA ones)
+def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+_SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="hybrid-distill bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teachers.clip.weights=random")
+    p.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on CPU, 128 on CUDA)")
+    p.add_argument("--steps", type=int, default=5, help="timed repeats of every step (medians are reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--data", action="store_true", help="real loader from the config's data section (else synthetic uint8)")
+    p.add_argument("--student", default=None, help="student timm name, e.g. vit_small_patch16_224")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="optimised step: bf16 teachers and bf16 student autocast (auto: bf16 on CUDA); plain is fp32")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the student in the optimised step (auto: on CUDA only)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the runs with one optimisation switched off")
+    p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
+    return p.parse_intermixed_args(argv)
+
+
+def synthetic_batches(batch: int, size: int, device: torch.device):
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    images = images.pin_memory() if device.type == "cuda" else images
+    while True:
+        yield images
+
+
+def loader_batches(cfg, batch: int):
+    from ..data.build import build_dataset, build_loader
+    dataset = build_dataset(cfg.data)
+    loader, sampler = build_loader(cfg.data, dataset, batch, batch, cfg.seed)
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch, 0)
+        for images, *_ in loader:
+            yield images
+        epoch += 1
+
+
+def variants(sw: Switches, device: torch.device, ablation: bool) -> dict[str, Switches | None]:
+    out = {"plain": None, "optimised": sw}
+    if ablation:
+        for name in sw.on():
+            if name == "uint8_input" and device.type != "cuda":
+                continue  # no host-to-device copy on the CPU
+            out[f"- {name}"] = sw.without(name)
+    if sw.bf16_teachers or sw.bf16_student:  # the optimised step in fp32 as well: the ratio in both precisions
+        out["optimised fp32"] = Switches(**{**sw.__dict__, "bf16_teachers": False, "bf16_student": False})
+    return out
+
+
+def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> float:
+    """Forward + backward FLOPs of one step (matmuls, convolutions, attention) per image."""
+    if sw is not None:
+        sw = Switches(**{**sw.__dict__, "compile_student": False})
+    counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
+    with counter:
+        bench.forward_backward(sw, images, NullClock())
+    bench.student.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / images.shape[0] / 1e9
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if all(w in name for w in k.split())), None)
+
+
+def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[str, list[dict]]:
+    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped."""
+    names, records = list(runs), {n: [] for n in runs}
+    for r in range(warmup + steps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times = bench.step(runs[name], next(batches))
+            if r >= warmup:
+                records[name].append(times)
+    return records
+
+
+def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None) -> dict:
+    totals = [sum(v for k, v in t.items() if k != "peak_mib") for t in records]
+    phases = {k: statistics.median(t[k] for t in records) for k in records[0] if k != "peak_mib"}
+    step = statistics.median(totals)
+    out = {"step_s": totals, "median_step_s": step, "images_per_s": batch / step, "phases_s": phases,
+           "peak_mib": max((t.get("peak_mib", 0.0) for t in records), default=0.0) or None, "gflop_per_image": gflop}
+    if gflop and peak:
+        out["fraction_of_bf16_peak"] = gflop * batch / step / 1e3 / peak
+    return out
+
+
+def print_table(summary: dict, ratio: float, device_name: str) -> None:
+    phases = list(dict.fromkeys(k for s in summary.values() for k in s["phases_s"]))
+    head = f"{'step':<22}{'img/s':>8}{'ms/step':>10}" + "".join(f"{p:>{len(p) + 2}}" for p in phases)
+    print(f"device: {device_name}; times in ms, medians\n{head}{'GFLOP/img':>11}{'peak MiB':>10}{'% bf16 peak':>13}")
+    for name, s in summary.items():
+        row = f"{name:<22}{s['images_per_s']:>8.2f}{1e3 * s['median_step_s']:>10.1f}"
+        row += "".join(f"{1e3 * s['phases_s'].get(p, 0.0):>{len(p) + 2}.1f}" for p in phases)
+        gf = f"{s['gflop_per_image']:.1f}" if s.get("gflop_per_image") else "-"
+        mem = f"{s['peak_mib']:.0f}" if s.get("peak_mib") else "-"
+        frac = f"{100 * s['fraction_of_bf16_peak']:.1f}" if s.get("fraction_of_bf16_peak") else "-"
+        print(f"{row}{gf:>11}{mem:>10}{frac:>13}")
+    print(f"ratio optimised / plain (images/s): {ratio:.2f}x")
+    if "optimised fp32" in summary:
+        fp32 = summary["plain"]["median_step_s"] / summary["optimised fp32"]["median_step_s"]
+        print(f"ratio optimised fp32 / plain (images/s): {fp32:.2f}x")
+    for name, s in summary.items():
+        if name.startswith("- "):
+            gain = s["median_step_s"] / summary["optimised"]["median_step_s"]
+            print(f"  {name[2:]:<18} speeds the optimised step up {gain:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    overrides = list(args.overrides) + ([f"student.arch={args.student}"] if args.student else [])
+    cfg = load_config(args.config, overrides)
+    device = pick_device(args.device)
+    batch = args.batch or (128 if device.type == "cuda" else 8)
+    if batch < 1 or args.steps < 1:
+        raise ConfigError("--batch and --steps must be >= 1")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    compile_student = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    seed_everything(cfg.seed)
+    student, teachers, _ = build_models(cfg)
+    student.to(device).train()
+    teachers.to(device)
+    run = RunContext(device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
+                     cfg.optim.clip_grad or float("inf"))
+    bench = Bench(student, teachers, cfg.optim, run)
+    batches = loader_batches(cfg, batch) if args.data else synthetic_batches(batch, cfg.data.img_size, device)
+    runs = variants(default_switches(device, bf16, compile_student), device, not args.no_ablation)
+    sample = next(batches)[: min(batch, 2)]
+    flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
+    if "optimised fp32" in runs:
+        flops["optimised fp32"] = flops["optimised"]  # the same work in another precision
+    records = measure(bench, runs, batches, args.warmup, args.steps)
+    peak = bf16_peak_tflops(device)
+    summary = {n: summarise(r, batch, flops.get(n), peak) for n, r in records.items()}
+    ratio = summary["plain"]["median_step_s"] / summary["optimised"]["median_step_s"]
+    env = provenance()
+    print_table(summary, ratio, env["device"])
+    result = {"command": ["hybrid-distill", "bench", *(argv if argv is not None else [])], "batch": batch,
+              "device": str(device), "switches": runs["optimised"].__dict__, "steps": summary, "ratio": ratio,
+              "bf16_peak_tflops": peak, "torch_threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "prune_teacher_note": "masking.prune_teacher changes the MIM targets; the plain step ignores it"
+              if cfg.masking.prune_teacher else None,
+              "config": to_dict(cfg), "provenance": env}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written: {out}")
+    return 0
