@@ -77,7 +77,7 @@ def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, cap
     import yaml
     cfg.write_text(yaml.safe_dump(tiny_run_config("/unused", tmp_path, **TRIMMED)))
     out = tmp_path / "bench.json"
-    assert bench_main([str(cfg), "--batch", "4", "--steps", "2", "--warmup", "1", "--device", "cpu",
+    assert bench_main([str(cfg), "--batch", "4", "--steps", "2", "--warmup", "0", "--device", "cpu",
                        "--out", str(out), "optim.weight_decay=0.01"]) == 0
     text = capsys.readouterr().out
     for word in ("plain", "optimised", "teacher mim", "teacher sup", "student forward", "student backward",
@@ -93,7 +93,8 @@ def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, cap
 def test_plain_and_optimised_steps_agree_on_cuda():
     torch.backends.cudnn.allow_tf32 = False  # fp32 convolution for the patch embedding
     bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
-    bench.student.cuda(), bench.teachers.cuda()
+    bench.student.cuda()
+    bench.teachers.cuda()
     bench.run.device = torch.device("cuda")
     images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
     plain, plain_grads = losses_and_grads(bench, None, images)

@@ -9,6 +9,9 @@ import argparse
 import json
 import resource
 import statistics
+import sys
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -82,14 +85,14 @@ def variants(sw: Switches, device: torch.device, ablation: bool) -> dict[str, Sw
                 continue  # no host-to-device copy on the CPU
             out[f"- {name}"] = sw.without(name)
     if sw.bf16_teachers or sw.bf16_student:  # the optimised step in fp32 as well: the ratio in both precisions
-        out["optimised fp32"] = Switches(**{**sw.__dict__, "bf16_teachers": False, "bf16_student": False})
+        out["optimised fp32"] = replace(sw, bf16_teachers=False, bf16_student=False)
     return out
 
 
 def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> float:
     """Forward + backward FLOPs of one step (matmuls, convolutions, attention) per image."""
     if sw is not None:
-        sw = Switches(**{**sw.__dict__, "compile_student": False})
+        sw = replace(sw, compile_student=False)  # the same FLOPs, without compiling twice
     counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
     with counter:
         bench.forward_backward(sw, images, NullClock())
@@ -109,9 +112,12 @@ def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[
     names, records = list(runs), {n: [] for n in runs}
     for r in range(warmup + steps):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            times = bench.step(runs[name], next(batches))
+            start = time.perf_counter()
+            images = next(batches)  # with --data: the wait for the loader's workers (0 when overlapped)
+            times = {"data": time.perf_counter() - start, **bench.step(runs[name], images)}
             if r >= warmup:
                 records[name].append(times)
+        print(f"repeat {r + 1}/{warmup + steps} done ({'warm-up' if r < warmup else 'timed'})", file=sys.stderr, flush=True)
     return records
 
 
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     env = provenance()
     print_table(summary, ratio, env["device"])
     result = {"command": ["hybrid-distill", "bench", *(argv if argv is not None else [])], "batch": batch,
-              "device": str(device), "switches": runs["optimised"].__dict__, "steps": summary, "ratio": ratio,
+              "device": str(device), "switches": asdict(runs["optimised"]), "steps": summary, "ratio": ratio,
               "bf16_peak_tflops": peak, "torch_threads": torch.get_num_threads(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
