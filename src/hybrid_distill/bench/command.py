@@ -47,7 +47,7 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=5, help="timed repeats of every step (medians are reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--data", action="store_true", help="real loader from the config's data section (else synthetic uint8)")
+    p.add_argument("--data", action="store_true", help="real loader from the config's data (else synthetic uint8)")
     p.add_argument("--student", default=None, help="student timm name, e.g. vit_small_patch16_224")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="optimised step: bf16 teachers and bf16 student autocast (auto: bf16 on CUDA); plain is fp32")
@@ -117,7 +117,8 @@ def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[
             times = {"data": time.perf_counter() - start, **bench.step(runs[name], images)}
             if r >= warmup:
                 records[name].append(times)
-        print(f"repeat {r + 1}/{warmup + steps} done ({'warm-up' if r < warmup else 'timed'})", file=sys.stderr, flush=True)
+        kind = "warm-up" if r < warmup else "timed"
+        print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
     return records
 
 

@@ -149,7 +149,8 @@ class Teacher(nn.Module):
             if self.kept_relations:
                 logits = attention_logits(attn, cls_and_kept(normed, index, self.model.num_prefix_tokens))
             else:
-                logits = gather_relation(attention_logits(attn, normed), prefix_and(index, self.model.num_prefix_tokens, 1))
+                rows = prefix_and(index, self.model.num_prefix_tokens, 1)  # CLS + kept token indices
+                logits = gather_relation(attention_logits(attn, normed), rows)
             out[self.relation_at[i]] = relation_form(logits.float(), attn.scale, self.cfg.relation_kind,
                                                      self.cfg.relation_heads)
         return out
