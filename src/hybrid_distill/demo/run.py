@@ -36,18 +36,18 @@ class DemoConfig:
     out: str = "runs/demo"
     data_path: str | None = None  # folder with the IDX files; None: Debian's dataset-fashion-mnist
     seed: int = 0
-    train_limit: int = 6000  # training images for teachers and students
-    knn_train_limit: int = 5000  # k-NN / linear-probe training bank
-    test_limit: int = 5000  # test images evaluated (the first of Fashion-MNIST's 10,000)
+    train_limit: int = 10000  # training images for teachers and students
+    knn_train_limit: int = 10000  # k-NN / linear-probe training bank
+    test_limit: int = 10000  # test images evaluated (the first of Fashion-MNIST's 10,000)
     arch: str = "vit_tiny_patch16_224"
     vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6,
                                                           num_heads=4))
     batch: int = 128
-    teacher_epochs: int = 3
-    supervised_blr: float = 1e-3
-    mae_epochs: int = 4
+    teacher_epochs: int = 5
+    supervised_blr: float = 2e-3
+    mae_epochs: int = 6
     mae_blr: float = 1.5e-3
-    student_epochs: int = 3
+    student_epochs: int = 4
     student_blr: float = 1e-3
     finetune_epochs: int = 2  # fine-tune preset 'fashion_mnist' on train_limit images
     analysis_images: int = 200
@@ -65,7 +65,7 @@ def student_config(demo: DemoConfig, name: str, teachers: dict, masking: dict):
     return from_dict({
         "name": name, "output_dir": str(Path(demo.out) / "students"), "seed": demo.seed,
         "data": {"dataset": "fashion_mnist", "path": demo.data_path, "img_size": 28, "limit": demo.train_limit,
-                 "crop_scale": [0.35, 1.0], "num_workers": 0},
+                 "crop_scale": [0.5, 1.0], "num_workers": 0},
         "student": {"arch": demo.arch, "model_kwargs": demo.vit_kwargs, "drop_path": 0.1,
                     "mean": demo.mean, "std": demo.std},
         "teachers": teachers, "masking": masking,
