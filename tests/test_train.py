@@ -124,3 +124,11 @@ def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
     for layer, (distance, nmi) in enumerate(direct):
         assert record[f"attn/distance/layer{layer:02d}"] == pytest.approx(distance, rel=1e-5)
         assert record[f"attn/nmi/layer{layer:02d}"] == pytest.approx(nmi, rel=1e-5)
+
+
+def test_bf16_run_casts_teachers_and_keeps_fp32_targets_and_student(idx_folder, tmp_path):
+    trainer = run(idx_folder, tmp_path, 2, **{"train.amp": "bf16"})
+    assert all(p.dtype == torch.bfloat16 for p in trainer.teachers.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.student.parameters())
+    last = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l][-1]
+    assert last["skipped"] == 0.0 and last["loss"] > 0
