@@ -43,13 +43,13 @@ class DemoConfig:
     vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6,
                                                           num_heads=4))
     batch: int = 128
-    teacher_epochs: int = 5
+    teacher_epochs: int = 8
     supervised_blr: float = 2e-3
-    mae_epochs: int = 6
+    mae_epochs: int = 8
     mae_blr: float = 1.5e-3
-    student_epochs: int = 4
+    student_epochs: int = 5
     student_blr: float = 1e-3
-    finetune_epochs: int = 2  # fine-tune preset 'fashion_mnist' on train_limit images
+    finetune_epochs: int = 4  # fine-tune preset 'fashion_mnist' on train_limit images
     analysis_images: int = 200
     mean: list = field(default_factory=lambda: list(FASHION_MEAN))
     std: list = field(default_factory=lambda: list(FASHION_STD))
