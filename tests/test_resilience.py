@@ -174,13 +174,18 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(idx_fo
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process(idx_folder, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_torchrun_two_processes_equal_one_process(idx_folder, tmp_path, fsdp):
     extra = {"train.max_steps": 4, "student.drop_path": 0.0}
     one = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "one", **extra), "one.yaml")
     subprocess.run(train_cmd(one), env=ENV, check=True, capture_output=True)
-    two = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "two", **extra), "two.yaml")
+    two = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "two", **extra, **{"train.fsdp": fsdp}),
+                       "two.yaml")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
                 "-m", "hybrid_distill.cli", "train", str(two)]
     result = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same(final_params(tmp_path / "one" / "tiny"), final_params(tmp_path / "two" / "tiny"))
+    # the sharded run's checkpoint is a plain one: a single process resumes from it
+    values = tiny_run_config(idx_folder, tmp_path / "two", **{**extra, "train.max_steps": 5})
+    assert Trainer(from_dict(values), resume="auto").step == 4

@@ -70,6 +70,8 @@ def finish_step(student: nn.Module, optimizer: torch.optim.Optimizer, scaler, cl
     """Clip, step unless non-finite, clear the gradients: {'grad_norm', 'skipped'}."""
     scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(student.parameters(), clip_grad)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+        grad_norm = grad_norm.full_tensor()
     # a non-finite loss or gradient skips the step on every rank alike (one host sync per step)
     skipped = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float()
     if dist.is_initialized():

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
 from . import checkpoint as ckpt
 from .build import build_models
@@ -18,6 +20,8 @@ from .data.sampler import sample_name
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
 from .provenance import provenance
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
 
 
@@ -116,8 +120,16 @@ class Trainer:
         return self.cfg.optim.batch_size // per
 
     def wrap(self, student):
+        """DDP, or FSDP2 with one unit per block; the relation blocks stay in the root unit because
+        their attention is read through submodules, not through the block's own forward."""
         if not self.dist.enabled:
             return student
+        if self.cfg.train.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for i, block in enumerate(student.backbone.blocks):
+                if i not in student.relation_blocks:
+                    fully_shard(block)
+            return fully_shard(student)
         from torch.nn.parallel import DistributedDataParallel
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids)
@@ -127,9 +139,10 @@ class Trainer:
         if path is None:
             return
         state = ckpt.load_checkpoint(path)
-        self.student.backbone.load_state_dict(state["student"])
-        self.student.heads.load_state_dict(state["heads"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
+                       **{f"heads.{k}": v for k, v in state["heads"].items()}}
+        set_model_state_dict(self.student, model_state, options=FULL_STATE)
+        set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
@@ -137,14 +150,19 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}")
 
     def save(self) -> None:
+        """Full (unsharded) states gathered on every rank, written by rank 0: the same file whether the
+        run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
         rngs = [ckpt.rng_state()]
         if self.dist.enabled:
             rngs = [None] * self.dist.world
             torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        model_state = get_model_state_dict(self.student, options=FULL_STATE)
+        optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
         if not self.dist.main:
             return
-        payload = {"student": self.student.backbone.state_dict(), "heads": self.student.heads.state_dict(),
-                   "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+        part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+        payload = {"student": part("backbone."), "heads": part("heads."),
+                   "optimizer": optim_state, "scaler": self.scaler.state_dict(),
                    "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
                    "config": to_dict(self.cfg), "provenance": provenance()}
         ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
