@@ -23,6 +23,7 @@ def test_one_step_vit_b_with_clip_and_mae_teachers():
     ctx = RunContext(torch.device("cpu"), None, {"clip": 1.0, "mim": 1.0}, 2.0, 3.0)
     before = student.backbone.blocks[0].attn.qkv.weight.clone()
     parts = train_step(student, teachers, [images], optimizer, torch.amp.GradScaler("cpu", enabled=False), 1e-4, ctx)
-    assert set(parts) == {"clip/feat", "mim/rel-3", "mim/rel-2", "loss", "grad_norm"}
+    assert set(parts) == {"clip/feat", "mim/rel-3", "mim/rel-2", "loss", "grad_norm", "skipped"}
+    assert not parts["skipped"]
     assert torch.isfinite(parts["loss"]) and parts["loss"] > 0
     assert not torch.equal(before, student.backbone.blocks[0].attn.qkv.weight)

@@ -44,8 +44,9 @@ class Amp(str, Enum):
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # folder | fashion_mnist | synthetic | timm reader spec (e.g. 'wds/...', 'tfds/...')
-    path: Optional[str] = None  # root folder (train split under it, or the split folder itself)
+    dataset: str = "folder"  # folder | tar | wds | fashion_mnist | synthetic | other timm reader spec ('hfds/...')
+    path: Optional[str] = None  # root folder (train split under it, or the split folder itself); wds: shard urls
+    num_samples: int = 0  # wds: samples in the shards (defines the epoch length)
     split: str = "train"
     img_size: int = 224
     crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop

@@ -17,6 +17,7 @@ from .config import Amp, ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
+from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
 from .provenance import provenance
@@ -107,7 +108,11 @@ class Trainer:
         from .data.transforms import eval_transform, to_unit
         transform = eval_transform(self.cfg.data.img_size, self.cfg.data.interpolation)
         count = min(self.cfg.train.monitor_images, len(self.dataset))
-        images = to_unit(torch.stack([transform(self.dataset[i][0]) for i in range(count)]))
+        if isinstance(self.dataset, ShardStream):
+            pil = self.dataset.peek(count)
+        else:
+            pil = [self.dataset[i][0] for i in range(count)]
+        images = to_unit(torch.stack([transform(image) for image in pil]))
         bb = self.student.backbone
         probe = self.student.normalize(images.to(self.device))
         return AttentionMonitor(probe, tuple(bb.patch_embed.grid_size), tuple(bb.patch_embed.patch_size))
@@ -206,6 +211,8 @@ class Trainer:
         accum, start = self.cfg.optim.accum_steps, self.step % self.steps_per_epoch
         self.sampler.set_epoch(epoch, start * accum)
         batches = iter(self.loader)
+        for _ in range(self.sampler.skip):  # streams only: replay to where the run stopped
+            next(batches)
         for _ in range(start, self.steps_per_epoch):
             micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
             bad.update(torch.cat([m[2] for m in micro]))

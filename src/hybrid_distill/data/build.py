@@ -7,6 +7,7 @@ from PIL import Image
 
 from .fashion_mnist import FashionMNIST
 from .sampler import SeededDataset, StepSampler
+from .shards import ShardStream, StreamPosition, collate_readable
 from .transforms import pretrain_transform
 
 
@@ -71,6 +72,8 @@ def timm_dataset(name: str, path: str, split: str):
 def build_dataset(cfg, split: str | None = None):
     """An indexable dataset of (PIL image, label) from the data config."""
     split = split or cfg.split
+    if cfg.dataset == "wds":
+        return shard_stream(cfg)
     if cfg.dataset == "synthetic":
         return SyntheticImages(cfg.synthetic_size, cfg.img_size)
     if cfg.dataset == "fashion_mnist":
@@ -91,10 +94,39 @@ def build_dataset(cfg, split: str | None = None):
     return dataset
 
 
+def shard_stream(cfg) -> ShardStream:
+    try:
+        import webdataset  # noqa: F401
+    except ImportError:
+        raise DataError("data.dataset=wds needs webdataset: pip install 'hybrid-distill[wds]'") from None
+    if not cfg.path:
+        raise DataError("data.dataset=wds needs data.path=/shards/train-{000000..000999}.tar")
+    if cfg.num_samples <= 0:
+        raise DataError("data.dataset=wds needs data.num_samples (the samples in the shards) for the epoch length")
+    stream = ShardStream(cfg.path, None, cfg.num_samples)
+    missing = [s for s in stream.shards if "://" not in s and not Path(s).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(stream.shards)} shards not found, e.g. {missing[0]}: check data.path")
+    return stream
+
+
+def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_batch: int, seed: int,
+                  rank: int, world: int):
+    stream.transform, stream.seed, stream.rank, stream.world = transform, seed, rank, world
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=micro_batch, num_workers=cfg.num_workers, collate_fn=collate_readable,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed))  # iter() must not draw from the global RNG
+    return loader, StreamPosition(stream, global_batch)
+
+
 def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
     """A loader that yields uint8 micro-batches in the sampler's resumable step order."""
-    sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
+    if isinstance(dataset, ShardStream):
+        return stream_loader(cfg, dataset, transform, global_batch, micro_batch, seed, rank, world)
+    sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
         SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True,

@@ -24,6 +24,7 @@ class StepSampler(torch.utils.data.Sampler):
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
         self.rank, self.world = rank, world
         self.epoch, self.start_step = 0, 0
+        self.skip = 0  # batches the trainer must discard after iter(): none, the sampler starts in place
 
     @property
     def steps_per_epoch(self) -> int:

@@ -120,7 +120,8 @@ def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
     subset = torch.utils.data.Subset(train_ds, range(min(demo.train_limit, len(train_ds))))
     out = {}
     for name in ("hybrid", "random_init"):
-        out[name] = finetune_eval(models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs)
+        out[name] = finetune_eval(models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs,
+                                  batch_size=demo.batch)
         print(f"  fine-tuned {name:<12} top-1 {out[name]['top1']:.2f}", flush=True)
     return out
 

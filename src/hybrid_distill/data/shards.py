@@ -1,0 +1,111 @@
+"""WebDataset shards (.tar of `<key>.{jpg,png,...}` + `<key>.cls`), streamed per rank and worker.
+
+Shards are split by rank, then by loader worker (each reads whole shards, as webdataset's
+split_by_node / split_by_worker do); each worker cycles through its shards in an epoch-seeded order,
+so every rank yields batches for as long as the trainer asks and no rank runs dry before another.
+An epoch is data.num_samples // global batch steps. Crops are seeded by (seed, epoch, rank, worker,
+position), so the stream is the same after a restart; a resumed run skips the batches already used.
+Unreadable samples are replaced by the next one and reported like those of indexable datasets.
+"""
+import io
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm")
+
+
+def decode_sample(sample: dict):
+    """A webdataset sample dict -> (PIL image, int label); raises on a broken or incomplete sample."""
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None or "cls" not in sample:
+        raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)}) or no .cls")
+    image = Image.open(io.BytesIO(sample[key]))
+    image.load()
+    return image, int(sample["cls"].decode().strip())
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    def __init__(self, urls: str, transform, num_samples: int, seed: int = 0, rank: int = 0, world: int = 1):
+        from webdataset.shardlists import expand_urls
+        self.shards = expand_urls(urls)
+        if len(self.shards) < world:
+            raise ValueError(f"{len(self.shards)} shards for {world} ranks: every rank needs at least one shard")
+        self.transform, self.num_samples, self.seed = transform, num_samples, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def my_shards(self, worker: int, workers: int) -> list[str]:
+        mine = self.shards[self.rank::self.world]
+        return mine[worker::workers] or mine  # more workers than shards: some read the same shards
+
+    def peek(self, count: int) -> list:
+        """The first `count` readable images of the first shards, in order (a fixed probe batch)."""
+        import webdataset as wds
+        images = []
+        for sample in wds.tarfile_samples([{"url": url} for url in self.shards], handler=wds.warn_and_continue):
+            try:
+                images.append(decode_sample(sample)[0])
+            except (OSError, ValueError, SyntaxError):
+                continue
+            if len(images) == count:
+                break
+        return images
+
+    def __iter__(self):
+        import webdataset as wds
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = self.my_shards(worker, workers)
+        stream_seed = [self.seed, self.epoch, self.rank, worker]
+        order = random.Random(str(stream_seed))
+        position = 0
+        while True:  # cycle: the trainer decides where an epoch ends
+            order.shuffle(shards)
+            for sample in wds.tarfile_samples([{"url": url} for url in shards], handler=wds.warn_and_continue):
+                position += 1
+                try:
+                    image, label = decode_sample(sample)
+                except (OSError, ValueError, SyntaxError):
+                    yield torch.zeros(0, dtype=torch.uint8), -1, position  # dropped by the collate below
+                    continue
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(np.random.SeedSequence(stream_seed + [position]).generate_state(1)[0]))
+                    yield self.transform(image), label, -1
+
+
+def collate_readable(batch):
+    """Stack the readable samples; a broken one is replaced by a readable neighbour and its stream
+    position reported as bad (the batch keeps its size)."""
+    good = [b for b in batch if b[2] < 0]
+    bad = [b[2] for b in batch if b[2] >= 0]
+    if not good:
+        raise RuntimeError("a whole batch of unreadable samples: check the shards")
+    good += [good[i % len(good)] for i in range(len(batch) - len(good))]
+    images = torch.stack([g[0] for g in good])
+    labels = torch.tensor([g[1] for g in good])
+    return images, labels, torch.tensor(bad + [-1] * (len(batch) - len(bad)))
+
+
+class StreamPosition:
+    """The sampler's role for a stream: epoch length, epoch seeding, and how many batches to skip."""
+
+    def __init__(self, stream: ShardStream, global_batch: int):
+        if stream.num_samples < global_batch:
+            raise ValueError(f"data.num_samples={stream.num_samples} is less than one global batch ({global_batch})")
+        self.stream, self.global_batch, self.skip = stream, global_batch, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.stream.num_samples // self.global_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.stream.set_epoch(epoch)
+        self.skip = start_step  # micro-batches of this epoch already trained on
