@@ -132,3 +132,9 @@ def test_bf16_run_casts_teachers_and_keeps_fp32_targets_and_student(idx_folder, 
     assert all(p.dtype == torch.float32 for p in trainer.student.parameters())
     last = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l][-1]
     assert last["skipped"] == 0.0 and last["loss"] > 0
+
+
+def test_dataset_smaller_than_a_batch_fails_in_one_line(idx_folder, tmp_path, capsys):
+    values = tiny_run_config(idx_folder, tmp_path, **{"optim.batch_size": 128})
+    err = cli_error(capsys, ["train", str(write_yaml(tmp_path / "c.yaml", values))])
+    assert "96 samples, fewer than one global batch of 128" in err

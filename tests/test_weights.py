@@ -21,7 +21,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from hybrid_distill.models.load import CHECKPOINT_FORMAT, save_model_file
+from hybrid_distill.checkpoint import save_checkpoint
+from hybrid_distill.models.load import save_model_file
 from hybrid_distill.weights import (UnsafeCheckpointError, build_teacher_backbone, export, load_timm_export,
                                     load_weights, read_torchscript_state_dict, teacher_input_size)
 from hybrid_distill.weights.command import export_main, teachers_main
@@ -403,8 +404,8 @@ def write_run(tmp_path, arch="vit_small_patch16_224", seed=0, **kw):
     (run / "checkpoints").mkdir(parents=True)
     config = {"student": {"arch": arch, "model_kwargs": dict(kwargs, drop_path_rate=0.2),
                           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    torch.save({"format": CHECKPOINT_FORMAT, "student": state(student), "heads": {}, "config": config,
-                "step": 10}, run / "checkpoints" / "checkpoint-00000010.pt")
+    save_checkpoint(run / "checkpoints" / "checkpoint-00000010.pt",
+                    {"student": state(student), "heads": {}, "config": config, "step": 10})
     return run, student
 
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hybrid_distill.checkpoint import save_checkpoint
 from hybrid_distill.weights import build_teacher_backbone, export
-from test_weights import (CHECKPOINT_FORMAT, hf_clip_state, hf_vit_state, images, max_diff, random_clip, random_vit,
+from test_weights import (hf_clip_state, hf_vit_state, images, max_diff, random_clip, random_vit,
                           save_torchscript, state)
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_export_round_trips_at_vit_b16(tmp_path):
     student = random_vit("vit_base_patch16_224")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     config = {"student": {"arch": "vit_base_patch16_224", "model_kwargs": {}, "mean": None, "std": None}}
-    torch.save({"format": CHECKPOINT_FORMAT, "student": state(student), "config": config},
-               tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt")
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt",
+                    {"student": state(student), "config": config})
     for fmt, name in (("timm", "s.safetensors"), ("mae", "s-mae.pth"), ("mmseg", "s-seg.pth"), ("mmpretrain", "s-pre.pth")):
         assert export(tmp_path / "run", fmt, tmp_path / name, verify=True)["max_feature_diff"] < 1e-6

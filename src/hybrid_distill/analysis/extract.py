@@ -14,6 +14,7 @@ from torch import nn
 
 from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
 from hybrid_distill.models.attention import attention_probs, check_block
+from hybrid_distill.models.tokens import embed_tokens
 
 METRICS = ("distance", "distance_plain", "nmi")
 
@@ -41,14 +42,6 @@ def geometry(model: nn.Module, images: torch.Tensor) -> dict:
             "patch_size": (ph, pw), "num_prefix_tokens": int(model.num_prefix_tokens)}
 
 
-def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Tokens entering block 0, as timm VisionTransformer.forward_features makes them: (B, N, D)."""
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    return model.norm_pre(x)
-
-
 @torch.no_grad()
 def reduce_attention(model: nn.Module, images: torch.Tensor,
                      reduce: Callable[[int, torch.Tensor], object]) -> list:
@@ -60,7 +53,7 @@ def reduce_attention(model: nn.Module, images: torch.Tensor,
     model.eval()
     try:
         with torch.autocast(device.type, enabled=False):
-            x = embed(model, images.to(device, torch.float32))
+            x = embed_tokens(model, images.to(device, torch.float32))  # (B, N, D) entering block 0
             out = []
             for i, block in enumerate(model.blocks):
                 x, probs = attention_probs(block, x)

@@ -124,6 +124,9 @@ def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_
 def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
     """A loader that yields uint8 micro-batches in the sampler's resumable step order."""
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
+    if len(dataset) < global_batch:
+        raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}: "
+                        "lower optim.batch_size or add data")
     if isinstance(dataset, ShardStream):
         return stream_loader(cfg, dataset, transform, global_batch, micro_batch, seed, rank, world)
     sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)

@@ -39,6 +39,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def filename(self, position: int, absolute: bool = True) -> str:
+        """How bad_samples.txt names a broken sample: its position in a worker's stream (the shard
+        reader's warning names the tar member)."""
+        return f"shard stream position {position}"
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -66,10 +66,12 @@ def student_from_checkpoint(payload: dict) -> nn.Module:
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
-    found = sorted(run_dir.glob("checkpoints/checkpoint-*.pt"))
-    if not found:
-        raise FileNotFoundError(f"{run_dir} has no checkpoints/checkpoint-*.pt; pass a checkpoint file instead")
-    return found[-1]
+    """The newest complete (checksum-verified) checkpoint of a run directory."""
+    from ..checkpoint import newest_complete  # checkpoint imports this module's format names
+    found = newest_complete(Path(run_dir))
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoints/checkpoint-*.pt; pass a checkpoint file")
+    return found
 
 
 def load_model(spec: str, pretrained: bool = False, **model_kwargs) -> nn.Module:
