@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU, in under 8 minutes: the default test suite (its CUDA tests run
-# there, they skip elsewhere), then `hybrid-distill bench` for the ViT-B paper setting (ViT-B student,
-# CLIP ViT-B/16 features + MAE ViT-B/16 relations, 224 px, batch 128, bf16, compiled student).
-# Writes runs/gpu_check/{gpu.txt,pytest.txt,bench.txt,bench.json}. Teacher weights are random (same FLOPs
-# and time as the real ones; nothing is downloaded).
+# On a machine with an NVIDIA GPU, in under 8 minutes: the test suite with its slow tests (tiny runs
+# use train.device=auto, so they train on CUDA there; tests/test_cuda.py adds bf16 + torch.compile),
+# then `hybrid-distill bench` for the ViT-B paper setting (ViT-B student, CLIP ViT-B/16 features + MAE
+# ViT-B/16 relations, 224 px, batch 128, bf16, student and teachers compiled) against the plain step.
+# Writes $OUT/{gpu.txt,pytest.txt,bench.txt,bench.json}. Teacher weights are random (same FLOPs and
+# time as the real ones; nothing is downloaded).
 #   bash scripts/gpu_check.sh            # PY=/path/to/python to use another interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/gpu_check}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # also without `pip install -e .`
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 
-# 1. tests (4 minutes at most; a failure or timeout is reported at the end, the bench still runs)
+# 1. tests, slow ones included (4 minutes at most; a failure or timeout is reported at the end, the bench still runs)
 tests=0
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest.txt" || tests=$?
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m "slow or not slow" --durations=8 2>&1 | tee "$OUT/pytest.txt" \
+    || tests=$?
 
-# 2. the paper-setting bench (about 3 minutes at most: compile, warm-up, 10 repeats of each variant)
-timeout 210 "$PY" -m hybrid_distill.cli bench configs/hybrid_vitb_mae_clip.yaml --device cuda --batch 128 \
+# 2. the paper-setting bench (about 3 minutes: compilation, 3 warm-up and 10 timed repeats of every variant)
+timeout 300 "$PY" -m hybrid_distill.cli bench configs/hybrid_vitb_mae_clip.yaml --device cuda --batch 128 \
     --steps 10 --warmup 3 --out "$OUT/bench.json" \
     teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random \
     teachers.mim.arch=vit_base_patch16_224 teachers.mim.weights=random 2>&1 | tee "$OUT/bench.txt"

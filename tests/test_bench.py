@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from hybrid_distill.bench.command import main as bench_main
+from hybrid_distill.bench.command import main as bench_main, variants
 from hybrid_distill.bench.phases import Bench, NullClock, Switches
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
@@ -87,6 +87,33 @@ def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, cap
     assert result["provenance"]["packages"]["torch"]
     assert result["steps"]["plain"]["gflop_per_image"] > result["steps"]["optimised"]["gflop_per_image"] > 0
     assert result["ratio"] > 0 and len(result["steps"]["plain"]["step_s"]) == 2
+
+
+def test_compiled_bench_ablates_the_other_switches_from_the_eager_step():
+    sw = Switches(bf16_teachers=True, bf16_student=True, compile_student=True, compile_teachers=True)
+    runs = variants(sw, torch.device("cuda"), ablation=True)
+    assert runs["optimised"] == sw and runs["plain"] is None
+    assert runs["- compile_teachers"] == Switches(bf16_teachers=True, bf16_student=True, compile_student=True)
+    eager = runs["optimised eager"]
+    assert not eager.compile_student and not eager.compile_teachers and eager.bf16_teachers
+    assert runs["- fused_attention (eager)"] == eager.without("fused_attention")
+    assert runs["optimised fp32 (eager)"] == Switches()
+    compiled = [n for n, v in runs.items() if v is not None and (v.compile_student or v.compile_teachers)]
+    assert sorted(compiled) == ["- compile_student", "- compile_teachers", "optimised"]  # no graph but these
+    assert set(variants(sw, torch.device("cuda"), ablation=False)) == {"plain", "optimised", "optimised fp32 (eager)"}
+
+
+def test_compiled_teachers_give_the_eager_targets():
+    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
+    images = torch.rand(2, 3, 28, 28)
+    eager, compiled = bench.teacher_set(False)(images), bench.teacher_set(False, compiled=True)(images)
+    assert bench.teachers.teachers["mim"]._compiled_call_impl is None  # the eager set is left alone
+    for name, out in eager.items():
+        assert torch.equal(out.keep, compiled[name].keep)
+        if out.features is not None:
+            assert torch.allclose(out.features, compiled[name].features, atol=1e-5)
+        for spec, rel in out.relations.items():
+            assert torch.allclose(rel, compiled[name].relations[spec], atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")

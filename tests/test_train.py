@@ -138,3 +138,21 @@ def test_dataset_smaller_than_a_batch_fails_in_one_line(idx_folder, tmp_path, ca
     values = tiny_run_config(idx_folder, tmp_path, **{"optim.batch_size": 128})
     err = cli_error(capsys, ["train", str(write_yaml(tmp_path / "c.yaml", values))])
     assert "96 samples, fewer than one global batch of 128" in err
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager_and_saves_the_same_keys(idx_folder, tmp_path):
+    # train.compile compiles in place: same trajectory (to fp32 rounding), checkpoint keys without _orig_mod
+    extra = {"student.drop_path": 0.0}  # compiled kernels draw other random numbers than eager ones
+    eager = run(idx_folder, tmp_path / "eager", 2, **extra)
+    compiled = run(idx_folder, tmp_path / "compiled", 2, **extra, **{"train.compile": True})
+    assert compiled.student._compiled_call_impl is not None
+    for (name, a), b in zip(eager.student.state_dict().items(), compiled.student.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    state = torch.load(ckpt.list_checkpoints(compiled.run_dir)[-1], weights_only=True)
+    assert state["student"].keys() == eager.student.backbone.state_dict().keys()
+
+
+def test_compile_with_fsdp_fails_in_one_line(idx_folder, tmp_path):
+    with pytest.raises(ConfigError, match="train.compile"):
+        from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.compile": True, "train.fsdp": True}))

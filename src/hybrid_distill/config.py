@@ -120,6 +120,7 @@ class TrainConfig:
     amp: Amp = Amp.auto
     activation_checkpointing: bool = False  # recompute student blocks in backward (ViT-L/H memory)
     fsdp: bool = False  # shard the student with FSDP2 (fully_shard per block) instead of DDP, for ViT-L/H
+    compile: bool = False  # torch.compile the student and each teacher in place (first steps compile; bench)
     log_every: int = 20
     ckpt_every_steps: int = 0  # 0: once per epoch
     keep_checkpoints: int = 3
@@ -199,6 +200,8 @@ def check(cfg: DictConfig) -> None:
                           f"{sorted(cfg.teachers)} or null")
     if not 0.0 < cfg.masking.keep_ratio <= 1.0:
         raise ConfigError(f"masking.keep_ratio={cfg.masking.keep_ratio} must be in (0, 1]")
+    if cfg.train.fsdp and cfg.train.compile:
+        raise ConfigError("train.compile is not supported with train.fsdp yet: set train.compile=false, or use DDP")
     if cfg.train.fsdp and cfg.train.monitor_every:
         raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
     if cfg.optim.accum_steps < 1 or cfg.optim.batch_size < 1:

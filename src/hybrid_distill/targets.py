@@ -51,6 +51,13 @@ class TeacherSet(nn.Module):
             teacher.model.to(dtype)
         return self
 
+    def compile(self, **kwargs) -> "TeacherSet":
+        """torch.compile each teacher's forward in place (its state_dict keeps its keys). The set's own
+        forward stays eager: it holds the inference mode and the clones."""
+        for teacher in self.teachers.values():
+            teacher.compile(**kwargs)
+        return self
+
     def order(self) -> list[str]:
         """The token picker first: the others follow on its keep set."""
         rest = [n for n in self.teachers if n != self.picker]

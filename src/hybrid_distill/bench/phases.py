@@ -29,7 +29,8 @@ class Switches:
     uint8_input: bool = True  # uint8 to the device, normalisation there (4x less traffic)
     bf16_teachers: bool = False  # teacher weights in bf16 (targets stay fp32)
     bf16_student: bool = False  # student forward and losses under bf16 autocast
-    compile_student: bool = False  # torch.compile of the student
+    compile_student: bool = False  # torch.compile of the student (forward and backward)
+    compile_teachers: bool = False  # torch.compile of each teacher's forward (fused norms, GELU, adds)
     fused_adamw: bool = True  # AdamW(fused=True), as engine.build_optimizer (else foreach)
 
     def without(self, name: str) -> "Switches":
@@ -39,8 +40,8 @@ class Switches:
         return [f.name for f in fields(self) if getattr(self, f.name)]
 
 
-def default_switches(device: torch.device, bf16: bool, compile_student: bool) -> Switches:
-    return Switches(bf16_teachers=bf16, bf16_student=bf16, compile_student=compile_student)
+def default_switches(device: torch.device, bf16: bool, use_compile: bool) -> Switches:
+    return Switches(bf16_teachers=bf16, bf16_student=bf16, compile_student=use_compile, compile_teachers=use_compile)
 
 
 class Clock:
@@ -104,17 +105,23 @@ class Bench:
 
     def __init__(self, student: Student, teachers: TeacherSet, optim_cfg, run):
         self.student, self.teachers, self.run, self.optim_cfg = student, teachers, run, optim_cfg
-        self.bf16_teachers: TeacherSet | None = None
+        self.teacher_copies: dict[tuple[bool, bool], TeacherSet] = {(False, False): teachers}
         self.compiled = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=False)
 
-    def teacher_set(self, bf16: bool) -> TeacherSet:
-        if not bf16:
-            return self.teachers
-        if self.bf16_teachers is None:  # a copy: casting back and forth would round the fp32 weights
-            self.bf16_teachers = copy.deepcopy(self.teachers).cast(torch.bfloat16)
-        return self.bf16_teachers
+    def teacher_set(self, bf16: bool, compiled: bool = False) -> TeacherSet:
+        """The teachers in fp32 or bf16, eager or compiled: copies, since casting back and forth would
+        round the fp32 weights and an in-place compile would reach the eager variants too."""
+        key = (bf16, compiled)
+        if key not in self.teacher_copies:
+            teachers = copy.deepcopy(self.teachers)
+            if bf16:
+                teachers.cast(torch.bfloat16)
+            if compiled:
+                teachers.compile()
+            self.teacher_copies[key] = teachers
+        return self.teacher_copies[key]
 
     def student_fn(self, compiled: bool):
         if compiled and self.compiled is None:
@@ -134,7 +141,7 @@ class Bench:
         return self.optimizers[kind]
 
     def configure(self, sw: Switches) -> TeacherSet:
-        teachers = self.teacher_set(sw.bf16_teachers)
+        teachers = self.teacher_set(sw.bf16_teachers, sw.compile_teachers)
         set_fused_attention([self.student, teachers], sw.fused_attention)
         for t in teachers.teachers.values():
             t.trim, t.kept_relations = sw.trim_teachers, sw.kept_relations
