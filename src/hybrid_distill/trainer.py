@@ -133,11 +133,14 @@ class Trainer:
         if not self.dist.enabled:
             return student
         if self.cfg.train.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
+            # the run's own device: fully_shard's default mesh is CUDA whenever a GPU is visible
+            mesh = init_device_mesh(self.device.type, (self.dist.world,))
             for i, block in enumerate(student.backbone.blocks):
                 if i not in student.relation_blocks:
-                    fully_shard(block)
-            return fully_shard(student)
+                    fully_shard(block, mesh=mesh)
+            return fully_shard(student, mesh=mesh)
         from torch.nn.parallel import DistributedDataParallel
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids)
