@@ -126,6 +126,12 @@ def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
         assert record[f"attn/nmi/layer{layer:02d}"] == pytest.approx(nmi, rel=1e-5)
 
 
+def test_cpu_student_uses_explicit_attention_and_teachers_sdpa(idx_folder, tmp_path):
+    trainer = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.device": "cpu"})))
+    assert not any(b.attn.fused_attn for b in trainer.student.backbone.blocks)  # faster bf16 backward on CPU
+    assert all(b.attn.fused_attn for t in trainer.teachers.teachers.values() for b in t.model.blocks)
+
+
 def test_bf16_run_casts_teachers_and_keeps_fp32_targets_and_student(idx_folder, tmp_path):
     trainer = run(idx_folder, tmp_path, 2, **{"train.amp": "bf16"})
     assert all(p.dtype == torch.bfloat16 for p in trainer.teachers.parameters())

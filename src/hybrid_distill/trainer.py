@@ -19,6 +19,7 @@ from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
+from .models.attention import set_fused_attention, student_fused_attention
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
 from .provenance import provenance
 
@@ -83,6 +84,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
+        set_fused_attention([self.student], student_fused_attention(self.device))
         if self.dist.main:
             write_run_files(self.run_dir, cfg, records)
         dtype = amp_dtype(cfg.train.amp, self.device)

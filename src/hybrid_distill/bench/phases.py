@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass, fields, replace
 
 import torch
-from timm.layers import Attention
 from torch import nn
 
 from ..data.transforms import to_unit
 from ..engine import build_optimizer, finish_step, param_groups, set_lr
 from ..losses import distill_losses
+from ..models.attention import set_fused_attention, student_fused_attention
 from ..models.student import Student
 from ..targets import TeacherSet
 from .plain import plain_forward_backward
@@ -24,6 +24,7 @@ from .plain import plain_forward_backward
 class Switches:
     """The optimisations of the optimised step (issue 7, item 3), each one on its own switch."""
     fused_attention: bool = True  # SDPA everywhere except the blocks whose logits are read
+    explicit_student_attention: bool = False  # the student's attention without SDPA (the trainer's choice on CPU)
     trim_teachers: bool = True  # stop after the last needed block, kept rows only after the final selection
     kept_relations: bool = True  # teacher q k^T on CLS + kept rows and columns only
     uint8_input: bool = True  # uint8 to the device, normalisation there (4x less traffic)
@@ -41,7 +42,8 @@ class Switches:
 
 
 def default_switches(device: torch.device, bf16: bool, use_compile: bool) -> Switches:
-    return Switches(bf16_teachers=bf16, bf16_student=bf16, compile_student=use_compile, compile_teachers=use_compile)
+    return Switches(bf16_teachers=bf16, bf16_student=bf16, compile_student=use_compile, compile_teachers=use_compile,
+                    explicit_student_attention=not student_fused_attention(device))
 
 
 class Clock:
@@ -66,14 +68,6 @@ class Clock:
 class NullClock:
     def lap(self, phase: str) -> None:
         pass
-
-
-def set_fused_attention(modules: list[nn.Module], fused: bool) -> None:
-    """timm's per-module switch between SDPA and the explicit softmax path."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, Attention):
-                m.fused_attn = fused
 
 
 def optimised_forward_backward(student, teachers: TeacherSet, images: torch.Tensor, run, sw: Switches,
@@ -142,7 +136,8 @@ class Bench:
 
     def configure(self, sw: Switches) -> TeacherSet:
         teachers = self.teacher_set(sw.bf16_teachers, sw.compile_teachers)
-        set_fused_attention([self.student, teachers], sw.fused_attention)
+        set_fused_attention([teachers], sw.fused_attention)
+        set_fused_attention([self.student], sw.fused_attention and not sw.explicit_student_attention)
         for t in teachers.teachers.values():
             t.trim, t.kept_relations = sw.trim_teachers, sw.kept_relations
         return teachers

@@ -20,6 +20,21 @@ def check_block(block: nn.Module) -> None:
             "Use a timm VisionTransformer model (vit_*, deit_*, *_clip_*).")
 
 
+def set_fused_attention(modules: list[nn.Module], fused: bool) -> None:
+    """timm's per-module switch between SDPA and the explicit softmax path (the same function)."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, Attention):
+                m.fused_attn = fused
+
+
+def student_fused_attention(device: torch.device) -> bool:
+    """SDPA for the student on CUDA only: on the CPU, SDPA's bf16 backward at 1 + K = 67 tokens is slower
+    than the explicit path (ViT-S blocks, batch 8, 2 cores: 203 vs 145 ms forward + backward; equal in
+    fp32; `hybrid-distill bench`, '- explicit_student_attention')."""
+    return device.type == "cuda"
+
+
 def qkv_heads(attn: Attention, x: torch.Tensor):
     """x (B, N, D) already normed -> q, k, v, each (B, H, N, hd), with timm's q/k norms applied."""
     B, N, _ = x.shape
