@@ -18,7 +18,7 @@ from hybrid_distill.evaluation.finetune import finetune_eval
 from hybrid_distill.models.load import load_model
 from hybrid_distill.provenance import provenance
 
-CANDIDATES = (1e-3, 3e-3, 1e-2)  # at batch 256 (the preset's ref_batch)
+CANDIDATES = (1e-3, 3e-3, 1e-2, 3e-2)  # at batch 256 (the preset's ref_batch)
 HELD_OUT = 10_000  # the last training images
 
 
@@ -26,6 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/demo", help="a finished demo run directory")
     p.add_argument("--out", default="runs/pick_finetune_lr.json")
+    p.add_argument("--lrs", type=float, nargs="+", default=CANDIDATES, help="candidate lrs at batch 256")
     args = p.parse_args()
     demo = DemoConfig(**{k: v for k, v in json.loads((Path(args.run) / "results.json").read_text())["demo"].items()
                          if k in DemoConfig.__dataclass_fields__})
@@ -36,13 +37,13 @@ def main() -> None:
     models = {"hybrid": lambda: load_model(str(Path(args.run) / "students" / "hybrid")),
               "random_init": lambda: _random_init(demo)}
     results = {}
-    for lr in CANDIDATES:
+    for lr in args.lrs:
         for name, make in models.items():
             r = finetune_eval(make(), fit, held_out, "fashion_mnist", epochs=demo.finetune_epochs,
                               batch_size=demo.batch, lr=lr)
             results.setdefault(str(lr), {})[name] = r["top1"]
             print(f"lr {lr:.0e}  {name:<12} held-out top-1 {r['top1']:.2f}", flush=True)
-    best = max(CANDIDATES, key=lambda lr: sum(results[str(lr)].values()))
+    best = max(args.lrs, key=lambda lr: sum(results[str(lr)].values()))
     print(f"best lr (mean held-out top-1 of both models): {best:.0e}")
     Path(args.out).write_text(json.dumps({"held_out_top1": results, "best_lr": best, "run": args.run,
                                           "provenance": provenance()}, indent=2))

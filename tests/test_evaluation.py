@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -283,6 +285,26 @@ def image_folder(root, n_per_class=4):
             for i in range(n_per_class):
                 Image.new("RGB", (20, 20), color=colour).save(folder / f"{i}.png")
     return root
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_two_processes(tmp_path):
+    # DDP on gloo: each rank takes half of every epoch (DistributedSampler), lr scaled by the world size,
+    # rank 0 alone writes the result after the test features are gathered from both ranks
+    model_file = save_model_file(tiny_vit(), "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
+    data = image_folder(tmp_path / "images", n_per_class=8)  # 16 training images
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
+            "-m", "hybrid_distill.cli", "eval", "finetune", str(model_file), "--data", str(data), "--epochs", "2",
+            "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
+    result = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = list((tmp_path / "out").glob("finetune-*.json"))
+    assert len(written) == 1 and result.stdout.count("finetune: top-1") == 1
+    out = json.loads(written[0].read_text())
+    assert out["steps"] == 2 * 16 // (4 * 2)  # 2 epochs of 16 images, batch 4 on each of 2 ranks
+    assert out["lr"] == pytest.approx(out["config"]["lr"] * 4 * 2 / out["config"]["ref_batch"])
+    assert 0.0 <= out["top1"] <= 100.0 and math.isfinite(out["train_loss"])
 
 
 def test_command_knn_and_linear_write_json(tmp_path):
