@@ -19,8 +19,8 @@ from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
-from .models.attention import set_fused_attention, student_fused_attention
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
+from .models.attention import set_fused_attention, student_fused_attention
 from .provenance import provenance
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
