@@ -174,13 +174,13 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(idx_fo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_torchrun_two_processes_equal_one_process(idx_folder, tmp_path, fsdp):
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp", "ddp+compile"])
+def test_torchrun_two_processes_equal_one_process(idx_folder, tmp_path, wrap):
     extra = {"train.max_steps": 4, "student.drop_path": 0.0, "train.device": "cpu"}  # gloo, also on a GPU host
     one = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "one", **extra), "one.yaml")
     subprocess.run(train_cmd(one), env=ENV, check=True, capture_output=True)
-    two = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "two", **extra, **{"train.fsdp": fsdp}),
-                       "two.yaml")
+    options = {"train.fsdp": wrap == "fsdp", "train.compile": wrap == "ddp+compile"}
+    two = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "two", **extra, **options), "two.yaml")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
                 "-m", "hybrid_distill.cli", "train", str(two)]
     result = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
