@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from hybrid_distill.data.fashion_mnist import FashionMNIST
-from hybrid_distill.demo.run import DemoConfig, _random_init
+from hybrid_distill.demo.run import DemoConfig, random_init_vit
 from hybrid_distill.evaluation.finetune import finetune_eval
 from hybrid_distill.models.load import load_model
 from hybrid_distill.provenance import provenance
@@ -31,11 +31,12 @@ def main() -> None:
     demo = DemoConfig(**{k: v for k, v in json.loads((Path(args.run) / "results.json").read_text())["demo"].items()
                          if k in DemoConfig.__dataclass_fields__})
     train_ds = FashionMNIST(demo.data_path, "train")
+    if demo.train_limit + HELD_OUT > len(train_ds):
+        raise SystemExit("the held-out images would overlap the fine-tune ones: lower the demo's train_limit")
     fit = torch.utils.data.Subset(train_ds, range(demo.train_limit))
     held_out = torch.utils.data.Subset(train_ds, range(len(train_ds) - HELD_OUT, len(train_ds)))
-    assert demo.train_limit + HELD_OUT <= len(train_ds), "the held-out images must not overlap the fine-tune ones"
     models = {"hybrid": lambda: load_model(str(Path(args.run) / "students" / "hybrid")),
-              "random_init": lambda: _random_init(demo)}
+              "random_init": lambda: random_init_vit(demo)}
     results = {}
     for lr in args.lrs:
         for name, make in models.items():

@@ -182,7 +182,7 @@ def run_demo(demo: DemoConfig) -> Path:
     stage("2/6 MAE teacher (masked pixel reconstruction)")
     mae = train_mae_teacher(demo, data_cfg, subset, out / "teachers" / "teacher_mae.pt")
     tick("teacher_mae")
-    models = {"random_init": _random_init(demo), "teacher_sup": load_model(str(sup)), "teacher_mae": load_model(str(mae))}
+    models = {"random_init": random_init_vit(demo), "teacher_sup": load_model(str(sup)), "teacher_mae": load_model(str(mae))}
     paths = [str(sup), str(mae)]
     for name, cfg in student_configs(demo, sup, mae).items():
         stage(f"3/6 student {name}: teachers {list(cfg.teachers)}, masking {cfg.masking.strategy.value}")
@@ -203,7 +203,8 @@ def run_demo(demo: DemoConfig) -> Path:
     return out
 
 
-def _random_init(demo: DemoConfig):
+def random_init_vit(demo: DemoConfig):
+    """The demo's untrained baseline: its ViT seeded with demo.seed, with Fashion-MNIST's mean and std."""
     torch.manual_seed(demo.seed)
     model = create_vit(demo.arch, **demo.vit_kwargs)
     model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(demo.mean), std=tuple(demo.std))
