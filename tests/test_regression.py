@@ -5,7 +5,7 @@ The recording was made before the teacher-side refactor, from commit 50ba136, wi
     .venv/bin/python tests/test_regression.py
 
 (progressive masking over 64 patches, fp32, no drop path). Keys name the resolved block index
-('mim/rel4', not 'mim/rel-2'), so they do not depend on how a config spells its blocks. Indices
+('mim/rel4', not 'mim/rel-2'): the recording mapped the names of that commit to them. Indices
 must be equal; fp32 tensors within 1e-6 (absolute, plus 1e-6 relative for the larger logits).
 """
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
 from hybrid_distill.engine import build_optimizer, train_step
-from hybrid_distill.trainer import RunContext
+from hybrid_distill.runtime import RunContext
 
 RECORDING = Path(__file__).parent / "data" / "regression_step.npz"
 TEACHER = dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=4)
@@ -65,30 +65,18 @@ def step_values() -> dict[str, np.ndarray]:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     student.train()
     parts = train_step(student, teachers, [images], build_optimizer(student, cfg.optim), scaler, 1e-3, run)
-    values.update({f"loss/{resolved_part(k)}": v.detach().float().numpy() for k, v in parts.items()
-                   if k != "skipped"})
+    values.update({f"loss/{k}": v.detach().float().numpy() for k, v in parts.items() if k != "skipped"})
     return values
 
 
 def teacher_values(teachers, pixels: torch.Tensor) -> dict[str, np.ndarray]:
     """The code under test's targets, keyed by teacher and resolved block index."""
     targets = teachers(pixels)
-    values = {"keep": targets["mim"].keep.numpy()}
-    for name, target in targets.items():
-        assert torch.equal(target.keep, targets["mim"].keep)
-        if target.features is not None:
-            values[f"features/{name}"] = target.features.numpy()
-        for spec, rel in target.relations.items():
-            values[f"relations/{name}/{spec % TEACHER['depth']}"] = rel.numpy()
+    values = {"keep": targets.keep.numpy()}
+    values.update({f"features/{name}": feats.numpy() for name, feats in targets.features.items()})
+    for name, relations in targets.relations.items():
+        values.update({f"relations/{name}/{block}": rel.numpy() for block, rel in relations.items()})
     return values
-
-
-def resolved_part(name: str) -> str:
-    """'mim/rel-2' -> 'mim/rel4' (block index resolved against the depth of 6)."""
-    teacher, _, part = name.rpartition("/")
-    if part.startswith("rel"):
-        part = f"rel{int(part[3:]) % TEACHER['depth']}"
-    return f"{teacher}/{part}" if teacher else part
 
 
 def test_the_step_gives_the_recorded_keep_targets_and_loss_parts():

@@ -28,14 +28,14 @@ def build_teachers(cfg: DictConfig, student_grid) -> tuple[TeacherSet, dict]:
 
 
 def check_heads(name: str, teacher: Teacher, student_heads: int, tcfg) -> None:
-    if tcfg.relation_blocks and RelationHeads(tcfg.relation_heads) is RelationHeads.per_head \
+    if tcfg.relation_blocks and tcfg.relation_heads is RelationHeads.per_head \
             and teacher.num_heads != student_heads:
         raise ConfigError(
             f"teacher '{name}' has {teacher.num_heads} heads but the student has {student_heads}: per-head "
             f"relations need equal counts; set teachers.{name}.relation_heads=head_mean or change the student")
 
 
-def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None) -> Student:
+def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_attention: bool = True) -> Student:
     backbone = backbone if backbone is not None else build_backbone(cfg)
     heads, specs = {}, []
     for name, teacher in teachers.teachers.items():
@@ -44,10 +44,13 @@ def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None) -> Stude
         if tcfg.features:
             heads[name] = teacher.model.embed_dim
         specs += [RelationSpec(name, b, tcfg.relation_kind, tcfg.relation_heads) for b in tcfg.relation_blocks]
-    return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs, cfg.train.activation_checkpointing)
+    return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs, cfg.train.activation_checkpointing,
+                   fused_attention)
 
 
-def build_models(cfg: DictConfig):
+def build_models(cfg: DictConfig, student_fused_attention: bool = True):
+    """Student, teachers and the teachers' manifest records; `student_fused_attention`: SDPA in the
+    student (models/attention.py, student_fused_attention picks it per device)."""
     backbone = build_backbone(cfg)
     teachers, records = build_teachers(cfg, grid_size(backbone))
-    return build_student(cfg, teachers, backbone), teachers, records
+    return build_student(cfg, teachers, backbone, student_fused_attention), teachers, records

@@ -7,7 +7,6 @@ from .config import RelationHeads, RelationKind
 def relation_form(logits: torch.Tensor, scale: float, kind: RelationKind,
                   heads: RelationHeads) -> torch.Tensor:
     """logits q k^T * hd^-0.5 (B, H, N, N) -> the distilled relation, (B, H, N, N) or (B, 1, N, N)."""
-    kind, heads = RelationKind(kind), RelationHeads(heads)
     if kind is RelationKind.raw:
         rel = logits / scale
     elif kind is RelationKind.softmax:

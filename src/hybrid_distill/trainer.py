@@ -1,11 +1,7 @@
 """The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
-import contextlib
 import json
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
@@ -13,54 +9,19 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from . import checkpoint as ckpt
 from .build import build_models
-from .config import Amp, ConfigError, to_dict, to_yaml
+from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
-from .models.attention import set_fused_attention, student_fused_attention
+from .models.attention import student_fused_attention
 from .provenance import provenance
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
-
-
-@dataclass
-class RunContext:
-    """What the step needs besides models and data."""
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    loss_weights: dict[str, float]
-    beta: float
-    clip_grad: float
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
-    return torch.device(name)
-
-
-def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
-    amp = Amp(amp)
-    if amp is Amp.auto:
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {Amp.bf16: torch.bfloat16, Amp.fp16: torch.float16, Amp.none: None}[amp]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from .runtime import RunContext, amp_dtype, pick_device, seed_everything
 
 
 def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
@@ -80,11 +41,10 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
-        self.student, self.teachers, records = build_models(cfg)
+        self.student, self.teachers, records = build_models(cfg, student_fused_attention(self.device))
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
-        set_fused_attention([self.student], student_fused_attention(self.device))
         if self.dist.main:
             write_run_files(self.run_dir, cfg, records)
         dtype = amp_dtype(cfg.train.amp, self.device)

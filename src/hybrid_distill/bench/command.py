@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from ..build import build_models
 from ..config import ConfigError, load_config, to_dict
 from ..provenance import provenance
-from ..trainer import RunContext, pick_device, seed_everything
+from ..runtime import RunContext, pick_device, seed_everything
 from .phases import Bench, NullClock, Switches, default_switches
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' datasheets (without sparsity)
@@ -106,7 +106,7 @@ def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> 
     counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
     with counter:
         bench.forward_backward(sw, images, NullClock())
-    bench.student.zero_grad(set_to_none=True)
+    (bench.student if sw is None else bench.student_for(sw)).zero_grad(set_to_none=True)
     return counter.get_total_flops() / images.shape[0] / 1e9
 
 
@@ -176,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     seed_everything(cfg.seed)
-    student, teachers, _ = build_models(cfg)
+    sw = default_switches(device, bf16, use_compile)
+    student, teachers, _ = build_models(cfg, sw.student_fused)
     student.to(device).train()
     teachers.to(device)
     run = RunContext(device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
                      cfg.optim.clip_grad or float("inf"))
     bench = Bench(student, teachers, cfg.optim, run)
     batches = loader_batches(cfg, batch) if args.data else synthetic_batches(batch, cfg.data.img_size, device)
-    runs = variants(default_switches(device, bf16, use_compile), device, not args.no_ablation)
+    runs = variants(sw, device, not args.no_ablation)
     sample = next(batches)[: min(batch, 2)]
     flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
     for name in (n for n in runs if n.startswith("optimised fp32")):

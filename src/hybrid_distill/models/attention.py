@@ -20,18 +20,17 @@ def check_block(block: nn.Module) -> None:
             "Use a timm VisionTransformer model (vit_*, deit_*, *_clip_*).")
 
 
-def set_fused_attention(modules: list[nn.Module], fused: bool) -> None:
-    """timm's per-module switch between SDPA and the explicit softmax path (the same function)."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, Attention):
-                m.fused_attn = fused
+def choose_attention(model: nn.Module, fused: bool) -> None:
+    """timm's per-module switch between SDPA and the explicit softmax path (the same function). Called
+    only by the constructors of the models that own `model` (Teacher, Student)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
 
 
 def student_fused_attention(device: torch.device) -> bool:
     """SDPA for the student on CUDA only: on the CPU, SDPA's bf16 backward at 1 + K = 67 tokens is slower
-    than the explicit path (ViT-S blocks, batch 8, 2 cores: 203 vs 145 ms forward + backward; equal in
-    fp32; `hybrid-distill bench`, '- explicit_student_attention')."""
+    than the explicit path (`hybrid-distill bench`, '- explicit_student_attention')."""
     return device.type == "cuda"
 
 

@@ -10,43 +10,53 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import RelationHeads, RelationKind
-from ..masking import all_indices, keep_with_prefix
+from ..masking import all_indices
 from ..relations import relation_form, resolve_block
-from .attention import block_with_logits, check_block
-from .tokens import Normalize, embed_tokens
+from .attention import block_with_logits, check_block, choose_attention
+from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens, keep_with_prefix
 
 
 @dataclass
 class StudentOutput:
     tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
-    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> spec -> (B, H, 1+K, 1+K)
+    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> block -> (B, H, 1+K, 1+K)
 
 
 @dataclass
 class RelationSpec:
-    """A relation the student must produce for one teacher: its block spec and form."""
+    """A relation the student must produce for one teacher: its block (as configured, -1 the last) and
+    form. The kind and heads are typed here once, whatever the caller passed."""
     teacher: str
     spec: int
     kind: RelationKind
     heads: RelationHeads
 
+    def __post_init__(self):
+        self.kind, self.heads = RelationKind(self.kind), RelationHeads(self.heads)
+
 
 class Student(nn.Module):
+    """`fused_attention`: SDPA in the blocks whose logits are not read (student_fused_attention)."""
+
     def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
-                 relation_specs: list[RelationSpec], activation_checkpointing: bool = False):
+                 relation_specs: list[RelationSpec], activation_checkpointing: bool = False,
+                 fused_attention: bool = True):
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
         for block in backbone.blocks:
             check_block(block)
+        check_class_token(backbone, "the student")
         self.backbone = backbone
+        self.fused_attention = fused_attention
+        choose_attention(backbone, fused_attention)
         self.normalize = Normalize(mean, std)
         width = backbone.embed_dim
         self.heads = nn.ModuleDict({name: nn.Linear(width, dim) for name, dim in head_dims.items()})
-        self.relation_specs = relation_specs
         depth = len(backbone.blocks)
-        self.relation_blocks = {resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'")
-                                for r in relation_specs}
+        self.relation_specs = [(r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'"))
+                               for r in relation_specs]
+        self.relation_blocks = {block for _, block in self.relation_specs}
 
     def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
         """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
@@ -61,8 +71,7 @@ class Student(nn.Module):
                 x, logits[i] = self.run_block(block_with_logits, block, x)
             else:
                 x = self.run_block(block, x)
-        x = bb.norm(x)
-        tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # CLS + kept patches
+        tokens = cls_and_patches(bb.norm(x), P)  # (B, 1 + K, D) CLS + kept patches
         return StudentOutput(tokens, {n: head(tokens) for n, head in self.heads.items()},
                              self.relations(logits, P))
 
@@ -74,14 +83,10 @@ class Student(nn.Module):
 
     def relations(self, logits: dict[int, torch.Tensor], P: int) -> dict[str, dict[int, torch.Tensor]]:
         out: dict[str, dict[int, torch.Tensor]] = {}
-        depth = len(self.backbone.blocks)
-        for r in self.relation_specs:
-            lg = logits[r.spec % depth]  # (B, H, P + K, P + K)
-            if P > 1:  # drop register rows and columns, keep CLS
-                lg = torch.cat([lg[:, :, :1], lg[:, :, P:]], dim=2)
-                lg = torch.cat([lg[..., :1], lg[..., P:]], dim=3)  # (B, H, 1 + K, 1 + K)
-            scale = self.backbone.blocks[r.spec % depth].attn.scale
-            out.setdefault(r.teacher, {})[r.spec] = relation_form(lg, scale, r.kind, r.heads)
+        for r, block in self.relation_specs:
+            lg = cls_and_patches(cls_and_patches(logits[block], P, 2), P, 3)  # (B, H, 1 + K, 1 + K)
+            scale = self.backbone.blocks[block].attn.scale
+            out.setdefault(r.teacher, {})[block] = relation_form(lg, scale, r.kind, r.heads)
         return out
 
     def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
