@@ -160,6 +160,7 @@ def test_smooth_l1_by_hand_and_named_weighted_parts():
     class Out:
         features = {"c": torch.zeros(1, 2, 1)}
         relations = {"m": {9: torch.zeros(1, 1, 2, 2), 10: torch.zeros(1, 1, 2, 2)}}
+        loss_mask = None
 
     targets = Targets(torch.zeros(1, 1, dtype=torch.long), {"c": torch.full((1, 2, 1), 4.0)},
                       {"m": {9: torch.full((1, 1, 2, 2), 1.0), 10: torch.full((1, 1, 2, 2), 3.0)}})

@@ -35,6 +35,18 @@ class RelationHeads(str, Enum):
     head_mean = "head_mean"  # for students whose head count differs from the teacher's
 
 
+class Decoder(str, Enum):
+    none = "none"      # the encoder's tokens are the prediction: needs equal student and teacher widths
+    linear = "linear"  # one Linear(D_s -> D_t) per feature teacher (FD's 1x1 conv; the default)
+    blocks = "blocks"  # dBOT's asymmetric decoder: decoder_depth timm Blocks, then a Linear (paper 2.2, fig. 1)
+
+
+class MaskStyle(str, Enum):
+    none = "none"
+    simmim = "simmim"  # mask tokens in the encoder's input, loss on masked tokens (paper 2.4, SimMIM)
+    dbot = "dbot"      # the encoder sees visible tokens, mask tokens enter the decoder (paper B.2, dBOT)
+
+
 class Amp(str, Enum):
     auto = "auto"  # bf16 on CUDA, fp32 on CPU
     bf16 = "bf16"
@@ -62,12 +74,24 @@ class DataConfig:
 
 
 @dataclass
+class MaskReconConfig:
+    """Mask feature reconstruction (paper 2.4, B.2): the feature teachers' targets, predicted at masked tokens."""
+    style: MaskStyle = MaskStyle.none
+    ratio: Optional[float] = None  # None: 0.6 simmim (SimMIM's ViT config), 0.75 dbot (dBOT main_pretrain.py)
+    patch: Optional[int] = None  # mask cell in pixels; None: 32 simmim (SimMIM), the model patch dbot (dBOT)
+
+
+@dataclass
 class StudentConfig:
     arch: str = "vit_base_patch16_224"
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (img_size, patch_size, depth, ...)
     drop_path: float = 0.2  # dBOT --drop_path for ViT-B
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    decoder: Decoder = Decoder.linear  # what predicts the teacher features from the encoder's tokens
+    decoder_depth: int = 8  # blocks of the `blocks` decoder (dBOT mae_vit_*_dec512d8b; paper fig. 9: 1, 4, 8)
+    mask_recon: MaskReconConfig = field(default_factory=MaskReconConfig)
+    fd_encoder: bool = False  # FD's encoder: layer scale 0.1, shared relative position bias, no absolute positions
 
 
 @dataclass
@@ -206,6 +230,26 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
     if cfg.optim.accum_steps < 1 or cfg.optim.batch_size < 1:
         raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
+    check_student(cfg)
+
+
+def check_student(cfg: DictConfig) -> None:
+    """The section-2 variants: decoders, mask feature reconstruction."""
+    s, recon = cfg.student, cfg.student.mask_recon
+    if Decoder(s.decoder) is Decoder.blocks and s.decoder_depth < 1:
+        raise ConfigError(f"student.decoder_depth={s.decoder_depth} must be >= 1 with student.decoder=blocks")
+    if MaskStyle(recon.style) is MaskStyle.none:
+        return
+    if MaskStyle(recon.style) is MaskStyle.dbot and Decoder(s.decoder) is not Decoder.blocks:
+        raise ConfigError("student.mask_recon.style=dbot feeds mask tokens to a decoder: set student.decoder=blocks")
+    if recon.ratio is not None and not 0.0 < recon.ratio < 1.0:
+        raise ConfigError(f"student.mask_recon.ratio={recon.ratio} must be in (0, 1)")
+    if cfg.masking.teacher is not None and Strategy(cfg.masking.strategy) is not Strategy.none:
+        raise ConfigError("student.mask_recon masks its own tokens: set masking.teacher=null (no token selection)")
+    for name, t in cfg.teachers.items():
+        if t.relation_blocks:
+            raise ConfigError(f"student.mask_recon reconstructs features only (paper 2.4): teachers.{name} "
+                              "gives relations; set its relation_blocks=[] or student.mask_recon.style=none")
 
 
 def to_yaml(cfg: DictConfig) -> str:

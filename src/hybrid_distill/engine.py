@@ -13,7 +13,8 @@ from torch import nn
 from .data.transforms import to_unit
 from .losses import distill_losses
 
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token")
+# + SimMIM's / dBOT's mask token and FD's relative position bias table (their no_weight_decay lists)
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token", "relative_position_bias_table")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -113,7 +113,7 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(path)
         model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
-                       **{f"heads.{k}": v for k, v in state["heads"].items()}}
+                       **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
         set_model_state_dict(self.student, model_state, options=FULL_STATE)
         set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
@@ -134,7 +134,8 @@ class Trainer:
         if not self.dist.main:
             return
         part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        payload = {"student": part("backbone."), "heads": part("heads."),
+        extras = {k: v for k, v in model_state.items() if not k.startswith(("backbone.", "heads."))}  # decoder, mask token
+        payload = {"student": part("backbone."), "heads": part("heads."), "extras": extras,
                    "optimizer": optim_state, "scaler": self.scaler.state_dict(),
                    "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
                    "config": to_dict(self.cfg), "provenance": provenance()}

@@ -10,10 +10,12 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
+from .fd_encoder import FDAttention, position_bias
+
 
 def check_block(block: nn.Module) -> None:
     """Fail early, naming the class, for blocks whose attention we cannot open."""
-    if not isinstance(block, Block) or type(block.attn) is not Attention:
+    if not isinstance(block, Block) or type(block.attn) not in (Attention, FDAttention):
         raise TypeError(
             f"hybrid-distill reads q and k from timm's vision_transformer.Block with a plain Attention; "
             f"got {type(block).__name__} with {type(getattr(block, 'attn', None)).__name__}. "
@@ -48,12 +50,16 @@ def attention_logits(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return (q * attn.scale) @ k.transpose(-2, -1)
 
 
-def attention_with_logits(attn: Attention, x: torch.Tensor):
-    """timm Attention.forward (non-fused branch) that also returns the logits (B, H, N, N)."""
+def attention_with_logits(attn: Attention, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """timm Attention.forward (non-fused branch) that also returns the logits (B, H, N, N) its softmax
+    sees: q k^T * hd^-0.5, plus the additive attn_mask or the module's own bias (FD's encoder)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if attn.gate is not None else None
     q, k, v = qkv_heads(attn, x)
     logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    bias = attn_mask if attn_mask is not None else position_bias(attn, N)
+    if bias is not None:
+        logits = logits + bias
     out = attn.attn_drop(logits.softmax(dim=-1)) @ v  # (B, H, N, hd)
     out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if gate is not None:
@@ -61,9 +67,9 @@ def attention_with_logits(attn: Attention, x: torch.Tensor):
     return attn.proj_drop(attn.proj(out)), logits
 
 
-def block_with_logits(block: Block, x: torch.Tensor):
+def block_with_logits(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
     """timm Block.forward that also returns its attention logits: (x (B, N, D), logits (B, H, N, N))."""
-    a, logits = attention_with_logits(block.attn, block.norm1(x))
+    a, logits = attention_with_logits(block.attn, block.norm1(x), attn_mask)
     x = x + block.drop_path1(block.ls1(a))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x, logits

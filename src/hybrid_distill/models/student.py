@@ -1,7 +1,8 @@
 """The student: a plain timm VisionTransformer run on CLS + the kept patch tokens.
 
 Its state_dict is the timm model's own (`backbone`), so exported weights need no renaming table;
-the feature heads Linear(D_s -> D_t) live beside it and are saved apart (FD, dBOT).
+the feature heads Linear(D_s -> D_t), the optional decoder and the mask-reconstruction token live
+beside it and are saved apart (FD, dBOT): they are trained, never exported.
 """
 from dataclasses import dataclass, field
 
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import RelationHeads, RelationKind
-from ..masking import all_indices
+from ..config import MaskStyle, RelationHeads, RelationKind
+from ..masking import all_indices, gather_tokens
 from ..relations import relation_form, resolve_block
 from .attention import block_with_logits, check_block, choose_attention
+from .decoder import Decoder
+from .mask_recon import MaskRecon, visible_indices
 from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens, keep_with_prefix
 
 
@@ -21,6 +24,7 @@ class StudentOutput:
     tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
     relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> block -> (B, H, 1+K, 1+K)
+    loss_mask: torch.Tensor | None = None  # (B, 1 + K) bool: the tokens the feature loss reads (mask reconstruction)
 
 
 @dataclass
@@ -41,7 +45,8 @@ class Student(nn.Module):
 
     def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
                  relation_specs: list[RelationSpec], activation_checkpointing: bool = False,
-                 fused_attention: bool = True):
+                 fused_attention: bool = True, decoder: Decoder | None = None, recon: MaskRecon | None = None,
+                 linear_heads: bool = True):
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
         for block in backbone.blocks:
@@ -52,7 +57,9 @@ class Student(nn.Module):
         choose_attention(backbone, fused_attention)
         self.normalize = Normalize(mean, std)
         width = backbone.embed_dim
-        self.heads = nn.ModuleDict({name: nn.Linear(width, dim) for name, dim in head_dims.items()})
+        head = (lambda dim: nn.Linear(width, dim)) if linear_heads else (lambda dim: nn.Identity())
+        self.heads = nn.ModuleDict({name: head(dim) for name, dim in head_dims.items()})
+        self.decoder, self.recon = decoder, recon  # dBOT's decoder blocks, mask reconstruction; None when off
         depth = len(backbone.blocks)
         self.relation_specs = [(r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'"))
                                for r in relation_specs]
@@ -61,22 +68,57 @@ class Student(nn.Module):
     def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
         """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
         bb = self.backbone
-        x = embed_tokens(bb, self.normalize(pixels))  # (B, P + L, D)
+        pixels = self.normalize(pixels)
+        if keep is None:
+            grid = bb.patch_embed.grid_size
+            keep = all_indices(pixels.shape[0], grid[0] * grid[1], pixels.device)
+        mask = self.recon.draw(pixels.shape[0], pixels.device) if self.recon is not None else None  # (B, L)
+        x, seen = self.encoder_input(pixels, keep, mask)  # (B, P + K', D) at the patches seen (B, K')
+        x, logits = self.encode(x, seen)
         P = bb.num_prefix_tokens
-        if keep is not None:
-            x = keep_with_prefix(x, keep, P)  # (B, P + K, D)
+        tokens = cls_and_patches(x, P)  # (B, 1 + K', D) CLS + kept (dBOT: visible) patches
+        decoded = tokens
+        if self.decoder is not None:  # dBOT: mask tokens fill the masked patches; else the same tokens
+            decoded = self.decoder(tokens, seen, mask if self.style is MaskStyle.dbot else None)
+        return StudentOutput(tokens, {n: head(decoded) for n, head in self.heads.items()},
+                             self.relations(logits, P), self.loss_mask(mask, keep))
+
+    @property
+    def style(self) -> MaskStyle:
+        return self.recon.style if self.recon is not None else MaskStyle.none
+
+    def encoder_input(self, pixels: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor | None):
+        """The encoder's tokens and their patch indices: the kept patches (simmim: the masked ones as the
+        mask token), or dbot's visible patches only."""
+        bb = self.backbone
+        x = self.recon.embed(bb, pixels, mask) if self.style is MaskStyle.simmim else embed_tokens(bb, pixels)
+        seen = visible_indices(mask) if self.style is MaskStyle.dbot else keep
+        return keep_with_prefix(x, seen, bb.num_prefix_tokens), seen
+
+    def encode(self, x: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The blocks and final norm on tokens at patches `seen`; the relation blocks' logits."""
+        bb = self.backbone
+        bias = bb.rel_pos_bias(seen) if hasattr(bb, "rel_pos_bias") else None  # FD's encoder, at these tokens
         logits = {}
         for i, block in enumerate(bb.blocks):
             if i in self.relation_blocks:
-                x, logits[i] = self.run_block(block_with_logits, block, x)
+                x, logits[i] = self.run_block(block_with_logits, block, x, bias)
             else:
-                x = self.run_block(block, x)
-        tokens = cls_and_patches(bb.norm(x), P)  # (B, 1 + K, D) CLS + kept patches
-        return StudentOutput(tokens, {n: head(tokens) for n, head in self.heads.items()},
-                             self.relations(logits, P))
+                x = self.run_block(nn.Module.__call__, block, x, bias)
+        return bb.norm(x), logits
 
-    def run_block(self, fn, *args):
-        """Activation checkpointing (recompute in backward) when set, for large students."""
+    def loss_mask(self, mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1 + K) bool over the predicted tokens: the masked patches, and CLS for dbot (its loss
+        counts CLS as masked, dBOT models_mae.py `forward_encoder`); None without mask reconstruction."""
+        if mask is None:
+            return None
+        cls = mask.new_full((mask.shape[0], 1), self.style is MaskStyle.dbot)
+        return torch.cat([cls, gather_tokens(mask.unsqueeze(-1), keep).squeeze(-1)], dim=1)
+
+    def run_block(self, fn, block: nn.Module, x: torch.Tensor, bias: torch.Tensor | None):
+        """fn(block, x[, bias]), with activation checkpointing (recompute in backward) when set, for large
+        students; `bias` is FD's relative position bias (an additive attention mask) or None."""
+        args = (block, x) if bias is None else (block, x, bias)  # timm's fused path stays mask-free without FD
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
