@@ -99,3 +99,11 @@ def test_analyze_decoder_of_a_run_without_one_fails_in_one_line(idx_folder, tmp_
                     "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no decoder blocks (student.decoder=linear)" in err
+
+
+def test_the_plain_bench_step_refuses_a_decoder_student(idx_folder, tmp_path):
+    from hybrid_distill.bench.plain import plain_student
+    cfg = from_dict(feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": 1}))
+    student, _, _ = build_models(cfg)
+    with pytest.raises(ValueError, match="plain step covers section 3's students only"):
+        plain_student(student, torch.rand(1, 3, 28, 28), torch.ones(1, 49, dtype=torch.bool))

@@ -84,6 +84,9 @@ def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[Ta
 def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) -> StudentOutput:
     """Student.forward with explicit attention in every block and a boolean keep mask (B, L)."""
     bb = student.backbone
+    if student.decoder is not None or student.recon is not None or hasattr(bb, "rel_pos_bias"):
+        raise ValueError("the plain step covers section 3's students only: set student.decoder=linear, "
+                         "student.mask_recon.style=none and student.fd_encoder=false to bench")
     x = embed_tokens(bb, student.normalize(pixels))  # (B, P + L, D)
     P, B, D = bb.num_prefix_tokens, x.shape[0], x.shape[-1]
     x = torch.cat([x[:, :P], x[:, P:][mask].view(B, -1, D)], dim=1)  # (B, P + K, D)
