@@ -54,6 +54,18 @@ class Amp(str, Enum):
     none = "none"
 
 
+class TeacherPrecision(str, Enum):
+    auto = "auto"  # bf16 teachers when the student trains under bf16 autocast, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp8 = "fp8"  # e4m3 matrix products in the teachers' blocks (sm_89+ GPUs), bf16 elsewhere
+
+
+class Decode(str, Enum):
+    pil = "pil"  # decode, crop and flip in the loader's workers (PIL)
+    gpu = "gpu"  # workers send the JPEG bytes; decode (nvJPEG), crop and flip on the GPU
+
+
 @dataclass
 class DataConfig:
     dataset: str = "folder"  # folder | tar | wds | fashion_mnist | synthetic | other timm reader spec ('hfds/...')
@@ -71,6 +83,7 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
+    decode: Decode = Decode.pil  # gpu: JPEG folders on CUDA only; the same crops from the same per-sample seeds
 
 
 @dataclass
@@ -142,6 +155,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     device: str = "auto"  # auto | cpu | cuda
     amp: Amp = Amp.auto
+    teacher_precision: TeacherPrecision = TeacherPrecision.auto  # fp8: targets within ~5% of bf16 (bench --fp8)
     activation_checkpointing: bool = False  # recompute student blocks in backward (ViT-L/H memory)
     fsdp: bool = False  # shard the student with FSDP2 (fully_shard per block) instead of DDP, for ViT-L/H
     compile: bool = False  # torch.compile the student and each teacher in place (first steps compile; bench)
