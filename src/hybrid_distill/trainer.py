@@ -11,12 +11,14 @@ from . import checkpoint as ckpt
 from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
+from .data.gpu_decode import check_gpu_decode
 from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
 from .models.attention import student_fused_attention
+from .models.precision import set_teacher_precision
 from .provenance import provenance
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -39,6 +41,8 @@ class Trainer:
         self.dist: Dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg.data.decode == "gpu":
+            check_gpu_decode(self.device)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
         self.student, self.teachers, records = build_models(cfg, student_fused_attention(self.device))
@@ -48,8 +52,8 @@ class Trainer:
         if self.dist.main:
             write_run_files(self.run_dir, cfg, records)
         dtype = amp_dtype(cfg.train.amp, self.device)
-        if dtype is torch.bfloat16:
-            self.teachers.cast(torch.bfloat16)  # frozen teachers in bf16: ~2.9x (bench); targets stay fp32
+        # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
+        set_teacher_precision(self.teachers, cfg.train.teacher_precision, dtype, self.device)
         if cfg.train.compile:  # in place, before DDP: parameter names and checkpoints stay the same
             self.student.compile()
             self.teachers.compile()
@@ -186,8 +190,8 @@ class Trainer:
             micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
             bad.update(torch.cat([m[2] for m in micro]))
             lr = self.lr()
-            parts = train_step(self.model, self.teachers, [m[0] for m in micro], self.optimizer, self.scaler,
-                               lr, self.ctx)
+            parts = train_step(self.model, self.teachers, [self.images(m[0]) for m in micro], self.optimizer,
+                               self.scaler, lr, self.ctx)
             self.step += 1
             nonfinite.update(bool(parts["skipped"]), self.step)
             self.after_step(log, parts, lr, epoch)
@@ -196,6 +200,12 @@ class Trainer:
                                    EXIT_PREEMPTED)
             if self.step >= last:
                 return
+
+    def images(self, batch):
+        """uint8 images (B, 3, S, S); data.decode=gpu: decoded, cropped and flipped on the device."""
+        if self.cfg.data.decode != "gpu":
+            return batch
+        return batch.decode(self.cfg.data.img_size, self.device, self.cfg.data.interpolation)
 
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train
