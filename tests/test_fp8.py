@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hybrid_distill.bench.fp8_check import targets_at
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, TeacherPrecision, from_dict
 from hybrid_distill.models.fp8 import E4M3_MAX, Float8Linear, fp8_unsupported, quantize_rows, to_float8
@@ -54,11 +55,11 @@ def test_fp8_teachers_give_targets_near_bf16_ones():
     assert len(linears) == 2 * 6 * 4  # qkv, proj, fc1, fc2 of every block of both teachers
     pixels = torch.rand(4, 3, 28, 28)
     ref = bf16(pixels)
-    out = {n: fp8.run_teacher(n, pixels, ref["mim"].keep) for n in fp8.order()}  # at the same kept tokens
-    assert relative_error(out["sup"].features, ref["sup"].features) < 0.1
-    for spec, rel in ref["mim"].relations.items():
-        assert relative_error(out["mim"].relations[spec], rel) < 0.15
-        assert out["mim"].relations[spec].dtype == torch.float32  # targets stay fp32
+    out = targets_at(fp8, pixels, ref.keep)  # at the same kept tokens
+    assert relative_error(out["sup"].features, ref.features["sup"]) < 0.1
+    for block, rel in ref.relations["mim"].items():
+        assert relative_error(out["mim"].relations[block], rel) < 0.15
+        assert out["mim"].relations[block].dtype == torch.float32  # targets stay fp32
 
 
 def test_auto_precision_is_the_trainers_old_choice():

@@ -31,6 +31,7 @@ class Switches:
     bf16_student: bool = False  # student forward and losses under bf16 autocast
     compile_student: bool = False  # torch.compile of the student (forward and backward)
     compile_teachers: bool = False  # torch.compile of each teacher's forward (fused norms, GELU, adds)
+    cuda_graphs: bool = False  # the compiled student with mode="reduce-overhead" (CUDA graphs, static shapes)
     fused_adamw: bool = True  # AdamW(fused=True), as engine.build_optimizer (else foreach)
 
     def without(self, name: str) -> "Switches":
@@ -100,7 +101,7 @@ class Bench:
         self.teacher_copies: dict[tuple[bool, bool, bool], TeacherSet] = {
             (teachers.teachers[teachers.order()[0]].fused_attention, False, False): teachers}
         self.students: dict[bool, Student] = {}
-        self.compiled: dict[int, torch.nn.Module] = {}
+        self.compiled: dict[tuple[int, str], torch.nn.Module] = {}
         self.optimizers: dict[tuple[str, int], torch.optim.Optimizer] = {}
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=False)
 
@@ -126,10 +127,16 @@ class Bench:
         return self.students[sw.student_fused]
 
     def student_fn(self, sw: Switches):
+        """The student `sw` asks for, eager or compiled per torch.compile mode (one compilation each)."""
         student = self.student_for(sw)
-        if sw.compile_student and id(student) not in self.compiled:
-            self.compiled[id(student)] = torch.compile(student)
-        return self.compiled[id(student)] if sw.compile_student else student
+        if not sw.compile_student:
+            return student
+        key = (id(student), "reduce-overhead" if sw.cuda_graphs else "default")
+        if key not in self.compiled:
+            self.compiled[key] = torch.compile(student, mode=key[1])
+        if sw.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's outputs are consumed
+        return self.compiled[key]
 
     def optimizer(self, kind: str, student: Student) -> torch.optim.Optimizer:
         """'plain': AdamW's for-loop; 'engine': the training engine's (fused); 'foreach'."""
