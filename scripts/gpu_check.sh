@@ -32,6 +32,7 @@ SUMMARY=()
 if [[ "${1:-}" == --smoke ]]; then  # tiny models on the CPU; compilation only with SMOKE_COMPILE=1 (slow there)
     DEV=(--device cpu --smoke); B=4; BATCHES=4,8; LBATCHES=4,8; STEPS=(--steps 1 --warmup 1); SECONDS_PER_PATH=1
     COMPILE=(--compile "$([[ ${SMOKE_COMPILE:-0} == 1 ]] && echo on || echo off)" --precision bf16)
+    CAPX=6; BUDGET=${SMOKE_BUDGET:-2400}  # a shared CPU is slow: longer limits
 else
     DEV=(--device cuda); B=256; BATCHES=128,256,512,1024; LBATCHES=256,512,1024,2048; STEPS=(--steps 4 --warmup 2)
     SECONDS_PER_PATH=3; COMPILE=(--compile on)
@@ -45,6 +46,7 @@ BENCH=("$PY" -m hybrid_distill.cli bench)
 part() {
     local name=$1 cap=$2; shift 2
     local left=$((BUDGET - SECONDS)) start=$SECONDS rc
+    cap=$((cap * ${CAPX:-1}))
     local limit=$((cap < left ? cap : left))
     if ((limit < 15)); then
         SUMMARY+=("$name: skipped, the time budget is spent"); return
