@@ -66,8 +66,9 @@ def test_decoder_positions_are_mae_sincos_by_hand():
     assert torch.allclose(pos[0, 1 + row * 3 + col], torch.tensor(expect), atol=1e-6)
 
 
-def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(idx_folder, tmp_path, capsys):
-    values = feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": 2,
+@pytest.mark.parametrize("depth", [1, 4, 8])
+def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(idx_folder, tmp_path, depth):
+    values = feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": depth,
                                                      "train.max_steps": 1})
     trainer = Trainer(from_dict(values))
     run = trainer.fit()
@@ -87,9 +88,9 @@ def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(i
     assert analyze([str(run), "--decoder", "--data", f"fashion_mnist:{idx_folder}", "--num-images", "4",
                     "--map-images", "1", "--layers", "-1", "--out", str(out)]) == 0
     report = json.loads((out / "analysis.json").read_text())["models"]["tiny"]
-    assert (report["depth"], report["encoder_depth"]) == (TINY["depth"] + 2, TINY["depth"])
-    assert len(report["distance"]["per_layer"]) == len(report["nmi"]["per_layer"]) == TINY["depth"] + 2
-    assert report["query_maps"]["block_indices"] == [TINY["depth"] + 1]  # the last decoder block
+    assert (report["depth"], report["encoder_depth"]) == (TINY["depth"] + depth, TINY["depth"])
+    assert len(report["distance"]["per_layer"]) == len(report["nmi"]["per_layer"]) == TINY["depth"] + depth
+    assert report["query_maps"]["block_indices"] == [TINY["depth"] + depth - 1]  # the last decoder block
 
 
 def test_analyze_decoder_of_a_run_without_one_fails_in_one_line(idx_folder, tmp_path, capsys):
