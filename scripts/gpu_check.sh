@@ -31,11 +31,11 @@ SUMMARY=()
 
 if [[ "${1:-}" == --smoke ]]; then  # tiny models on the CPU; compilation only with SMOKE_COMPILE=1 (slow there)
     DEV=(--device cpu --smoke); B=4; BATCHES=4,8; LBATCHES=4,8; STEPS=(--steps 1 --warmup 1); SECONDS_PER_PATH=1
-    COMPILE=(--compile "$([[ ${SMOKE_COMPILE:-0} == 1 ]] && echo on || echo off)" --precision bf16)
+    COMPILE=(--compile "$([[ ${SMOKE_COMPILE:-0} == 1 ]] && echo on || echo off)" --precision bf16 --steps 1 --warmup 1)
     CAPX=6; BUDGET=${SMOKE_BUDGET:-2400}  # a shared CPU is slow: longer limits
 else
     DEV=(--device cuda); B=256; BATCHES=128,256,512,1024; LBATCHES=256,512,1024,2048; STEPS=(--steps 4 --warmup 2)
-    SECONDS_PER_PATH=3; COMPILE=(--compile on)
+    SECONDS_PER_PATH=3; COMPILE=(--compile on --steps 4 --warmup 1)  # compiled: medians robust to a late warm-up
 fi
 RANDOM_TEACHERS=(teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random
                  teachers.mim.arch=vit_base_patch16_224 teachers.mim.weights=random)
@@ -64,7 +64,7 @@ part env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cuda available', torch.cuda.is_available()); \
     print('capability', torch.cuda.get_device_capability() if torch.cuda.is_available() else None)\"; \
     git log -1 --format='commit %h %s' 2>/dev/null || true"
-part bench_compiled 210 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
+part bench_compiled 210 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
     "${COMPILE[@]}" --cuda-graphs --no-ablation --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
 part bench_eager 60 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
     --compile off --out "$OUT/bench_eager.json" "${RANDOM_TEACHERS[@]}"

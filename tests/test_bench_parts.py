@@ -1,10 +1,12 @@
 """The bench's extra parts (scripts/gpu_check.sh runs them on a GPU) run on the CPU with tiny models."""
 import json
+import os
+import signal
 
 import pytest
 import torch
 
-from hybrid_distill.bench.command import GRAPHS, main as bench_main, measure, variants
+from hybrid_distill.bench.command import GRAPHS, _time_up, main as bench_main, measure, variants
 from hybrid_distill.bench.phases import Switches
 from hybrid_distill.bench.report import main as report_main
 
@@ -63,3 +65,25 @@ def test_a_failing_extra_variant_is_dropped_and_the_others_measured(capsys):
     records = measure(FailingBench(), runs, iter(lambda: torch.zeros(1), None), warmup=1, steps=2)
     assert set(records) == {"plain", "optimised"} and len(records["optimised"]) == 2
     assert "failed and is dropped: RuntimeError: no graphs here" in capsys.readouterr().err
+
+
+class TimedOutBench:
+    """Its fifth step receives SIGTERM, as from `timeout` in scripts/gpu_check.sh."""
+    calls = 0
+
+    def step(self, sw, images):
+        self.calls += 1
+        if self.calls == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"student": 0.1}
+
+
+def test_sigterm_reports_the_timed_repeats_done(capsys):
+    previous = signal.signal(signal.SIGTERM, _time_up)
+    try:
+        runs = {"plain": None, "optimised": "ok"}
+        records = measure(TimedOutBench(), runs, iter(lambda: torch.zeros(1), None), warmup=1, steps=5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {n: len(r) for n, r in records.items()} == {"plain": 1, "optimised": 1}  # warm-up, one timed repeat, then stopped
+    assert "stopped by SIGTERM" in capsys.readouterr().err

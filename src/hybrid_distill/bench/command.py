@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -138,6 +139,22 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
 def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[str, list[dict]]:
     """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped."""
     names, records = list(runs), {n: [] for n in runs}
+    try:
+        repeat(bench, runs, batches, warmup, steps, names, records)
+    except TimeUp:  # `timeout` (scripts/gpu_check.sh) ran out: report the repeats done
+        print("stopped by SIGTERM: reporting the timed repeats done so far", file=sys.stderr, flush=True)
+    return {n: r for n, r in records.items() if r}
+
+
+class TimeUp(BaseException):
+    """SIGTERM, as KeyboardInterrupt is SIGINT: no `except Exception` (a variant's, compilers') catches it."""
+
+
+def _time_up(signum, frame):
+    raise TimeUp()
+
+
+def repeat(bench: Bench, runs: dict, batches, warmup: int, steps: int, names: list, records: dict) -> None:
     for r in range(warmup + steps):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
@@ -156,7 +173,6 @@ def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[
                 records[name].append(times)
         kind = "warm-up" if r < warmup else "timed"
         print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
-    return records
 
 
 def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None) -> dict:
@@ -188,6 +204,8 @@ def print_table(summary: dict, ratio: float, device_name: str) -> None:
     for name, s in summary.items():
         if name.startswith("- "):
             reference = "optimised eager" if name.endswith(" (eager)") else "optimised"
+            if reference not in summary:
+                continue
             gain = s["median_step_s"] / summary[reference]["median_step_s"]
             print(f"  {name[2:]:<26} speeds the {reference} step up {gain:.2f}x")
 
@@ -223,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
     for name in (n for n in runs if n.startswith("optimised fp32") or n == GRAPHS):
         flops[name] = flops["optimised"]  # the same work in another precision or launch mode
+    signal.signal(signal.SIGTERM, _time_up)
     records = measure(bench, runs, batches, args.warmup, args.steps)
+    if not {"plain", "optimised"} <= set(records):
+        print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
+        return 1
     peak = bf16_peak_tflops(device)
     summary = {n: summarise(r, batch, flops.get(n), peak) for n, r in records.items()}
     ratio = summary["plain"]["median_step_s"] / summary["optimised"]["median_step_s"]
