@@ -44,7 +44,7 @@ def test_teacher_set_schedules_progressive_and_last():
     select = progressive.selector(2, "cpu")
     assert isinstance(select, KeepLeastRedundant) and select.blocks == (0, 4, 8) and not select.prune
     last = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.last), 196)
-    assert last.schedule == {8: 66}
+    assert last.schedule == {11: 66} and last.num_kept == 66  # one selection after the final block
     none = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.none), 196)
     assert none.schedule == {} and none.selector(2, "cpu").start(2, 196, "cpu").shape == (2, 196)
     rand = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.random), 196)

@@ -20,8 +20,9 @@ def every_patch(batch: int = 2, patches: int = 49) -> KeepGiven:
     return KeepGiven(all_indices(batch, patches))
 
 
-def hand_logits(model, images, block_index):
-    """Pre-softmax logits of one block from timm's non-fused attention (of a copy), captured by hooks."""
+def hand_logits(model, images, block_index, with_v=False):
+    """R = q k^T of one block (eq. 2, unscaled) and its attention probabilities, from timm's non-fused
+    attention (of a copy), captured by hooks; with_v: v too, (B, H, N, hd)."""
     model = copy.deepcopy(model)
     captured = {}
     attn = model.blocks[block_index].attn
@@ -32,8 +33,9 @@ def hand_logits(model, images, block_index):
     model.forward_features(images)
     hook.remove(), h2.remove()
     B, N, _ = qkv["x"].shape
-    q, k, _ = qkv["x"].reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    return q @ k.transpose(-2, -1) * attn.head_dim ** -0.5, captured["p"]
+    q, k, v = qkv["x"].reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    R = q @ k.transpose(-2, -1)
+    return (R, captured["p"], v) if with_v else (R, captured["p"])
 
 
 def test_student_with_every_token_equals_timm_forward_features():
@@ -61,10 +63,10 @@ def test_relations_equal_logits_by_hand_from_non_fused_timm_attention():
     images = torch.rand(2, 3, 28, 28)
     out = teacher(images, every_patch())
     assert sorted(out.relations) == [3, 4]  # block indices, resolved
-    for block in (3, 4):
-        logits, probs = hand_logits(model, teacher.normalize(images), block)
-        assert torch.allclose(out.relations[block], logits, atol=1e-5)
-        assert torch.allclose(out.relations[block].softmax(-1), probs, atol=1e-6)
+    for block in (3, 4):  # the default kind is eq. 2's R = Q K^T, unscaled
+        R, probs = hand_logits(model, teacher.normalize(images), block)
+        assert torch.allclose(out.relations[block], R, atol=1e-5)
+        assert torch.allclose((out.relations[block] * 16 ** -0.5).softmax(-1), probs, atol=1e-6)
     keep = torch.tensor([[0, 3, 7], [2, 4, 48]])
     kept = teacher(images, KeepGiven(keep)).relations[4]
     rows = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], dim=1)
@@ -75,14 +77,14 @@ def test_relations_equal_logits_by_hand_from_non_fused_timm_attention():
 
 def pruned_by_hand(model, pixels, counts: dict[int, int]):
     """PCAE-style pruning written out with timm blocks: after each block of `counts` only CLS and the
-    least redundant patches go on; logits of blocks 3 and 4 at CLS + the final kept patches."""
+    least redundant patches go on; R = q k^T of blocks 3 and 4 at CLS + the final kept patches."""
     x = model._pos_embed(model.patch_embed(pixels))  # (B, 1 + L, D)
     keep, logits, chosen = all_indices(x.shape[0], x.shape[1] - 1), {}, None
     for i, block in enumerate(model.blocks[:5]):
         if i in (3, 4):
             h = block.norm1(x)
             q, k, _ = block.attn.qkv(h).reshape(*h.shape[:2], 3, 3, 16).permute(2, 0, 3, 1, 4)
-            logits[i] = q @ k.transpose(-2, -1) * 16 ** -0.5  # (B, H, N, N) over the tokens still there
+            logits[i] = q @ k.transpose(-2, -1)  # (B, H, N, N) R over the tokens still there
         x = block(x)
         if i in counts:
             chosen = least_redundant(x[:, 1:], counts[i])  # (B, k) positions among the tokens still there
@@ -213,3 +215,27 @@ def test_a_vit_without_class_token_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^the student has no class token"):
         Student(tiny_vit(**no_cls), [0.0] * 3, [1.0] * 3, {}, [])
     Teacher("ok", TeacherConfig(arch="x", features=True), tiny_vit(reg_tokens=2), (7, 7))  # registers are fine
+
+
+@pytest.mark.parametrize("kind", ["scaled", "softmax"])
+def test_scaled_and_softmax_relations_stay_as_switches(kind):
+    model = tiny_vit()
+    teacher = Teacher("mim", TeacherConfig(arch="x", relation_blocks=[4], relation_kind=kind), model, (7, 7))
+    images = torch.rand(2, 3, 28, 28)
+    R, probs = hand_logits(model, teacher.normalize(images), 4)
+    expected = R * 16 ** -0.5 if kind == "scaled" else probs  # head dim 48 / 3 = 16
+    assert torch.allclose(teacher(images, every_patch()).relations[4], expected, atol=1e-5)
+
+
+def test_msa_target_equals_softmax_of_scaled_qk_times_v_by_hand():
+    model = tiny_vit(2)
+    teacher = Teacher("mim", TeacherConfig(arch="x", relation_blocks=[3], relation_kind="msa"), model, (7, 7))
+    images = torch.rand(2, 3, 28, 28)
+    R, _, v = hand_logits(model, teacher.normalize(images), 3, with_v=True)
+    by_hand = (R * 16 ** -0.5).softmax(-1) @ v  # (B, H, N, hd): eq. 2's MSA per head
+    out = teacher(images, every_patch()).relations[3]
+    assert out.shape == (2, 3, 50, 16) and torch.allclose(out, by_hand, atol=1e-5)
+    keep = torch.tensor([[0, 3, 7], [2, 4, 48]])  # kept rows of the full-image MSA (eq. 1: T(x) ⊙ M)
+    rows = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], dim=1)
+    kept = teacher(images, KeepGiven(keep)).relations[3]
+    assert torch.allclose(kept, torch.stack([by_hand[b][:, rows[b]] for b in range(2)]), atol=1e-5)

@@ -30,7 +30,8 @@ def regression_config():
         "seed": 0, "data": {"dataset": "synthetic", "img_size": 32},
         "student": {"arch": "vit_tiny_patch16_224", "model_kwargs": dict(STUDENT), "drop_path": 0.0},
         "teachers": {"sup": {**teacher, "features": True},
-                     "mim": {**teacher, "relation_blocks": [-3, -2], "weight": 0.5}},
+                     # the recording's relation form (the default then)
+                     "mim": {**teacher, "relation_blocks": [-3, -2], "weight": 0.5, "relation_kind": "scaled"}},
         "masking": {"teacher": "mim", "strategy": "progressive", "prune_teacher": False},
         "optim": {"batch_size": 4}, "train": {"amp": "none", "device": "cpu"}})
 

@@ -1,11 +1,12 @@
 """Config -> student and teachers, with the checks that must fail before training starts."""
 from omegaconf import DictConfig
 
-from .config import ConfigError, Decoder, MaskStyle, RelationHeads
+from .config import ConfigError, Decoder, MaskStyle, RelationKind
+from .matching import block_matches, check_can_match
 from .models.decoder import Decoder as DecoderBlocks
 from .models.fd_encoder import create_student_vit
 from .models.mask_recon import MaskRecon
-from .models.student import RelationSpec, Student
+from .models.student import RelationSpec, Student, block_head_name
 from .models.teacher import Teacher, build_teacher_model
 from .models.tokens import grid_size
 from .targets import TeacherSet
@@ -29,29 +30,28 @@ def build_teachers(cfg: DictConfig, student_grid) -> tuple[TeacherSet, dict]:
     return TeacherSet(teachers, cfg.masking, grid[0] * grid[1]), records
 
 
-def check_heads(name: str, teacher: Teacher, student_heads: int, tcfg) -> None:
-    if tcfg.relation_blocks and tcfg.relation_heads is RelationHeads.per_head \
-            and teacher.num_heads != student_heads:
-        raise ConfigError(
-            f"teacher '{name}' has {teacher.num_heads} heads but the student has {student_heads}: per-head "
-            f"relations need equal counts; set teachers.{name}.relation_heads=head_mean or change the student")
-
-
 def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_attention: bool = True) -> Student:
+    """Each teacher target matched at its student block (matching.py), features through their own head."""
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    heads, specs = {}, []
+    heads, specs, feature_at, depth = {}, [], {}, len(backbone.blocks)
     for name, teacher in teachers.teachers.items():
         tcfg = cfg.teachers[name]
-        check_heads(name, teacher, backbone.blocks[0].attn.num_heads, tcfg)
+        check_can_match(name, tcfg, teacher.model.blocks[0].attn, backbone.blocks[0].attn)
+        match = block_matches(name, tcfg, teacher.depth, depth)
         if tcfg.features:
             heads[name] = teacher.model.embed_dim
-        specs += [RelationSpec(name, b, tcfg.relation_kind, tcfg.relation_heads) for b in tcfg.relation_blocks]
+            if teacher.feature_block != teacher.depth - 1:
+                feature_at[name] = match[teacher.feature_block]
+        for b in teacher.relation_blocks:
+            specs.append(RelationSpec(name, match[b], tcfg.relation_kind, tcfg.relation_heads, key=b))
+            if RelationKind(tcfg.relation_kind) is RelationKind.features:
+                heads[block_head_name(name, b)] = teacher.model.embed_dim
     identity = Decoder(cfg.student.decoder) is Decoder.none
     if identity:
         check_widths(heads, backbone.embed_dim)
     return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs, cfg.train.activation_checkpointing,
                    fused_attention, build_decoder(cfg.student, backbone), build_recon(cfg.student, backbone),
-                   linear_heads=not identity)
+                   linear_heads=not identity, feature_at=feature_at)
 
 
 def check_widths(head_dims: dict[str, int], width: int) -> None:

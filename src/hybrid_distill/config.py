@@ -19,15 +19,18 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 class Strategy(str, Enum):
     progressive = "progressive"  # paper 3.2, eq. 4
-    last = "last"                # select once at the last block of the schedule (paper Table 8)
+    last = "last"                # one selection after the picker's final block, to the same count (Table 8 "direct")
     random = "random"
     none = "none"
 
 
 class RelationKind(str, Enum):
-    raw = "raw"          # q k^T (paper eq. 2 as written)
-    scaled = "scaled"    # q k^T * hd^-0.5, the logits the teacher's softmax sees (default)
-    softmax = "softmax"  # attention probabilities
+    """What a teacher gives at each of its relation blocks (paper eq. 2; Tables 5/6 "T'_m")."""
+    raw = "raw"            # R = q k^T per head, unscaled, as eq. 2 writes it (default)
+    scaled = "scaled"      # q k^T * hd^-0.5, the logits the softmax sees: 8x smaller at head dim 64
+    softmax = "softmax"    # attention probabilities
+    msa = "msa"            # MSA^i = Softmax(R / sqrt(hd)) V per head, before the output projection (eq. 2)
+    features = "features"  # T_m^i: the block's output tokens, through their own student head (eq. 2)
 
 
 class RelationHeads(str, Enum):
@@ -115,12 +118,15 @@ class TeacherConfig:
     match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
     features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
-    feature_block: int = -1  # -1: last block
-    final_norm: bool = True  # teacher's own final norm on the target (FD PRED_FEAT_AFTERNORM)
-    whiten: bool = True  # per-token LayerNorm without affine on the target (FD ln_tgt)
+    feature_block: int = -1  # -1: last block; another block is matched at its student block, own head
+    final_norm: bool = True  # teacher's own final norm on a last-block target (FD PRED_FEAT_AFTERNORM)
+    whiten: bool = True  # per-token LayerNorm without affine on feature targets (FD ln_tgt)
     relation_blocks: List[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
-    relation_kind: RelationKind = RelationKind.scaled
+    relation_kind: RelationKind = RelationKind.raw  # eq. 2's R = Q K^T (was `scaled`: loss balance moves)
     relation_heads: RelationHeads = RelationHeads.per_head
+    # teacher block (as written above) -> student block that matches it; unlisted: the same relative
+    # depth, student block floor((i + 1) * S / T) - 1 (identity at equal depths)
+    student_blocks: Dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,14 +35,16 @@ class TeacherSet(nn.Module):
         self.schedule = self.selection_schedule(masking)
 
     def selection_schedule(self, masking) -> dict[int, int]:
-        """Block -> patches kept after it; e.g. ViT-B {0: 137, 4: 95, 8: 66} (paper 4.1, PCAE)."""
+        """Block -> patches kept after it; e.g. ViT-B {0: 137, 4: 95, 8: 66} (paper 4.1, PCAE), `last` {11: 66}."""
         if self.strategy is Strategy.none:
             return {}
         depth = self.teachers[self.picker].depth
         blocks = list(masking.blocks) if masking.blocks is not None else selection_blocks(depth)
         counts = schedule_counts(self.num_patches, masking.keep_ratio, len(blocks))
         if self.strategy is Strategy.last:
-            return {blocks[-1]: counts[-1]}
+            # Table 8 "direct": "generates token mask at the last layer", one selection after the
+            # picker's final block, to the progressive schedule's final count (66 of 196 for ViT-B/16)
+            return {depth - 1: counts[-1]}
         return dict(zip(blocks, counts[1:]))
 
     @property

@@ -10,6 +10,7 @@ P prefix tokens, L patches, K kept.
 import torch
 import torch.nn.functional as F
 
+from ..config import RelationKind
 from ..losses import distill_losses
 from ..masking import KeepGiven
 from ..models.attention import block_with_logits
@@ -23,6 +24,10 @@ from ..targets import Targets, TeacherSet
 def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
                   select) -> tuple[TeacherOutput, torch.Tensor]:
     """Every block with explicit attention; `mask` (B, L) bool kept patches, narrowed after `select.blocks`."""
+    if teacher.kind not in (RelationKind.raw, RelationKind.scaled, RelationKind.softmax) \
+            or (teacher.cfg.features and teacher.feature_block != teacher.depth - 1):
+        raise ValueError(f"the plain step covers last-block features and q k^T relations; teacher "
+                         f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block")
     x = teacher.embed(pixels)  # (B, P + L, D)
     P, logits, feats = teacher.model.num_prefix_tokens, {}, None
     for i, block in enumerate(teacher.model.blocks):
@@ -90,15 +95,15 @@ def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) ->
     x = embed_tokens(bb, student.normalize(pixels))  # (B, P + L, D)
     P, B, D = bb.num_prefix_tokens, x.shape[0], x.shape[-1]
     x = torch.cat([x[:, :P], x[:, P:][mask].view(B, -1, D)], dim=1)  # (B, P + K, D)
-    logits = {}
+    taps = {}
     for i, block in enumerate(bb.blocks):
         x, lg = block_with_logits(block, x)
         if i in student.relation_blocks:
-            logits[i] = lg
+            taps[i] = (lg, None, x)
     x = bb.norm(x)
     tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # (B, 1 + K, D)
-    return StudentOutput(tokens, {n: head(tokens) for n, head in student.heads.items()},
-                         student.relations(logits, P))
+    return StudentOutput(tokens, {n: student.heads[n](tokens) for n in student.feature_heads},
+                         student.relations(taps, P))
 
 
 def plain_forward_backward(student: Student, teachers: TeacherSet, images: torch.Tensor, run,

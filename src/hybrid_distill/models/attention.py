@@ -52,7 +52,8 @@ def attention_logits(attn: Attention, x: torch.Tensor) -> torch.Tensor:
 
 def attention_with_logits(attn: Attention, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
     """timm Attention.forward (non-fused branch) that also returns the logits (B, H, N, N) its softmax
-    sees: q k^T * hd^-0.5, plus the additive attn_mask or the module's own bias (FD's encoder)."""
+    sees: q k^T * hd^-0.5, plus the additive attn_mask or the module's own bias (FD's encoder), and the
+    per-head outputs softmax(logits) v (B, H, N, hd), before `attn.norm` and `proj` (eq. 2's MSA)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if attn.gate is not None else None
     q, k, v = qkv_heads(attn, x)
@@ -60,18 +61,25 @@ def attention_with_logits(attn: Attention, x: torch.Tensor, attn_mask: torch.Ten
     bias = attn_mask if attn_mask is not None else position_bias(attn, N)
     if bias is not None:
         logits = logits + bias
-    out = attn.attn_drop(logits.softmax(dim=-1)) @ v  # (B, H, N, hd)
-    out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    heads = attn.attn_drop(logits.softmax(dim=-1)) @ v  # (B, H, N, hd)
+    out = attn.norm(heads.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), logits
+    return attn.proj_drop(attn.proj(out)), logits, heads
+
+
+def block_with_parts(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """timm Block.forward that also returns its attention logits and per-head outputs:
+    (x (B, N, D), logits (B, H, N, N), heads (B, H, N, hd))."""
+    a, logits, heads = attention_with_logits(block.attn, block.norm1(x), attn_mask)
+    x = x + block.drop_path1(block.ls1(a))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, logits, heads
 
 
 def block_with_logits(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
     """timm Block.forward that also returns its attention logits: (x (B, N, D), logits (B, H, N, N))."""
-    a, logits = attention_with_logits(block.attn, block.norm1(x), attn_mask)
-    x = x + block.drop_path1(block.ls1(a))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    x, logits, _ = block_with_parts(block, x, attn_mask)
     return x, logits
 
 

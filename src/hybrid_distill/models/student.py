@@ -2,7 +2,8 @@
 
 Its state_dict is the timm model's own (`backbone`), so exported weights need no renaming table;
 the feature heads Linear(D_s -> D_t), the optional decoder and the mask-reconstruction token live
-beside it and are saved apart (FD, dBOT): they are trained, never exported.
+beside it and are saved apart (FD, dBOT): they are trained, never exported. A target from an
+earlier teacher block is matched at the student block `matching.py` names, through its own head.
 """
 from dataclasses import dataclass, field
 
@@ -12,8 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import MaskStyle, RelationHeads, RelationKind
 from ..masking import all_indices, gather_tokens
-from ..relations import relation_form, resolve_block
-from .attention import block_with_logits, check_block, choose_attention
+from ..relations import head_form, relation_form, resolve_block
+from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
 from .mask_recon import MaskRecon, visible_indices
 from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens, keep_with_prefix
@@ -23,21 +24,29 @@ from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens,
 class StudentOutput:
     tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
-    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> block -> (B, H, 1+K, 1+K)
+    # teacher -> teacher block -> what relations.py reads there (relations, MSA or block features)
+    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     loss_mask: torch.Tensor | None = None  # (B, 1 + K) bool: the tokens the feature loss reads (mask reconstruction)
 
 
 @dataclass
 class RelationSpec:
-    """A relation the student must produce for one teacher: its block (as configured, -1 the last) and
-    form. The kind and heads are typed here once, whatever the caller passed."""
+    """A relation-block target the student must produce for one teacher: the student block (as
+    configured, -1 the last), the form, and the teacher block it matches (the target's key; None: the
+    student block). The kind and heads are typed here once, whatever the caller passed."""
     teacher: str
     spec: int
     kind: RelationKind
     heads: RelationHeads
+    key: int | None = None
 
     def __post_init__(self):
         self.kind, self.heads = RelationKind(self.kind), RelationHeads(self.heads)
+
+
+def block_head_name(teacher: str, block: int) -> str:
+    """The head of teacher block `block`'s features (relation_kind=features), beside the feature heads."""
+    return f"{teacher}_block{block}"
 
 
 class Student(nn.Module):
@@ -46,7 +55,9 @@ class Student(nn.Module):
     def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
                  relation_specs: list[RelationSpec], activation_checkpointing: bool = False,
                  fused_attention: bool = True, decoder: Decoder | None = None, recon: MaskRecon | None = None,
-                 linear_heads: bool = True):
+                 linear_heads: bool = True, feature_at: dict[str, int] | None = None):
+        """head_dims: teacher (or block_head_name) -> target width; feature_at: teacher -> the student
+        block whose output its head reads, for features of a teacher block other than the last."""
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
         for block in backbone.blocks:
@@ -64,6 +75,16 @@ class Student(nn.Module):
         self.relation_specs = [(r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'"))
                                for r in relation_specs]
         self.relation_blocks = {block for _, block in self.relation_specs}
+        self.feature_at = dict(feature_at or {})
+        self.feature_heads = [n for n in head_dims if n not in {block_head_name(r.teacher, self.key(r, b))
+                                                                for r, b in self.relation_specs}]
+        # blocks whose output tokens a head reads (intermediate features, T^i)
+        self.output_blocks = set(self.feature_at.values()) | {b for r, b in self.relation_specs
+                                                              if r.kind is RelationKind.features}
+
+    @staticmethod
+    def key(spec: RelationSpec, block: int) -> int:
+        return block if spec.key is None else spec.key
 
     def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
         """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
@@ -74,14 +95,19 @@ class Student(nn.Module):
             keep = all_indices(pixels.shape[0], grid[0] * grid[1], pixels.device)
         mask = self.recon.draw(pixels.shape[0], pixels.device) if self.recon is not None else None  # (B, L)
         x, seen = self.encoder_input(pixels, keep, mask)  # (B, P + K', D) at the patches seen (B, K')
-        x, logits = self.encode(x, seen)
+        x, taps = self.encode(x, seen)
         P = bb.num_prefix_tokens
         tokens = cls_and_patches(x, P)  # (B, 1 + K', D) CLS + kept (dBOT: visible) patches
         decoded = tokens
         if self.decoder is not None:  # dBOT: mask tokens fill the masked patches; else the same tokens
             decoded = self.decoder(tokens, seen, mask if self.style is MaskStyle.dbot else None)
-        return StudentOutput(tokens, {n: head(decoded) for n, head in self.heads.items()},
-                             self.relations(logits, P), self.loss_mask(mask, keep))
+        return StudentOutput(tokens, self.features(decoded, taps, P), self.relations(taps, P),
+                             self.loss_mask(mask, keep))
+
+    def features(self, decoded: torch.Tensor, taps: dict, P: int) -> dict[str, torch.Tensor]:
+        """Each feature head on the last block's (decoded) tokens, or on its matched block's output."""
+        return {n: self.heads[n](cls_and_patches(taps[self.feature_at[n]][2], P) if n in self.feature_at else decoded)
+                for n in self.feature_heads}
 
     @property
     def style(self) -> MaskStyle:
@@ -95,17 +121,21 @@ class Student(nn.Module):
         seen = visible_indices(mask) if self.style is MaskStyle.dbot else keep
         return keep_with_prefix(x, seen, bb.num_prefix_tokens), seen
 
-    def encode(self, x: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """The blocks and final norm on tokens at patches `seen`; the relation blocks' logits."""
+    def encode(self, x: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The blocks and final norm on tokens at patches `seen`; at the blocks targets read, their taps
+        (logits, per-head outputs, output tokens)."""
         bb = self.backbone
         bias = bb.rel_pos_bias(seen) if hasattr(bb, "rel_pos_bias") else None  # FD's encoder, at these tokens
-        logits = {}
+        taps = {}
         for i, block in enumerate(bb.blocks):
             if i in self.relation_blocks:
-                x, logits[i] = self.run_block(block_with_logits, block, x, bias)
+                x, logits, heads = self.run_block(block_with_parts, block, x, bias)
+                taps[i] = (logits, heads, x)
             else:
                 x = self.run_block(nn.Module.__call__, block, x, bias)
-        return bb.norm(x), logits
+                if i in self.output_blocks:
+                    taps[i] = (None, None, x)
+        return bb.norm(x), taps
 
     def loss_mask(self, mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
         """(B, 1 + K) bool over the predicted tokens: the masked patches, and CLS for dbot (its loss
@@ -123,13 +153,21 @@ class Student(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def relations(self, logits: dict[int, torch.Tensor], P: int) -> dict[str, dict[int, torch.Tensor]]:
+    def relations(self, taps: dict, P: int) -> dict[str, dict[int, torch.Tensor]]:
+        """What each relation spec reads at its student block, keyed by the teacher block it matches."""
         out: dict[str, dict[int, torch.Tensor]] = {}
         for r, block in self.relation_specs:
-            lg = cls_and_patches(cls_and_patches(logits[block], P, 2), P, 3)  # (B, H, 1 + K, 1 + K)
-            scale = self.backbone.blocks[block].attn.scale
-            out.setdefault(r.teacher, {})[block] = relation_form(lg, scale, r.kind, r.heads)
+            out.setdefault(r.teacher, {})[self.key(r, block)] = self.block_target(r, block, taps[block], P)
         return out
+
+    def block_target(self, r: RelationSpec, block: int, tap, P: int) -> torch.Tensor:
+        logits, heads, x = tap
+        if r.kind is RelationKind.features:
+            return self.heads[block_head_name(r.teacher, self.key(r, block))](cls_and_patches(x, P))
+        if r.kind is RelationKind.msa:
+            return head_form(cls_and_patches(heads, P, 2), r.heads)  # (B, H, 1 + K, hd)
+        lg = cls_and_patches(cls_and_patches(logits, P, 2), P, 3)  # (B, H, 1 + K, 1 + K)
+        return relation_form(lg, self.backbone.blocks[block].attn.scale, r.kind, r.heads)
 
     def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
         """Every token kept: equals timm's forward_features on CLS + patches."""

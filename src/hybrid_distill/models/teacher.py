@@ -1,7 +1,8 @@
 """A frozen teacher: a timm ViT that owns its normalisation, stays in eval mode and has no gradients.
 
 It sees the full image (paper eq. 1: T(x) ⊙ M) and returns its targets at the kept tokens only:
-features at one block, and relations (q k^T, eq. 2) at others. The teacher that picks tokens (the MIM
+features at one block, and at its relation blocks R = q k^T, MSA or the block's output (eq. 2,
+relations.py). The teacher that picks tokens (the MIM
 teacher) narrows the kept set after the selection blocks (eq. 4) through its selector.
 """
 from dataclasses import dataclass, field
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, TeacherConfig
+from ..config import ConfigError, RelationKind, TeacherConfig
 from ..masking import all_indices, gather_tokens, positions_within
-from ..relations import relation_form, resolve_block
+from ..relations import FROM_INPUT, head_form, msa_heads, relation_form, resolve_block
 from .attention import attention_logits, check_block, choose_attention
 from .load import mean_std
 from .tokens import (Normalize, check_class_token, cls_and_patches, embed_tokens, grid_size, image_size,
@@ -23,7 +24,8 @@ from .tokens import (Normalize, check_class_token, cls_and_patches, embed_tokens
 class TeacherOutput:
     keep: torch.Tensor  # (B, K) kept patch indices
     features: torch.Tensor | None = None  # (B, 1 + K, D_t)
-    relations: dict[int, torch.Tensor] = field(default_factory=dict)  # block index -> (B, H, 1 + K, 1 + K)
+    # block index -> (B, H, 1 + K, 1 + K) relations, (B, H, 1 + K, hd) MSA or (B, 1 + K, D_t) block features
+    relations: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tuple[nn.Module, dict]:
@@ -64,9 +66,12 @@ class Teacher(nn.Module):
             if cfg.features else None
         self.relation_blocks = sorted({resolve_block(b, depth, f"teachers.{name}.relation_blocks")
                                        for b in cfg.relation_blocks})
-        # blocks to run: through the feature block; up to (not through) a relation block, whose q and k
-        # come from its input
-        self.blocks_needed = max(([self.feature_block + 1] if cfg.features else []) + self.relation_blocks)
+        self.kind = RelationKind(cfg.relation_kind)
+        # blocks to run: through the feature block; up to (not through) a relation block whose q and k
+        # come from its input, through one whose output is the target
+        through = 0 if self.kind in FROM_INPUT else 1
+        self.blocks_needed = max(([self.feature_block + 1] if cfg.features else [])
+                                 + [b + through for b in self.relation_blocks])
         self.eval()
 
     @property
@@ -99,8 +104,9 @@ class Teacher(nn.Module):
         rows = all_indices(B, L, x.device)  # (B, n) the patch index of each patch row of x
         normed, features = {}, None
         stop = max([self.blocks_needed] + [b + 1 for b in select.blocks])  # blocks to run
+        from_input = self.kind in FROM_INPUT
         for i, block in enumerate(self.model.blocks):
-            if i in self.relation_blocks:
+            if i in self.relation_blocks and from_input:
                 normed[i] = (block.norm1(x), rows)  # the block's q and k are read from its normed input
             if i == stop:
                 break
@@ -112,29 +118,43 @@ class Teacher(nn.Module):
                     x, rows = keep_with_prefix(x, positions_within(rows, keep), P), keep
             if i == self.feature_block:
                 features = (x, rows)
-        return TeacherOutput(keep, self.feature_target(features, keep), self.relation_targets(normed, keep))
+            if i in self.relation_blocks and not from_input:
+                normed[i] = (x, rows)  # T^i: the block's output
+        return TeacherOutput(keep, self.feature_target(features, keep, self.feature_block),
+                             self.relation_targets(normed, keep))
 
     def read(self, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(B, P + n, D) with patch rows `rows` -> (B, 1 + K, D) at CLS + the kept patches."""
         P = self.model.num_prefix_tokens
         return cls_and_patches(keep_with_prefix(x, positions_within(rows, keep), P), P)
 
-    def feature_target(self, features, keep: torch.Tensor) -> torch.Tensor | None:
-        """Block output -> final norm -> per-token LayerNorm without affine (FD), at CLS + kept."""
+    def feature_target(self, features, keep: torch.Tensor, block: int) -> torch.Tensor | None:
+        """Block output -> final norm -> per-token LayerNorm without affine (FD), at CLS + kept. The final
+        norm belongs to the last block's output (FD reads it there); an earlier block's target is its
+        output, as eq. 2 writes T^i."""
         if features is None:
             return None
         x = self.read(*features, keep)
-        if self.cfg.final_norm:
+        if self.cfg.final_norm and block == self.depth - 1:
             x = self.model.norm(x)
         x = x.float()  # targets in fp32 whatever the teacher's dtype
         return F.layer_norm(x, x.shape[-1:]) if self.cfg.whiten else x
 
     def relation_targets(self, normed: dict, keep: torch.Tensor) -> dict[int, torch.Tensor]:
-        """q k^T * hd^-0.5 from each block's own projection at CLS + kept rows and columns: q and k are
-        per token, so these equal the rows and columns of the full N x N logits."""
-        out = {}
-        for i, (x, rows) in normed.items():
-            attn = self.model.blocks[i].attn
-            logits = attention_logits(attn, self.read(x, rows, keep))  # (B, H, 1 + K, 1 + K)
-            out[i] = relation_form(logits.float(), attn.scale, self.cfg.relation_kind, self.cfg.relation_heads)
-        return out
+        """The target of each relation block (config relation_kind), at CLS + kept tokens."""
+        return {i: self.block_target(i, x, rows, keep) for i, (x, rows) in normed.items()}
+
+    def block_target(self, i: int, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Relations: q k^T from block i's own projection at CLS + kept rows and columns (q and k are per
+        token, so these equal the rows and columns of the full N x N logits). MSA: every token present
+        is a key (eq. 1 masks the output, T(x) ⊙ M), read at CLS + kept rows. Features: T^i at CLS + kept."""
+        attn = self.model.blocks[i].attn
+        if self.kind is RelationKind.features:
+            return self.feature_target((x, rows), keep, i)
+        if self.kind is RelationKind.msa:
+            heads = msa_heads(attn, x)  # (B, H, P + n, hd)
+            B, H, N, hd = heads.shape
+            flat = self.read(heads.transpose(1, 2).reshape(B, N, H * hd), rows, keep)  # (B, 1 + K, H * hd)
+            return head_form(flat.view(B, -1, H, hd).transpose(1, 2).float(), self.cfg.relation_heads)
+        logits = attention_logits(attn, self.read(x, rows, keep))  # (B, H, 1 + K, 1 + K)
+        return relation_form(logits.float(), attn.scale, self.kind, self.cfg.relation_heads)
