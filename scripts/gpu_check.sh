@@ -34,7 +34,7 @@ if [[ "${1:-}" == --smoke ]]; then  # tiny models on the CPU; compilation only w
     COMPILE=(--compile "$([[ ${SMOKE_COMPILE:-0} == 1 ]] && echo on || echo off)" --precision bf16 --steps 1 --warmup 1)
     CAPX=6; BUDGET=${SMOKE_BUDGET:-2400}  # a shared CPU is slow: longer limits
 else
-    DEV=(--device cuda); B=256; BATCHES=128,256,512,1024; LBATCHES=256,512,1024,2048; STEPS=(--steps 4 --warmup 2)
+    DEV=(--device cuda); B=256; BATCHES=128,256,512,1024; LBATCHES=256,512,1024,2048,4096; STEPS=(--steps 4 --warmup 2)
     SECONDS_PER_PATH=3; COMPILE=(--compile on --steps 4 --warmup 1)  # compiled: medians robust to a late warm-up
 fi
 RANDOM_TEACHERS=(teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random
