@@ -26,6 +26,7 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
+from hybrid_distill.evaluation.augment import patch_posterize
 from hybrid_distill.evaluation.features import (Transformed, _device, _rank_world, _with_rgb, embed_dataset,
                                                 eval_transform, input_size)
 from hybrid_distill.evaluation.linear import accuracy
@@ -87,7 +88,7 @@ def train_transform(model: nn.Module, cfg: FinetuneConfig):
     tf = timm.data.create_transform((3, *input_size(model)), is_training=True, scale=cfg.scale, hflip=cfg.hflip,
                                     color_jitter=None, auto_augment=cfg.auto_augment, interpolation="bicubic",
                                     re_prob=cfg.re_prob, re_mode="pixel", re_count=1, mean=mean, std=std)
-    return _with_rgb(tf)
+    return _with_rgb(patch_posterize(tf))
 
 
 def set_drop_path(model: nn.Module, rate: float) -> nn.Module:
