@@ -79,7 +79,7 @@ class DataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop
     hflip: float = 0.5
     interpolation: str = "bicubic"
-    limit: int = 0  # use only the first N samples (0: all)
+    limit: int = 0  # use N samples drawn at random with a fixed seed, every class kept (0: all)
     synthetic_size: int = 512  # images in the synthetic dataset
     num_workers: int = 8
     pin_memory: bool = True
