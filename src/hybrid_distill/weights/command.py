@@ -66,7 +66,8 @@ def export_main(argv: list[str] | None = None) -> int:
                                      description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain")
     parser.add_argument("run", help="run directory, checkpoint file or hybrid-distill model file")
     parser.add_argument("--format", choices=FORMATS, default="timm")
-    parser.add_argument("--out", type=Path, required=True, help="output file (.safetensors for timm, .pth otherwise)")
+    parser.add_argument("--out", type=Path, required=True, help="timm: a folder (no suffix) for timm.create_model('local-dir:DIR', "
+                        "pretrained=True), or FILE.safetensors / FILE.pth; other formats: FILE.pth")
     parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
     args = parser.parse_args(argv)
     try:
