@@ -27,13 +27,18 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
     parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although the config differs in more than train.epochs / train.max_steps")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="start a new run from another run's student weights (step 0, fresh optimiser)")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     if args.resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
         args.resume = "auto"  # a requeued SLURM job picks up where it was preempted
     from .guards import StopTraining
     from .trainer import train
     try:
-        run_dir = train(load_config(args.config, args.overrides), resume=args.resume)
+        run_dir = train(load_config(args.config, args.overrides), resume=args.resume,
+                        allow_config_change=args.allow_config_change, init_from=args.init_from)
     except StopTraining as stop:
         print(f"hybrid-distill train: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -12,7 +12,7 @@ from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
-from .distributed import Dist, init_distributed
+from .distributed import Dist, init_distributed, mean_over_ranks
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
@@ -20,6 +20,7 @@ from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, Stop
 from .models.attention import student_fused_attention
 from .models.precision import set_teacher_precision
 from .provenance import provenance
+from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
@@ -34,8 +35,9 @@ def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, resume: str | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, resume: str | None = None, allow_config_change: bool = False,
+                 init_from: str | None = None):
+        self.cfg, self.allow_config_change = cfg, allow_config_change
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.device = pick_device(cfg.train.device)
         self.dist: Dist = init_distributed(self.device.type)
@@ -69,7 +71,22 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step = 0
         self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
+        if init_from and resume:
+            raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
+        self.init_from(init_from)
         self.resume(resume)
+
+    def init_from(self, source: str | None) -> None:
+        """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
+        if not source:
+            return
+        path = ckpt.resolve_resume(source, Path(source))
+        heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
+        state, with_heads = init_state(ckpt.load_checkpoint(path), heads)
+        set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        what = "backbone and heads" if with_heads else "backbone; heads start fresh (other teachers)"
+        if self.dist.main:
+            print(f"initialised the student from {path} ({what}); step 0, fresh optimiser")
 
     def build_monitor(self):
         """Attention distance and NMI of the student on a fixed probe batch (paper section 2 measures)."""
@@ -116,6 +133,7 @@ class Trainer:
         if path is None:
             return
         state = ckpt.load_checkpoint(path)
+        notes = check_resume_config(state["config"], to_dict(self.cfg), self.allow_config_change)
         model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
                        **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
         set_model_state_dict(self.student, model_state, options=FULL_STATE)
@@ -123,8 +141,10 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        old_total = state["config"]["train"]["epochs"] * self.steps_per_epoch
+        note = schedule_note(state["config"], to_dict(self.cfg), self.step, self.lr(old_total), self.lr())
         if self.dist.main:
-            print(f"resumed from {path} at step {self.step}")
+            print("\n".join([f"resumed from {path} at step {self.step}", *notes, *([note] if note else [])]))
 
     def save(self) -> None:
         """Full (unsharded) states gathered on every rank, written by rank 0: the same file whether the
@@ -146,11 +166,11 @@ class Trainer:
         ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
         ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
-    def lr(self) -> float:
+    def lr(self, total_steps: int | None = None) -> float:
         o = self.cfg.optim
         peak = o.blr * o.batch_size / 256  # linear scaling rule (MAE, dBOT)
         warmup = int(o.warmup_epochs * self.steps_per_epoch)
-        return lr_at(self.step, self.total_steps, warmup, peak, o.min_lr)
+        return lr_at(self.step, total_steps or self.total_steps, warmup, peak, o.min_lr)
 
     def last_step(self) -> int:
         return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
@@ -210,7 +230,7 @@ class Trainer:
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train
         if self.step % cfg.log_every == 0 or self.step == 1:
-            record = {k: float(v) for k, v in parts.items()}
+            record = mean_over_ranks({k: float(v) for k, v in parts.items()})  # every rank takes part
             record.update(lr=lr, epoch=epoch, img_per_s=log.throughput(self.step, self.cfg.optim.batch_size))
             log.log(self.step, record)
             log.show(self.step, record)
@@ -220,5 +240,6 @@ class Trainer:
             self.save()
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> Path:
-    return Trainer(cfg, resume).fit()
+def train(cfg: DictConfig, resume: str | None = None, **options) -> Path:
+    """options: allow_config_change, init_from (see Trainer)."""
+    return Trainer(cfg, resume, **options).fit()
