@@ -312,7 +312,7 @@ def test_command_knn_and_linear_write_json(tmp_path):
     model_file = save_model_file(model, "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
     data = image_folder(tmp_path / "images")
     assert command.main(["knn", str(model_file), "--data", str(data), "--k", "3"]) == 0
-    result = json.loads((tmp_path / "eval" / "knn-images-cls.json").read_text())
+    result = json.loads(next((tmp_path / "eval").glob("knn-images-cls-sha*.json")).read_text())
     assert result["protocol"] == "knn" and result["config"]["k"] == 3
     assert result["top1"] == 100.0  # two solid colours: identical features within a class
     assert "git_sha" in result["provenance"] and result["model"] == str(model_file)
@@ -320,7 +320,7 @@ def test_command_knn_and_linear_write_json(tmp_path):
     out = tmp_path / "results"
     assert command.main(["linear", str(model_file), "--data", str(data), "--out", str(out), "--epochs", "2",
                          "--pool", "mean"]) == 0
-    result = json.loads((out / "linear-images-mean.json").read_text())
+    result = json.loads(next(out.glob("linear-images-mean-sha*.json")).read_text())
     assert result["protocol"] == "linear" and result["config"]["pool"] == "mean" and "chosen" in result
 
 

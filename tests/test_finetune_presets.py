@@ -2,8 +2,11 @@
 import json
 
 import pytest
+import timm
 from PIL import Image
 from timm.data import auto_augment
+
+from hybrid_distill import checkpoint as ckpt
 
 from conftest import TINY, tiny_vit
 from hybrid_distill.evaluation import command, finetune
@@ -43,3 +46,30 @@ def test_eval_finetune_one_epoch_with_each_preset(tmp_path, preset):
     assert command.main(argv) == 0
     result = json.loads(next((tmp_path / "out").glob("finetune-*.json")).read_text())
     assert result["preset"] == preset and result["steps"] == 2 and 0.0 <= result["top1"] <= 100.0
+    assert [e["epoch"] for e in result["epochs"]] == [1] and result["epochs"][0]["test_top1"] == result["top1"]
+    tuned = timm.create_model(f"local-dir:{result['weights']}", pretrained=True)  # the fine-tuned weights
+    assert tuned.num_classes == 2 and result["source"]["sha256"] and result["source"]["step"] is None
+
+
+def test_short_runs_scale_the_warmup_down():
+    assert finetune.make_config("imagenet", epochs=10).warmup_epochs == pytest.approx(0.5)  # 5 of 100 -> 0.5 of 10
+    assert finetune.make_config("imagenet", epochs=10, warmup_epochs=2).warmup_epochs == 2
+    assert finetune.make_config("imagenet", epochs=200).warmup_epochs == 5  # longer runs keep the preset's
+
+
+def test_eval_json_names_the_checkpoint_and_each_step_gets_its_own_file(tmp_path):
+    run = tmp_path / "run"
+    student = tiny_vit()
+    config = {"student": {"arch": "vit_tiny_patch16_224", "model_kwargs": TINY, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    for step in (5, 9):
+        ckpt.save_checkpoint(ckpt.checkpoint_path(run, step), {"student": student.state_dict(), "heads": {},
+                                                               "step": step, "config": config})
+    data = image_folder(tmp_path / "images")
+    assert command.main(["knn", str(run), "--data", str(data), "--k", "3", "--no-cache"]) == 0
+    newest = json.loads((run / "eval" / "knn-images-cls-step00000009.json").read_text())
+    assert newest["source"]["step"] == 9 and newest["source"]["path"].endswith("checkpoint-00000009.pt")
+    assert newest["source"]["sha256"] == ckpt.sha256_file(ckpt.checkpoint_path(run, 9))
+    older = ckpt.checkpoint_path(run, 5)
+    assert command.main(["knn", str(older), "--data", str(data), "--k", "3", "--no-cache", "--out", str(run / "eval")]) == 0
+    assert sorted(p.name for p in (run / "eval").glob("knn-*.json")) == ["knn-images-cls-step00000005.json",
+                                                                         "knn-images-cls-step00000009.json"]
