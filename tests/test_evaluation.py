@@ -251,7 +251,8 @@ def _gather_worker(rank, world, port, total, queue):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     local = torch.arange(total, dtype=torch.float32)[rank::world].view(-1, 1).repeat(1, 2)  # rows rank::world
-    queue.put((rank, features.gather_strided(local, total)))
+    # a list, not a tensor: a tensor travels by a file descriptor this process must outlive (flaky)
+    queue.put((rank, features.gather_strided(local, total).tolist()))
     dist.destroy_process_group()
 
 
@@ -272,7 +273,7 @@ def test_gather_strided_uneven_shards_across_two_ranks():
         p.join(timeout=30)
     want = torch.arange(5, dtype=torch.float32).view(-1, 1).repeat(1, 2)
     for rank in range(2):
-        torch.testing.assert_close(results[rank], want)
+        torch.testing.assert_close(torch.tensor(results[rank]), want)
 
 
 # ---------------------------------------------------------------- command line
