@@ -60,10 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             return train_main(rest)
         module, func, _ = DELEGATED[command]
-        return getattr(importlib.import_module(module), func)(rest)
+        code = getattr(importlib.import_module(module), func)(rest)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"hybrid-distill {command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python docs, signal / SIGPIPE note)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
