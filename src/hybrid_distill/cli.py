@@ -8,7 +8,8 @@ import importlib
 import os
 import sys
 
-from .config import ConfigError, load_config
+from . import __version__
+from .config import ConfigError, load_config, to_yaml
 from .data.build import DataError
 
 # subcommand -> (module, function, help); each takes its own argv
@@ -31,14 +32,25 @@ def train_main(argv: list[str]) -> int:
                         help="resume although the config differs in more than train.epochs / train.max_steps")
     parser.add_argument("--init-from", default=None, metavar="RUN",
                         help="start a new run from another run's student weights (step 0, fresh optimiser)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build data, models and optimiser, print the summary, run no step and write nothing")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     if args.resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
         args.resume = "auto"  # a requeued SLURM job picks up where it was preempted
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     from .guards import StopTraining
-    from .trainer import train
+    from .trainer import Trainer, train
+    options = dict(resume=args.resume, allow_config_change=args.allow_config_change, init_from=args.init_from)
+    if args.dry_run:
+        Trainer(cfg, dry_run=True, **options)
+        print("dry run: nothing trained, nothing written")
+        return 0
     try:
-        run_dir = train(load_config(args.config, args.overrides), resume=args.resume,
-                        allow_config_change=args.allow_config_change, init_from=args.init_from)
+        run_dir = train(cfg, **options)
     except StopTraining as stop:
         print(f"hybrid-distill train: {stop}", file=sys.stderr)
         return stop.exit_code
@@ -50,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": "distil a student from a YAML config with overrides",
                 **{k: v[2] for k, v in DELEGATED.items()}}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*commands, "--version"):
         width = max(map(len, commands))
         lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in commands.items())
         print(f"usage: hybrid-distill COMMAND [ARGS]\n\ncommands:\n{lines}")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    if argv[:1] == ["--version"]:
+        print(f"hybrid-distill {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command == "train":

@@ -222,7 +222,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (see configs/ for the shipped experiments)")
-        cfg = merge(cfg, OmegaConf.load(path), str(path))
+        from .config_base import read_yaml
+        cfg = merge(cfg, read_yaml(path), str(path))  # with its `base:` files first
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.blr=1e-4)")

@@ -20,6 +20,7 @@ from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, Stop
 from .models.attention import student_fused_attention
 from .models.precision import set_teacher_precision
 from .provenance import provenance
+from .summary import startup_summary
 from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -36,7 +37,8 @@ def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, resume: str | None = None, allow_config_change: bool = False,
-                 init_from: str | None = None):
+                 init_from: str | None = None, dry_run: bool = False):
+        """dry_run: build everything and write nothing (`train --dry-run`)."""
         self.cfg, self.allow_config_change = cfg, allow_config_change
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.device = pick_device(cfg.train.device)
@@ -47,12 +49,12 @@ class Trainer:
             check_gpu_decode(self.device)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
-        self.student, self.teachers, records = build_models(cfg, student_fused_attention(self.device))
+        self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device))
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
-        if self.dist.main:
-            write_run_files(self.run_dir, cfg, records)
+        if self.dist.main and not dry_run:
+            write_run_files(self.run_dir, cfg, self.records)
         dtype = amp_dtype(cfg.train.amp, self.device)
         # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
         set_teacher_precision(self.teachers, cfg.train.teacher_precision, dtype, self.device)
@@ -75,6 +77,8 @@ class Trainer:
             raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
         self.init_from(init_from)
         self.resume(resume)
+        if self.dist.main:
+            print(startup_summary(self), flush=True)
 
     def init_from(self, source: str | None) -> None:
         """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
