@@ -173,6 +173,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # save and stop after this many skipped non-finite steps in a row
     progress: bool = True
     tensorboard: bool = True
+    trackers: List[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
 
 
 @dataclass

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 class RunLog:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: bool = True, tensorboard: bool = True, trackers: list | None = None):
         self.enabled, self.progress, self.total, self.step = enabled, progress, total_steps, start_step
+        self.trackers = trackers or []  # tracking.py: W&B / MLflow, given each record as written
         self.path = Path(run_dir) / "metrics.jsonl"
         if enabled:
             drop_after(self.path, start_step)
@@ -39,11 +40,14 @@ class RunLog:
         if not self.enabled:
             return
         self.step = max(self.step, step)
+        record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time(), 3), **record}) + "\n")
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        for tracker in self.trackers:
+            tracker.log(step, record)
         if self.writer is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float)) and key != "time":
                     self.writer.add_scalar(key, value, step)
 
     def show(self, step: int, record: dict) -> None:
@@ -61,6 +65,8 @@ class RunLog:
     def close(self) -> None:
         self.bar.n = self.step  # the last step reached, not the last one shown (log_every apart)
         self.bar.close()
+        for tracker in self.trackers:
+            tracker.close()
         if self.writer is not None:
             self.writer.close()
 

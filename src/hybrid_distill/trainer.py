@@ -21,6 +21,7 @@ from .models.attention import student_fused_attention
 from .models.precision import set_teacher_precision
 from .provenance import provenance
 from .summary import startup_summary
+from .tracking import open_trackers
 from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -182,7 +183,8 @@ class Trainer:
     def fit(self) -> Path:
         """Train to the last step; a guard or a preemption signal saves and raises StopTraining."""
         cfg, last = self.cfg.train, self.last_step()
-        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
+        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard,
+                     open_trackers(self.cfg) if self.dist.main else [])
         preemption, nonfinite = Preemption(), NonFiniteGuard(cfg.max_nonfinite_steps)
         bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), self.cfg.data.max_bad_fraction,
                          self.dist.main)
