@@ -16,6 +16,7 @@ from torchvision import transforms
 
 from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
+from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.models.load import load_model, mean_std, student_with_decoder
 from hybrid_distill.provenance import provenance
 
@@ -184,6 +185,20 @@ def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[
     return [layer - 1 if layer > 0 else depth + layer for layer in layers], cells
 
 
+def example_positions(base: Dataset, indices: list[int], count: int) -> list[int]:
+    """Positions in `indices` of the attention-map examples: one per class while classes last (the
+    first images of a class-sorted folder would all be one class), then the next ones in order."""
+    labels = getattr(base, "labels", getattr(base, "targets", None))
+    if labels is None:
+        return list(range(min(count, len(indices))))
+    first = {}
+    for pos, index in enumerate(indices):
+        first.setdefault(int(labels[index]), pos)
+    chosen = sorted(first.values())[:count]
+    rest = [p for p in range(len(indices)) if p not in chosen]
+    return (chosen + rest)[:count]
+
+
 def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -> tuple[dict, dict]:
     """Numbers of one model, and what its attention-map figure needs."""
     model = model.to(device)
@@ -193,21 +208,24 @@ def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -
     layers, cells = map_settings(info, args)  # checked before the long part
     start = time.perf_counter()
     metrics = dataset_metrics(model, normalised(loader, info["mean"], info["std"], device))
-    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2)}
+    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2),
+              "uniform_distance": uniform_distance(info["grid_size"], info["patch_size"])}
     figure = None
     if args.map_images:
-        raw = torch.stack([data[i] for i in range(min(args.map_images, len(data)))])
+        shown = example_positions(base, indices, args.map_images)
+        raw = torch.stack([data[i] for i in shown])
         flat = [r * info["grid_size"][1] + c for r, c in cells]
         maps = query_maps(model, next(normalised([raw], info["mean"], info["std"], device)), layers, flat)
         result["query_maps"] = {"block_indices": layers, "queries": [list(c) for c in cells],
-                                "image_indices": indices[:len(raw)], "maps": maps.tolist()}
+                                "image_indices": [indices[i] for i in shown], "maps": maps.tolist()}
         figure = {"images": raw, "maps": maps, "layers": layers, "queries": cells,
                   "patch_size": tuple(info["patch_size"])}
     return result, figure
 
 
 def draw(results: dict, figures: dict, out: Path) -> list[str]:
-    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png")
+    uniform = {k: r["uniform_distance"] for k, r in results.items()}
+    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png", uniform)
              for v in ("distance", "distance_plain")]
     paths.append(plots.nmi_figure({k: r["nmi"]["per_layer"] for k, r in results.items()}, out / "nmi.png"))
     for label, fig in figures.items():
