@@ -101,3 +101,14 @@ def test_logged_values_are_the_mean_over_ranks():
     results = dict(queue.get() for _ in range(2))
     assert results[0] == results[1] == {"loss": 2.0, "skipped": 0.5}
     assert mean_over_ranks({"loss": 3.0}) == {"loss": 3.0}  # one process: unchanged
+
+
+def test_keys_added_since_the_checkpoint_and_execution_settings_are_no_change():
+    from hybrid_distill.config import from_dict, to_dict
+    from hybrid_distill.resume_policy import check_resume_config
+    new = to_dict(from_dict({"train": {"compile": True}}))
+    old = to_dict(from_dict({}))
+    del old["train"]["trackers"]  # written before that key existed
+    assert check_resume_config(old, new, allow=False) == []
+    with pytest.raises(ConfigError, match="loss.beta"):
+        check_resume_config(old, {**new, "loss": {"beta": 1.0}}, allow=False)

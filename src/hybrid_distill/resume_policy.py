@@ -1,8 +1,9 @@
 """What a resume may change, what an extension does to the lr, and a weights-only start.
 
 A resume continues one experiment: the checkpoint's config and the new one may differ only in the
-schedule's length (`train.epochs`, `train.max_steps`) and in bookkeeping that cannot change a
-number (logging, checkpoint cadence, loader workers). Anything else is shown key by key and needs
+schedule's length (`train.epochs`, `train.max_steps`), in bookkeeping that cannot change a number
+(logging, checkpoint cadence, loader workers) and in how the same step is executed (FSDP, compile,
+activation checkpointing, where JPEGs are decoded: each tested equal to the plain run). Anything else is shown key by key and needs
 `--allow-config-change`. `--init-from RUN` is the other case: a new run that starts from another
 run's student weights at step 0 with a fresh optimiser.
 """
@@ -11,7 +12,8 @@ from .config import ConfigError
 SCHEDULE_KEYS = {"train.epochs", "train.max_steps"}
 BOOKKEEPING_KEYS = {"output_dir", "train.log_every", "train.progress", "train.tensorboard", "train.ckpt_every_steps",
                     "train.keep_checkpoints", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-                    "data.prefetch_factor", "train.trackers"}
+                    "data.prefetch_factor", "train.trackers",
+                    "train.fsdp", "train.compile", "train.activation_checkpointing", "data.decode"}
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -32,9 +34,16 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
     return [(k, a.get(k, missing), b.get(k, missing)) for k in keys if a.get(k, missing) != b.get(k, missing)]
 
 
+def with_defaults(old: dict) -> dict:
+    """A checkpoint's config over today's defaults: a key added since it was written is not a change."""
+    from omegaconf import OmegaConf
+    from .config import Config, merge, to_dict
+    return to_dict(merge(OmegaConf.structured(Config()), old, "the checkpoint's config"))
+
+
 def check_resume_config(old: dict, new: dict, allow: bool) -> list[str]:
     """Lines to print; raises ConfigError listing the changes unless `allow`."""
-    changes = config_changes(old, new)
+    changes = config_changes(with_defaults(old), new)
     if not changes:
         return []
     lines = [f"  {k}: {a!r} -> {b!r}" for k, a, b in changes]
