@@ -1,4 +1,4 @@
-"""`hybrid-distill train|demo|analyze|eval|export|teachers`: thin calls into the library.
+"""`hybrid-distill train|demo|study|analyze|eval|export|teachers|bench`: thin calls into the library.
 
 Process-wide set-up (warnings, threads) happens here and nowhere else. A known problem with the
 input ends the command with one line naming it and the fix, and exit code 2.
@@ -19,6 +19,7 @@ DELEGATED = {
     "eval": ("hybrid_distill.evaluation.command", "main", "k-NN, linear probe or fine-tuning of a model"),
     "export": ("hybrid_distill.weights.command", "export_main", "export a student for timm, ViTDet or mmseg"),
     "teachers": ("hybrid_distill.weights.command", "teachers_main", "list or prefetch teacher weights"),
+    "study": ("hybrid_distill.study.command", "main", "rows x seeds: train, evaluate, analyse; mean and 95% interval"),
     "bench": ("hybrid_distill.bench.command", "main", "time the optimised step against a plain one, phase by phase"),
 }
 

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
     args = p.parse_args(argv)
     if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
         p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
@@ -254,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
               f"NMI per layer {[round(v, 3) for v in results[label]['nmi']['per_layer']]}")
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = draw(results, figures, args.out)
+    paths = [] if args.no_figures else draw(results, figures, args.out)
     report = {"command": "analyze", "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "data": {"spec": args.data, "split": args.split, "num_images": len(indices), "seed": args.seed,
                        "indices": indices},
