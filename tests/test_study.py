@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
 from hybrid_distill.cli import main
@@ -167,3 +168,38 @@ def test_smoke_overrides_apply_and_write_elsewhere(idx_folder, tmp_path):
     assert list(spec.seeds) == [0] and list(spec.only) == ["hybrid"] and spec.out.endswith("s-smoke")
     with pytest.raises(StudyError, match="only"):
         load_study(study, ["only=[distill_sup]"], smoke=True)  # the reference row would not run
+
+
+def test_shipped_study_resolves_every_row_and_its_smoke_version():
+    full = load_study("configs/studies/fashion_mnist_196.yaml")
+    rows = {row: cell_config(full, row, 0) for row in full.rows}
+    assert {"distill_sup", "distill_mae", "hybrid", "hybrid_no_mask", "hybrid_random_mask", "hybrid_alpha0",
+            "hybrid_scaled"} <= set(rows) and len(full.seeds) >= 3
+    assert rows["hybrid"].student.model_kwargs.patch_size == 2  # 14 x 14 = 196 tokens
+    assert rows["hybrid_alpha0"].teachers.mim.weight == 0 and rows["hybrid_alpha0"].masking.teacher == "mim"
+    assert {rows["hybrid"].teachers.mim.relation_kind.value, rows["hybrid_scaled"].teachers.mim.relation_kind.value} \
+        == {"raw", "scaled"}
+    smoke = load_study("configs/studies/fashion_mnist_196.yaml", smoke=True)
+    assert cell_config(smoke, "hybrid", 1).data.limit == 256 and smoke.out.endswith("-smoke")
+
+
+def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
+    from hybrid_distill.build import build_models
+    from hybrid_distill.config import from_dict
+    from hybrid_distill.losses import distill_losses
+    from conftest import tiny_run_config
+    cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim.weight": 0.0}))
+    student, teachers, _ = build_models(cfg)
+    pixels = torch.rand(2, 3, 28, 28)
+    targets = teachers(pixels)
+    keep = targets["mim"].keep  # (B, K): 49 -> 34 -> 23 -> 16 after the MAE teacher's selection blocks
+    assert keep.shape == (2, 16) and torch.equal(targets["sup"].keep, keep)
+    parts = distill_losses(student(pixels, keep), targets, {"sup": 1.0, "mim": 0.0}, 2.0)
+    assert all(v.item() == 0 for k, v in parts.items() if k.startswith("mim/")) and parts["loss"].item() > 0
+
+
+def test_a_teacher_weaker_than_pixels_stops_the_study(tmp_path):
+    from hybrid_distill.study.teachers import require_beats_pixels
+    require_beats_pixels("sup", {"knn_top1": 81.0, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
+    with pytest.raises(StudyError, match="does not beat raw pixels"):
+        require_beats_pixels("sup", {"knn_top1": 74.8, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")

@@ -50,6 +50,7 @@ class SharedTeacher:
     batch: int = 128
     seed: int = 0
     crop_scale: Optional[List[float]] = None  # default: the base config's data.crop_scale
+    must_beat_pixels: bool = False  # stop the study when the held-out k-NN check does not beat raw pixels
 
 
 @dataclass

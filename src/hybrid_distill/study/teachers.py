@@ -89,4 +89,14 @@ def build_teachers(spec: DictConfig, train_ds, log=print) -> dict:
         out[name] = {"file": str(path), **json.loads(check_path.read_text())}
         log(f"[study] teacher {name}: k-NN top-1 on held-out training images {out[name]['knn_top1']:.2f} "
             f"(raw pixels {out[name]['pixels_knn_top1']:.2f})")
+        if spec.teachers[name].must_beat_pixels:
+            require_beats_pixels(name, out[name], path)
     return out
+
+
+def require_beats_pixels(name: str, check: dict, path: Path) -> None:
+    """Hours of students distilled from a teacher weaker than pixels would test nothing."""
+    if check["knn_top1"] <= check["pixels_knn_top1"]:
+        raise StudyError(f"teacher {name}: k-NN top-1 {check['knn_top1']:.2f} on held-out training images does not "
+                         f"beat raw pixels ({check['pixels_knn_top1']:.2f}); change its recipe (teachers.{name}) "
+                         f"and delete {path}")
