@@ -192,8 +192,8 @@ def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
     student, teachers, _ = build_models(cfg)
     pixels = torch.rand(2, 3, 28, 28)
     targets = teachers(pixels)
-    keep = targets["mim"].keep  # (B, K): 49 -> 34 -> 23 -> 16 after the MAE teacher's selection blocks
-    assert keep.shape == (2, 16) and torch.equal(targets["sup"].keep, keep)
+    keep = targets.keep  # (B, K): 49 -> 34 -> 23 -> 16 after the MAE teacher's selection blocks
+    assert keep.shape == (2, 16) and set(targets.relations) == {"mim"} and set(targets.features) == {"sup"}
     parts = distill_losses(student(pixels, keep), targets, {"sup": 1.0, "mim": 0.0}, 2.0)
     assert all(v.item() == 0 for k, v in parts.items() if k.startswith("mim/")) and parts["loss"].item() > 0
 

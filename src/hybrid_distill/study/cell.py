@@ -130,8 +130,9 @@ def flat_metrics(evals: dict, analysis: dict, losses: dict) -> dict:
     return out
 
 
-def run_cell(spec: DictConfig, row: str, seed: int, data: tuple, log=print) -> dict:
-    """Train (resuming), evaluate and analyse one cell; returns what cell.json holds."""
+def run_cell(spec: DictConfig, row: str, seed: int, data: tuple) -> dict:
+    """Train (resuming), evaluate and analyse one cell; returns what cell.json holds.
+    data: (evaluation data spec, train split subset, test split subset)."""
     cfg = cell_config(spec, row, seed)
     run_dir, print_ = run_dir_of(cfg), fingerprint(cfg, spec)
     claim(run_dir, print_, row)

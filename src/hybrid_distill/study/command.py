@@ -74,7 +74,7 @@ def run_study(spec: DictConfig, log=print) -> dict:
             continue
         log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: start"))
         start = time.perf_counter()
-        done[(row, seed)] = run_cell(spec, row, seed, data, log)
+        done[(row, seed)] = run_cell(spec, row, seed, data)
         progress.finish(time.perf_counter() - start)
         log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: finished in {duration(progress.session[-1])}"))
         row_done = all(done[(row, s)] for s in spec.seeds)  # figures once a row is complete: savefig is slow
