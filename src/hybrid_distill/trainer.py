@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from . import checkpoint as ckpt
+from . import files
 from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
@@ -26,7 +26,7 @@ from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
-from .runtime import RunContext, amp_dtype, pick_device, seed_everything
+from .runtime import RunContext, amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
 
 def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
@@ -85,9 +85,9 @@ class Trainer:
         """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
         if not source:
             return
-        path = ckpt.resolve_resume(source, Path(source))
+        path = files.resolve_resume(source, Path(source))
         heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
-        state, with_heads = init_state(ckpt.load_checkpoint(path), heads)
+        state, with_heads = init_state(files.load_checkpoint(path), heads)
         set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
         what = "backbone and heads" if with_heads else "backbone; heads start fresh (other teachers)"
         if self.dist.main:
@@ -134,18 +134,16 @@ class Trainer:
         return DistributedDataParallel(student, device_ids=ids)
 
     def resume(self, resume: str | None) -> None:
-        path = ckpt.resolve_resume(resume, self.run_dir)
+        path = files.resolve_resume(resume, self.run_dir)
         if path is None:
             return
-        state = ckpt.load_checkpoint(path)
+        state = files.load_checkpoint(path)
         notes = check_resume_config(state["config"], to_dict(self.cfg), self.allow_config_change)
-        model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
-                       **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
-        set_model_state_dict(self.student, model_state, options=FULL_STATE)
+        set_model_state_dict(self.student, state["model"], options=FULL_STATE)
         set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         old_total = state["config"]["train"]["epochs"] * self.steps_per_epoch
         note = schedule_note(state["config"], to_dict(self.cfg), self.step, self.lr(old_total), self.lr())
         if self.dist.main:
@@ -154,22 +152,19 @@ class Trainer:
     def save(self) -> None:
         """Full (unsharded) states gathered on every rank, written by rank 0: the same file whether the
         run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
-        rngs = [ckpt.rng_state()]
+        rngs = [rng_state()]
         if self.dist.enabled:
             rngs = [None] * self.dist.world
-            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+            torch.distributed.all_gather_object(rngs, rng_state())
         model_state = get_model_state_dict(self.student, options=FULL_STATE)
         optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
         if not self.dist.main:
             return
-        part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        extras = {k: v for k, v in model_state.items() if not k.startswith(("backbone.", "heads."))}  # decoder, mask token
-        payload = {"student": part("backbone."), "heads": part("heads."), "extras": extras,
-                   "optimizer": optim_state, "scaler": self.scaler.state_dict(),
+        payload = {"model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
                    "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
                    "config": to_dict(self.cfg), "provenance": provenance()}
-        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        files.save_checkpoint(files.checkpoint_path(self.run_dir, self.step), payload)
+        files.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
     def lr(self, total_steps: int | None = None) -> float:
         o = self.cfg.optim

@@ -17,7 +17,8 @@ from torchvision import transforms
 from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
 from hybrid_distill.analysis.metrics import uniform_distance
-from hybrid_distill.models.load import load_model, mean_std, student_with_decoder
+from hybrid_distill.files import load_model, student_with_decoder
+from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
 
 

@@ -24,7 +24,8 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
-from ..models.load import create_vit, load_model
+from ..files import load_model
+from ..models.load import create_vit
 from ..provenance import provenance
 from ..trainer import train
 from .teachers import train_mae_teacher, train_supervised_teacher
@@ -117,7 +118,7 @@ def evaluate(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
 
 
 def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
-    """The Hybrid student against the same recipe from random init (issue: does pre-training help?)."""
+    """The Hybrid student against the same recipe from random init : does pre-training help?."""
     subset = limit_subset(train_ds, demo.train_limit)  # the images data.limit gives the students
     out = {}
     for name in ("hybrid", "random_init"):

@@ -7,7 +7,6 @@ Under torchrun, features are extracted on all ranks and gathered; rank 0 writes 
 """
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +14,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.features import POOLS
 from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
 from hybrid_distill.evaluation.knn import knn_eval
 from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
 from hybrid_distill.evaluation.source import model_source, source_tag
-from hybrid_distill.models.load import load_model
+from hybrid_distill.files import load_model
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
@@ -96,20 +96,9 @@ def result_path(out: Path, args, result: dict, data_name: str) -> Path:
     return out / f"{args.protocol}-{data_name}-{variant}{source_tag(result['source'])}.json"
 
 
-def init_distributed() -> bool:
-    """Join the torchrun process group when launched by torchrun; True if this call created it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    created = init_distributed()
-    try:
+    with process_group("cuda" if torch.cuda.is_available() else "cpu"):
         train, test, info = load_data(args.data)
         model, source = load_model(args.model), model_source(args.model)
         out = args.out or default_out(args.model)
@@ -120,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
             print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {path}")
-    finally:
-        if created:
-            dist.destroy_process_group()
     return 0
 
 

@@ -10,7 +10,6 @@
   `code/*.py` is read as text only for each class's `__parameters__` / `__buffers__` lists.
 """
 import argparse
-import hashlib
 import io
 import pickle
 import re
@@ -41,14 +40,6 @@ def conversion_hint(path: Path) -> str:
             f"c = torch.load('{path}', map_location='cpu', weights_only=False); "
             "c = c.get('model', c.get('state_dict', c)); "
             f"st.save_file({{k: v.contiguous() for k, v in c.items() if torch.is_tensor(v)}}, '{out}')\"")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_torchscript_archive(path: str | Path) -> bool:

@@ -11,10 +11,11 @@ import timm
 import torch
 from torch import nn
 
-from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
+from ..files import CHECKPOINT_FORMAT, MODEL_FORMAT, newest_checkpoint, own_model, sha256_file
+from ..models.load import create_vit, mean_std, set_mean_std
 from .formats import load_into
 from .offline import hub_reachable, unavailable
-from .safe_load import is_torchscript_archive, load_weights, sha256_file
+from .safe_load import is_torchscript_archive, load_weights
 
 OWN_RUN_LICENSE = "derived from a hybrid-distill run: the licences of that run's teachers apply (see its manifest)"
 UNKNOWN_LICENSE = "unknown: check the terms of the weights' source"
@@ -93,26 +94,15 @@ def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
             "source": source, "license": license, "arch": arch, "format": fmt}
 
 
-def _set_mean_std(model: nn.Module, mean, std) -> nn.Module:
-    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {}, mean=tuple(mean), std=tuple(std))
-    return model
-
-
 def _from_own_run(path: Path, payload: dict, model_kwargs: dict) -> tuple[nn.Module, dict]:
     """A student of one of our runs (or a model file) as the next stage's teacher (dBOT-style)."""
-    if payload["format"] == CHECKPOINT_FORMAT:
-        cfg = payload["config"]["student"]
-        arch, kwargs, state = cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"]
-        mean, std = cfg.get("mean"), cfg.get("std")
-    else:
-        arch, kwargs, state = payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"]
-        mean, std = payload["mean"], payload["std"]
-    kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
-    model = create_vit(arch, **{**kwargs, **model_kwargs})
-    load_into(model, {"model": state}, source=str(path))
-    if mean and std:
-        _set_mean_std(model, mean, std)
-    return model, _record(path, f"hybrid-distill {payload['format']}", OWN_RUN_LICENSE, arch, payload["format"])
+    own = own_model(payload)
+    own.model_kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
+    model = create_vit(own.arch, **{**own.model_kwargs, **model_kwargs})
+    load_into(model, {"model": own.state_dict}, source=str(path))
+    if own.mean and own.std:
+        set_mean_std(model, own.mean, own.std)
+    return model, _record(path, f"hybrid-distill {own.format}", OWN_RUN_LICENSE, own.arch, own.format)
 
 
 def _from_file(arch: str, file: Path, model_kwargs: dict) -> tuple[nn.Module, dict]:
