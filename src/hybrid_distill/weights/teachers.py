@@ -37,26 +37,26 @@ class TeacherSpec:
 
 # Licences: facebookresearch/mae LICENSE (CC BY-NC 4.0), facebookresearch/deit and dino LICENSE
 # (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT).
-TEACHERS = {t.name: t for t in (
-    TeacherSpec("mae_vit_base_patch16", "vit_base_patch16_224.mae", "mim", 768, 12, 12, 16, 224,
-                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_base.pth"),
-    TeacherSpec("mae_vit_large_patch16", "vit_large_patch16_224.mae", "mim", 1024, 24, 16, 16, 224,
-                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_large.pth"),
-    TeacherSpec("deit_base_patch16", "deit_base_patch16_224.fb_in1k", "supervised", 768, 12, 12, 16, 224,
-                "Apache-2.0 (facebookresearch/deit)", "deit_base_patch16_224-b5f2ef4d.pth"),
-    TeacherSpec("deit_small_patch16", "deit_small_patch16_224.fb_in1k", "supervised", 384, 12, 6, 16, 224,
-                "Apache-2.0 (facebookresearch/deit)", "deit_small_patch16_224-cd65a155.pth"),
-    TeacherSpec("dino_vit_base_patch16", "vit_base_patch16_224.dino", "self-distillation", 768, 12, 12, 16, 224,
-                "Apache-2.0 (facebookresearch/dino)", "dino_vitbase16_pretrain.pth"),
-    TeacherSpec("dino_vit_small_patch16", "vit_small_patch16_224.dino", "self-distillation", 384, 12, 6, 16, 224,
-                "Apache-2.0 (facebookresearch/dino)", "dino_deitsmall16_pretrain.pth"),
-    TeacherSpec("clip_vit_base_patch16", "vit_base_patch16_clip_quickgelu_224.openai", "contrastive",
-                768, 12, 12, 16, 224, "MIT (openai/CLIP)", "ViT-B-16.pt"),
-    TeacherSpec("clip_vit_large_patch14", "vit_large_patch14_clip_quickgelu_224.openai", "contrastive",
-                1024, 24, 16, 14, 224, "MIT (openai/CLIP)", "ViT-L-14.pt"),
-    TeacherSpec("openclip_vit_base_patch16_laion2b", "vit_base_patch16_clip_224.laion2b", "contrastive",
-                768, 12, 12, 16, 224, "MIT (mlfoundations/open_clip)", "open_clip_pytorch_model.bin"),
-)}
+# name | timm arch | kind | width depth heads patch img_size | licence | official file
+_TABLE = """
+mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth
+mae_vit_large_patch16 | vit_large_patch16_224.mae | mim | 1024 24 16 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_large.pth
+deit_base_patch16 | deit_base_patch16_224.fb_in1k | supervised | 768 12 12 16 224 | Apache-2.0 (facebookresearch/deit) | deit_base_patch16_224-b5f2ef4d.pth
+deit_small_patch16 | deit_small_patch16_224.fb_in1k | supervised | 384 12 6 16 224 | Apache-2.0 (facebookresearch/deit) | deit_small_patch16_224-cd65a155.pth
+dino_vit_base_patch16 | vit_base_patch16_224.dino | self-distillation | 768 12 12 16 224 | Apache-2.0 (facebookresearch/dino) | dino_vitbase16_pretrain.pth
+dino_vit_small_patch16 | vit_small_patch16_224.dino | self-distillation | 384 12 6 16 224 | Apache-2.0 (facebookresearch/dino) | dino_deitsmall16_pretrain.pth
+clip_vit_base_patch16 | vit_base_patch16_clip_quickgelu_224.openai | contrastive | 768 12 12 16 224 | MIT (openai/CLIP) | ViT-B-16.pt
+clip_vit_large_patch14 | vit_large_patch14_clip_quickgelu_224.openai | contrastive | 1024 24 16 14 224 | MIT (openai/CLIP) | ViT-L-14.pt
+openclip_vit_base_patch16_laion2b | vit_base_patch16_clip_224.laion2b | contrastive | 768 12 12 16 224 | MIT (mlfoundations/open_clip) | open_clip_pytorch_model.bin
+"""
+
+
+def _spec(row: str) -> TeacherSpec:
+    name, arch, kind, dims, licence, file = (field.strip() for field in row.split("|"))
+    return TeacherSpec(name, arch, kind, *map(int, dims.split()), licence, file)
+
+
+TEACHERS = {spec.name: spec for spec in map(_spec, _TABLE.strip().splitlines())}
 
 
 def resolve_arch(name: str) -> str:
