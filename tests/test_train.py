@@ -184,14 +184,14 @@ def test_compile_with_fsdp_fails_in_one_line(idx_folder, tmp_path):
 def test_a_new_student_submodule_is_saved_and_resumed_with_no_renaming(idx_folder, tmp_path, monkeypatch):
     import hybrid_distill.trainer as trainer_module
 
-    def with_decoder(cfg, *args):  # a submodule the checkpoint code has never heard of, e.g. a decoder
+    def with_decoder(cfg, *args):  # a submodule the checkpoint code has never heard of
         student, teachers, records = build_models(cfg, *args)
-        student.add_module("decoder", torch.nn.Linear(48, 5).requires_grad_(False))  # no optimiser state
+        student.add_module("extra_head", torch.nn.Linear(48, 5).requires_grad_(False))  # no optimiser state
         return student, teachers, records
 
     monkeypatch.setattr(trainer_module, "build_models", with_decoder)
     first = run(idx_folder, tmp_path, 1)
     state = torch.load(files.list_checkpoints(first.run_dir)[-1], weights_only=True)["model"]
-    assert torch.equal(state["decoder.weight"], first.student.decoder.weight.detach())
+    assert torch.equal(state["extra_head.weight"], first.student.extra_head.weight.detach())
     resumed = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 1})), resume="auto")
-    assert torch.equal(resumed.student.decoder.weight, first.student.decoder.weight)
+    assert torch.equal(resumed.student.extra_head.weight, first.student.extra_head.weight)
