@@ -3,13 +3,18 @@
 Process-wide set-up (warnings, threads) happens here and nowhere else. A known problem with the
 input ends the command with one line naming it and the fix, and exit code 2.
 """
-import argparse
 import importlib
 import os
 import sys
 
+from .cli_parser import Parser
 from .config import ConfigError, load_config
 from .data.build import DataError
+from .weights.safe_load import UnsafeCheckpointError
+
+# what bad input raises anywhere in the package: said in one line, exit code 2
+BAD_INPUT = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError,
+             UnsafeCheckpointError)
 
 # subcommand -> (module, function, help); each takes its own argv
 DELEGATED = {
@@ -23,11 +28,11 @@ DELEGATED = {
 
 
 def train_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hybrid-distill train", description="Distil a ViT student from its teachers.")
+    parser = Parser(prog="hybrid-distill train", description="Distil a ViT student from its teachers.")
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
     parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after --resume
     if args.resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
         args.resume = "auto"  # a requeued SLURM job picks up where it was preempted
     from .guards import StopTraining
@@ -45,20 +50,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": "distil a student from a YAML config with overrides",
                 **{k: v[2] for k, v in DELEGATED.items()}}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
+        print(f"hybrid-distill: error: unknown command '{argv[0]}'; choose one of {', '.join(commands)}",
+              file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, commands))
         lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in commands.items())
         print(f"usage: hybrid-distill COMMAND [ARGS]\n\ncommands:\n{lines}")
-        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command == "train":
             return train_main(rest)
         module, func, _ = DELEGATED[command]
         return getattr(importlib.import_module(module), func)(rest)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"hybrid-distill {command}: error: {err}", file=sys.stderr)
+    except BAD_INPUT as err:
+        print(f"hybrid-distill {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: Exception) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ warm-up, medians over repeats, their ratio, and each optimisation switched off o
     hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
         teachers.clip.weights=random teachers.mim.weights=random
 """
-import argparse
 import json
 import resource
 import statistics
@@ -18,8 +17,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..build import build_models
-from ..config import ConfigError, load_config, to_dict
+from ..cli_parser import Parser
+from ..config import load_config, to_dict
 from ..provenance import provenance
+from ..validate import at_least, device, writable_dir
 from ..trainer import RunContext, pick_device, seed_everything
 from .phases import Bench, NullClock, Switches, default_switches
 
@@ -40,7 +41,7 @@ _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_c
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="hybrid-distill bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="hybrid-distill bench", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teachers.clip.weights=random")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on CPU, 128 on CUDA)")
@@ -56,6 +57,15 @@ def parse(argv):
     p.add_argument("--no-ablation", action="store_true", help="skip the runs with one optimisation switched off")
     p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
     return p.parse_intermixed_args(argv)
+
+
+def check_args(args) -> None:
+    if args.batch is not None:
+        at_least("--batch", args.batch, 1)
+    at_least("--steps", args.steps, 1)
+    at_least("--warmup", args.warmup, 0)
+    device("--device", args.device)
+    writable_dir("--out", Path(args.out).parent)
 
 
 def synthetic_batches(batch: int, size: int, device: torch.device):
@@ -168,11 +178,10 @@ def print_table(summary: dict, ratio: float, device_name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     overrides = list(args.overrides) + ([f"student.arch={args.student}"] if args.student else [])
+    check_args(args)
     cfg = load_config(args.config, overrides)
     device = pick_device(args.device)
     batch = args.batch or (128 if device.type == "cuda" else 8)
-    if batch < 1 or args.steps < 1:
-        raise ConfigError("--batch and --steps must be >= 1")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     seed_everything(cfg.seed)
