@@ -19,9 +19,12 @@ from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
-from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
+from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
 from .models.attention import set_fused_attention, student_fused_attention
+from .nonfinite import GoodStates, describe
 from .provenance import provenance
+from .resume import check_fits, load as load_resume, resolve as resolve_resume
+from .run_dir import RunLock, check_available
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
@@ -78,15 +81,18 @@ class Trainer:
         self.dist: Dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        check_available(self.run_dir, resume)  # every refusal before anything is built or written
+        resume_path = resolve_resume(resume, self.run_dir)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
-        self.student, self.teachers, records = build_models(cfg)
+        self.micro_batch = self.micro_batch_size()
+        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
+                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
+        self.student, self.teachers, self.records = build_models(cfg)
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
         set_fused_attention([self.student], student_fused_attention(self.device))
-        if self.dist.main:
-            write_run_files(self.run_dir, cfg, records)
         dtype = amp_dtype(cfg.train.amp, self.device)
         if dtype is torch.bfloat16:
             self.teachers.cast(torch.bfloat16)  # frozen teachers in bf16: ~2.9x (bench); targets stay fp32
@@ -98,14 +104,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
         self.ctx = RunContext(self.device, dtype, {n: t.weight for n, t in cfg.teachers.items()},
                               cfg.loss.beta, cfg.optim.clip_grad or float("inf"))
-        self.micro_batch = self.micro_batch_size()
-        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
-                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
         self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.optim.accum_steps
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step = 0
         self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
-        self.resume(resume)
+        self.bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), cfg.data.max_bad_fraction,
+                              cfg.data.bad_check_every, self.dist.main)
+        self.resume(resume_path)
 
     def build_monitor(self):
         """Attention distance and NMI of the student on a fixed probe batch (paper section 2 measures)."""
@@ -147,11 +152,11 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids)
 
-    def resume(self, resume: str | None) -> None:
-        path = ckpt.resolve_resume(resume, self.run_dir)
+    def resume(self, path: Path | None) -> None:
         if path is None:
             return
-        state = ckpt.load_checkpoint(path)
+        state = load_resume(path)
+        check_fits(state, self.student, self.cfg, path)
         model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
                        **{f"heads.{k}": v for k, v in state["heads"].items()}}
         set_model_state_dict(self.student, model_state, options=FULL_STATE)
@@ -159,26 +164,39 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        if "bad_samples" in state:
+            self.bad.load_state_dict(state["bad_samples"][min(self.dist.rank, len(state["bad_samples"]) - 1)])
+        else:
+            self.bad.epoch = self.step // self.steps_per_epoch
         if self.dist.main:
             print(f"resumed from {path} at step {self.step}")
 
-    def save(self) -> None:
-        """Full (unsharded) states gathered on every rank, written by rank 0: the same file whether the
-        run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
-        rngs = [ckpt.rng_state()]
-        if self.dist.enabled:
-            rngs = [None] * self.dist.world
-            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+    def gather(self, value) -> list:
+        if not self.dist.enabled:
+            return [value]
+        values = [None] * self.dist.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def state(self) -> dict:
+        """Full (unsharded) states gathered on every rank (a collective): the same checkpoint whether
+        the run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
+        rngs, bads = self.gather(ckpt.rng_state()), self.gather(self.bad.state_dict())
         model_state = get_model_state_dict(self.student, options=FULL_STATE)
         optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
+        part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+        return {"student": part("backbone."), "heads": part("heads."),
+                "optimizer": optim_state, "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
+                "bad_samples": bads, "config": to_dict(self.cfg)}
+
+    def save(self, state: dict | None = None) -> None:
+        """This state (or `state`, a kept copy), written by rank 0."""
+        state = state or self.state()
         if not self.dist.main:
             return
-        part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        payload = {"student": part("backbone."), "heads": part("heads."),
-                   "optimizer": optim_state, "scaler": self.scaler.state_dict(),
-                   "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
-                   "config": to_dict(self.cfg), "provenance": provenance()}
-        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
+        path = ckpt.checkpoint_path(self.run_dir, state["step"])
+        ckpt.save_checkpoint(path, {**state, "provenance": provenance()})
         ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
     def lr(self) -> float:
@@ -190,51 +208,93 @@ class Trainer:
     def last_step(self) -> int:
         return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
 
-    def fit(self) -> Path:
-        """Train to the last step; a guard or a preemption signal saves and raises StopTraining."""
-        cfg, last = self.cfg.train, self.last_step()
-        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
-        preemption, nonfinite = Preemption(), NonFiniteGuard(cfg.max_nonfinite_steps)
-        bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), self.cfg.data.max_bad_fraction,
-                         self.dist.main)
-        self.student.train()
+    def fit(self, preemption: Preemption | None = None) -> Path:
+        """Own the run directory, write the run's files, train to the last step. A guard or a
+        preemption signal saves and raises StopTraining (a signal before the first step saves nothing)."""
+        preemption = preemption or Preemption()
         try:
-            while self.step < last:
-                epoch = self.step // self.steps_per_epoch
-                self.run_epoch(epoch, last, log, bad, nonfinite, preemption)
-                log.log(self.step, {"epoch": epoch, **bad.end_epoch(epoch), "skipped_steps": nonfinite.total})
-                self.save()
-        except StopTraining as stop:
-            self.save()
-            log.write(f"stopped at step {self.step}: {stop}")
-            raise
+            with RunLock(self.run_dir) if self.dist.main else contextlib.nullcontext():
+                if self.dist.main:
+                    write_run_files(self.run_dir, self.cfg, self.records)
+                return self.loop(preemption)
         finally:
             preemption.restore()
+
+    def loop(self, preemption: Preemption) -> Path:
+        cfg, last = self.cfg.train, self.last_step()
+        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
+        nonfinite, good = NonFiniteGuard(cfg.max_nonfinite_steps), GoodStates(cfg.good_state_every)
+        self.student.train()
+        self.stepping, self.batches = False, None
+        try:
+            if preemption.should_stop():
+                raise StopTraining(f"preempted before step {self.step + 1}: nothing new to save; resume with "
+                                   f"--resume auto (exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=False)
+            if self.bad.seen:
+                self.bad.check()  # a resumed run keeps the verdict of the run it continues
+            while self.step < last:
+                epoch = self.step // self.steps_per_epoch
+                self.run_epoch(epoch, last, log, nonfinite, good, preemption)
+                log.log(self.step, {"epoch": epoch, **self.bad.end_epoch(epoch), "skipped_steps": nonfinite.total})
+                self.save()
+        except Exception as stop:  # noqa: BLE001 (anything else is raised again by stop())
+            self.stop(stop, good, log)
+        finally:
             log.close()
         return self.run_dir
 
-    def run_epoch(self, epoch: int, last: int, log: RunLog, bad: BadSamples, nonfinite: NonFiniteGuard,
+    def stop(self, stop: Exception, good: GoodStates, log: RunLog) -> None:
+        """Save what is worth resuming from, then raise StopTraining."""
+        if not isinstance(stop, StopTraining):
+            if not worker_killed(stop, self.batches):
+                raise stop
+            # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
+            # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
+            safe = not self.stepping and not self.dist.enabled
+            stop = StopTraining(f"preempted: a loader worker was killed by a signal; resume with --resume auto "
+                                f"(exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=safe)
+        if isinstance(stop, NonFiniteStop) and good.oldest() is not None:
+            self.save_good(good.oldest())
+            stop = NonFiniteStop(f"{stop}; saved the state of step {good.oldest()['step']}, from before it",
+                                 stop.exit_code)
+        elif stop.save:
+            self.save()
+        log.write(f"stopped at step {self.step}: {stop}")
+        raise stop
+
+    def save_good(self, state: dict) -> None:
+        """The kept state becomes the newest checkpoint: newer ones move to checkpoints/diverged/."""
+        if self.dist.main:
+            for path in ckpt.list_checkpoints(self.run_dir):
+                if int(path.stem.split("-")[1]) > state["step"]:
+                    ckpt.move_aside(path, self.run_dir / "checkpoints" / "diverged")
+        self.save(state)
+
+    def run_epoch(self, epoch: int, last: int, log: RunLog, nonfinite: NonFiniteGuard, good: GoodStates,
                   preemption: Preemption) -> None:
         """The steps of one epoch from where the run stands (mid-epoch after a resume)."""
         accum, start = self.cfg.optim.accum_steps, self.step % self.steps_per_epoch
         self.sampler.set_epoch(epoch, start * accum)
-        batches = iter(self.loader)
+        batches = self.batches = iter(self.loader)
         for _ in range(self.sampler.skip):  # streams only: replay to where the run stopped
             next(batches)
         for _ in range(start, self.steps_per_epoch):
+            good.keep(self.step, nonfinite.in_row, self.state)
             micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
-            bad.update(torch.cat([m[2] for m in micro]))
+            self.stepping = True
             lr = self.lr()
-            parts = train_step(self.model, self.teachers, [m[0] for m in micro], self.optimizer, self.scaler,
-                               lr, self.ctx)
+            images = [m[0] for m in micro]
+            parts = train_step(self.model, self.teachers, images, self.optimizer, self.scaler, lr, self.ctx)
             self.step += 1
-            nonfinite.update(bool(parts["skipped"]), self.step)
+            self.stepping = False
+            self.bad.update(torch.cat([m[2] for m in micro]), self.step)
+            nonfinite.update(bool(parts["skipped"]), self.step, lambda: describe(parts, self.teachers, images, self.ctx))
             self.after_step(log, parts, lr, epoch)
+            if self.step >= last:
+                return  # the run is complete: a signal now changes nothing (exit 0)
             if preemption.should_stop():
                 raise StopTraining(f"preempted by a signal; resume with --resume auto (exit code {EXIT_PREEMPTED})",
                                    EXIT_PREEMPTED)
-            if self.step >= last:
-                return
 
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train
@@ -250,4 +310,9 @@ class Trainer:
 
 
 def train(cfg: DictConfig, resume: str | None = None) -> Path:
-    return Trainer(cfg, resume).fit()
+    """Signal handlers first: a preemption during start-up exits 75 too, without a checkpoint."""
+    preemption = Preemption()
+    try:
+        return Trainer(cfg, resume).fit(preemption)
+    finally:
+        preemption.restore()
