@@ -47,7 +47,7 @@ def write_config(path: Path, values: dict) -> Path:
 
 def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resumes_exactly(idx_folder, tmp_path,
                                                                                           capsys):
-    extra = {"train.max_steps": 8, "data.num_workers": 2, "data.persistent_workers": True}
+    extra = {"train.max_steps": 40, "train.epochs": 7, "data.num_workers": 2, "data.persistent_workers": True}
     straight = write_config(tmp_path / "a.yaml", tiny_run_config(idx_folder, tmp_path / "a", **extra))
     killed = write_config(tmp_path / "b.yaml", tiny_run_config(idx_folder, tmp_path / "b", **extra))
     proc = subprocess.Popen(train_cmd(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -64,7 +64,7 @@ def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resume
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err
     stopped = torch.load(ckpt.list_checkpoints(tmp_path / "b" / "tiny")[-1], weights_only=True)["step"]
-    assert 2 <= stopped < 8 and not (tmp_path / "b" / "tiny" / LOCK).exists()
+    assert 2 <= stopped < 40 and not (tmp_path / "b" / "tiny" / LOCK).exists()
     resumed = subprocess.run(train_cmd(killed, "--resume", "auto"), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert reference.wait(timeout=300) == 0

@@ -6,6 +6,8 @@ Exit codes of `hybrid-distill train` (documented in README):
   3   stopped by a guard: too many non-finite steps in a row, or too many unreadable samples
   75  preempted (SIGTERM / SIGUSR1): a checkpoint was written; requeue and it resumes by itself
 """
+import atexit
+import multiprocessing
 import signal
 from pathlib import Path
 
@@ -67,6 +69,25 @@ def ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+def kill_workers_at_exit() -> None:
+    """At exit multiprocessing stops daemonic children with SIGTERM, which the workers now ignore,
+    and then waits for them: this runs first (atexit is last-in, first-out) and sends SIGKILL,
+    after taking back SIGCHLD from torch's loader (which would report the deaths as errors)."""
+    global _KILL_REGISTERED
+    if not _KILL_REGISTERED:
+        atexit.register(_kill_children)
+        _KILL_REGISTERED = True
+
+
+def _kill_children() -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        child.kill()
+
+
+_KILL_REGISTERED = False
+
+
 def worker_killed(err: BaseException, batches) -> bool:
     """A loader worker died of a signal: the job is being torn down, as by a preemption. The main
     process sees it as a RuntimeError from torch's SIGCHLD handler or as a broken pipe, depending
@@ -108,6 +129,7 @@ class BadSamples:
         self.path, self.name_of, self.write = Path(run_dir) / "bad_samples.txt", name_of, write
         self.max_fraction, self.every = max_fraction, every
         self.epoch, self.seen, self.bad, self.written = 0, 0, [], 0
+        self.failed = False  # the verdict, kept in checkpoints: a resumed run stops again
 
     def update(self, bad: torch.Tensor, step: int) -> None:
         self.seen += bad.numel()
@@ -124,6 +146,7 @@ class BadSamples:
     def check(self) -> dict:
         bad, seen = self.totals()
         if seen and bad / seen > self.max_fraction:
+            self.failed = True
             self.report()
             raise StopTraining(f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) read so far in epoch {self.epoch} "
                                f"were unreadable, above data.max_bad_fraction={self.max_fraction}; see {self.path}, "
@@ -143,7 +166,9 @@ class BadSamples:
         return counts
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seen": self.seen, "bad": list(self.bad), "written": self.written}
+        return {"epoch": self.epoch, "seen": self.seen, "bad": list(self.bad), "written": self.written,
+                "failed": self.failed}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.seen, self.bad, self.written = state["epoch"], state["seen"], list(state["bad"]), state["written"]
+        self.failed = state["failed"]

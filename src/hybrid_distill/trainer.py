@@ -230,7 +230,7 @@ class Trainer:
             if preemption.should_stop():
                 raise StopTraining(f"preempted before step {self.step + 1}: nothing new to save; resume with "
                                    f"--resume auto (exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=False)
-            if self.bad.seen:
+            if self.bad.failed:
                 self.bad.check()  # a resumed run keeps the verdict of the run it continues
             while self.step < last:
                 epoch = self.step // self.steps_per_epoch

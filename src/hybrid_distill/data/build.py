@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..guards import ignore_preemption_signals
+from ..guards import ignore_preemption_signals, kill_workers_at_exit
 from .fashion_mnist import FashionMNIST
 from .sampler import SeededDataset, StepSampler
 from .shards import ShardStream, StreamPosition, collate_readable
@@ -118,7 +118,7 @@ def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_
         stream, batch_size=micro_batch, num_workers=cfg.num_workers, collate_fn=collate_readable,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
-        worker_init_fn=ignore_preemption_signals,
+        worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
         generator=torch.Generator().manual_seed(seed))  # iter() must not draw from the global RNG
     return loader, StreamPosition(stream, global_batch)
 
@@ -126,6 +126,8 @@ def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_
 def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
     """A loader that yields uint8 micro-batches in the sampler's resumable step order."""
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
+    if cfg.num_workers > 0:
+        kill_workers_at_exit()
     if len(dataset) < global_batch:
         raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}: "
                         "lower optim.batch_size or add data")
@@ -138,6 +140,6 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
         num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-        worker_init_fn=ignore_preemption_signals,
+        worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
         generator=torch.Generator().manual_seed(seed))  # its own: iter() must not draw from the global RNG
     return loader, sampler
