@@ -1,33 +1,81 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU, in under 8 minutes: `hybrid-distill bench` for the ViT-B paper
-# setting (ViT-B student, CLIP ViT-B/16 features + MAE ViT-B/16 relations, 224 px, batch 128, bf16,
-# student and teachers compiled) against the plain step (4.6 minutes on an H200, most of it
-# compilation), then the default test suite (tiny runs use train.device=auto, so they train on CUDA
-# there; tests/test_cuda.py adds bf16 + torch.compile). The slow set is left to CI: with it the suite
-# did not finish in 3 minutes on the H200 (SIGKILL/torchrun process tests, ViT-B loading on the CPU).
-# Writes $OUT/{gpu.txt,pytest.txt,bench.txt,bench.json}. Teacher weights are random (same FLOPs and
-# time as the real ones; nothing is downloaded).
-#   bash scripts/gpu_check.sh            # PY=/path/to/python to use another interpreter
-set -euo pipefail
+# On a machine with an NVIDIA GPU, in about 7 minutes: every part of `hybrid-distill bench` for the
+# paper's ViT-B setting (ViT-B/16 student, CLIP ViT-B/16 features + MAE ViT-B/16 relations, 224 px,
+# random teacher weights: the same FLOPs and time, nothing downloaded), each under its own time limit,
+# a failed part not stopping the others, in this order:
+#   bench_compiled  plain vs optimised step (student and teachers compiled), and the optimised step with the
+#                   student under CUDA graphs (mode="reduce-overhead"): % of bf16 peak; first, as compilation
+#                   takes minutes (about 3 on an H200 for student and teachers)
+#   bench_eager     plain vs optimised (eager) step, each optimisation switched off on its own
+#   input           JPEG decode + RandomResizedCrop + flip: PIL and torchvision per CPU core, nvJPEG on
+#                   the GPU, on 400 x 350 quality-90 JPEGs written here; cores per GPU to feed the step
+#   fp8             FP8 teachers: targets' relative error against bf16, speed ratio (teachers, step)
+#   versus          the Hybrid step against the Distill-CLIP step (paper appendix D: ~1.2x)
+#   memory          ViT-L/16 student, ViT-L/14 CLIP + ViT-L/16 MAE teachers, activation checkpointing:
+#                   peak GiB per batch up to the largest that fits
+#   sweep           the ViT-B step at batch 128 ... 1024: img/s, peak GiB, % of bf16 peak
+# then one summary table (the end of stdout). Writes $OUT/log.txt (everything) and one JSON per part.
+#   bash scripts/gpu_check.sh            # PY=python3 to use another interpreter, BUDGET=seconds (420)
+#   bash scripts/gpu_check.sh --smoke    # every part on the CPU with tiny models: the code paths, in minutes
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/gpu_check}
+BUDGET=${BUDGET:-420}  # seconds for all parts; each also has its own cap below
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # also without `pip install -e .`
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-"$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; \
-print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
+LOG="$OUT/log.txt"
+: > "$LOG"
+PARTS=$(mktemp -d)
+SUMMARY=()
 
-# 1. the paper-setting bench (about 3 minutes: compilation, 3 warm-up and 10 timed repeats of every variant)
-bench=0
-timeout 300 "$PY" -m hybrid_distill.cli bench configs/hybrid_vitb_mae_clip.yaml --device cuda --batch 128 \
-    --steps 10 --warmup 3 --out "$OUT/bench.json" \
-    teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random \
-    teachers.mim.arch=vit_base_patch16_224 teachers.mim.weights=random 2>&1 | tee "$OUT/bench.txt" || bench=$?
+if [[ "${1:-}" == --smoke ]]; then  # tiny models on the CPU; compilation only with SMOKE_COMPILE=1 (slow there)
+    DEV=(--device cpu --smoke); B=4; BATCHES=4,8; LBATCHES=4,8; STEPS=(--steps 1 --warmup 1); SECONDS_PER_PATH=1
+    COMPILE=(--compile "$([[ ${SMOKE_COMPILE:-0} == 1 ]] && echo on || echo off)" --precision bf16 --steps 1 --warmup 1)
+    CAPX=6; BUDGET=${SMOKE_BUDGET:-2400}  # a shared CPU is slow: longer limits
+else
+    DEV=(--device cuda); B=256; BATCHES=128,256,512,1024; LBATCHES=256,512,1024,2048,4096; STEPS=(--steps 4 --warmup 2)
+    SECONDS_PER_PATH=3; COMPILE=(--compile on --steps 4 --warmup 1)  # compiled: medians robust to a late warm-up
+fi
+RANDOM_TEACHERS=(teachers.clip.arch=vit_base_patch16_clip_quickgelu_224 teachers.clip.weights=random
+                 teachers.mim.arch=vit_base_patch16_224 teachers.mim.weights=random)
+BENCH=("$PY" -m hybrid_distill.cli bench)
 
-# 2. the default tests (3 minutes at most)
-tests=0
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -rf --durations=8 2>&1 | tee "$OUT/pytest.txt" \
-    || tests=$?
-echo "gpu_check: bench exit code $bench, tests exit code $tests (124: timed out); figures in $OUT/bench.json"
-exit $((bench || tests))
+# part NAME CAP CMD...: CMD under `timeout` of min(CAP, what is left of BUDGET); its output to the log,
+# its last lines (its table, or its error) to stdout
+part() {
+    local name=$1 cap=$2; shift 2
+    local left=$((BUDGET - SECONDS)) start=$SECONDS rc
+    cap=$((cap * ${CAPX:-1}))
+    local limit=$((cap < left ? cap : left))
+    if ((limit < 15)); then
+        SUMMARY+=("$name: skipped, the time budget is spent"); return
+    fi
+    echo "=== $name (limit ${limit} s) ===" | tee -a "$LOG"
+    timeout -k 10 "$limit" "$@" > "$PARTS/$name.txt" 2>&1
+    rc=$?
+    cat "$PARTS/$name.txt" >> "$LOG"
+    grep -v '^repeat ' "$PARTS/$name.txt" | tail -n 22
+    SUMMARY+=("$name: exit code $rc$( ((rc == 124 || rc == 137)) && echo ' (timed out)') in $((SECONDS - start)) s")
+}
+
+part env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; \
+    \"$PY\" -c \"import torch, torchvision, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+    'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cuda available', torch.cuda.is_available()); \
+    print('capability', torch.cuda.get_device_capability() if torch.cuda.is_available() else None)\"; \
+    git log -1 --format='commit %h %s' 2>/dev/null || true"
+part bench_compiled 210 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
+    "${COMPILE[@]}" --cuda-graphs --no-ablation --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
+part bench_eager 60 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
+    --compile off --out "$OUT/bench_eager.json" "${RANDOM_TEACHERS[@]}"
+part input 40 "${BENCH[@]}" --input-pipeline "$PARTS/jpegs" --make 512 --seconds "$SECONDS_PER_PATH" \
+    --device "${DEV[1]}" --step-json "$OUT/bench_compiled.json" --out "$OUT/input.json"
+part fp8 40 "${BENCH[@]}" --fp8 "${DEV[@]}" --batch "$B" --steps 3 --warmup 1 --out "$OUT/fp8.json"
+part versus 40 "${BENCH[@]}" --versus-distill "${DEV[@]}" --batch "$B" --steps 3 --warmup 1 --out "$OUT/versus.json"
+part memory 80 "${BENCH[@]}" --memory "${DEV[@]}" --batches "$LBATCHES" --steps 1 --warmup 1 --out "$OUT/memory.json"
+part sweep 40 "${BENCH[@]}" --batch-sweep "${DEV[@]}" --batches "$BATCHES" --steps 2 --warmup 1 --out "$OUT/sweep.json"
+
+echo "=== summary (every part's output: $LOG) ===" | tee -a "$LOG"
+printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
+"$PY" -m hybrid_distill.cli bench --report "$OUT" 2>&1 | tee -a "$LOG"
+rm -rf "$PARTS"

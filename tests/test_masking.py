@@ -1,9 +1,10 @@
 """Redundant-token masking: reference values by hand and the paper's ViT-B schedule."""
 import torch
 
-from hybrid_distill.config import MaskingConfig
-from hybrid_distill.masking import (cls_and_kept, keep_with_prefix, num_kept, positions_within,
-                                    redundancy_scores, redundant_keep_indices, schedule_counts, selection_blocks)
+from hybrid_distill.config import MaskingConfig, Strategy
+from hybrid_distill.masking import (KeepLeastRedundant, num_kept, positions_within, redundancy_scores,
+                                    redundant_keep_indices, schedule_counts, selection_blocks)
+from hybrid_distill.models.tokens import cls_and_patches, keep_with_prefix
 from hybrid_distill.targets import TeacherSet
 
 
@@ -39,13 +40,17 @@ def test_teacher_set_schedules_progressive_and_last():
     class Fake(torch.nn.Module):
         depth = 12
     progressive = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim"), 196)
-    assert progressive.select == {0: 137, 4: 95, 8: 66} and progressive.num_kept == 66
-    last = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy="last"), 196)
-    assert last.select == {8: 66}
-    none = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy="none"), 196)
-    assert none.select == {} and none.keep_for(2, "cpu").shape == (2, 196)
-    rand = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy="random"), 196)
-    keep = rand.keep_for(3, "cpu")
+    assert progressive.schedule == {0: 137, 4: 95, 8: 66} and progressive.num_kept == 66
+    select = progressive.selector(2, "cpu")
+    assert isinstance(select, KeepLeastRedundant) and select.blocks == (0, 4, 8) and not select.prune
+    last = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.last), 196)
+    assert last.schedule == {11: 66} and last.num_kept == 66  # one selection after the final block
+    none = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.none), 196)
+    assert none.schedule == {} and none.selector(2, "cpu").start(2, 196, "cpu").shape == (2, 196)
+    rand = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim", strategy=Strategy.random), 196)
+    select = rand.selector(3, "cpu")
+    assert select.blocks == ()
+    keep = select.start(3, 196, "cpu")
     assert keep.shape == (3, 66) and all(len(set(k.tolist())) == 66 for k in keep)
 
 
@@ -53,5 +58,8 @@ def test_gather_helpers_keep_cls_and_drop_registers():
     x = torch.arange(2 * 7).reshape(1, 7, 2).float()  # CLS, 2 registers, 4 patches
     keep = torch.tensor([[1, 3]])
     assert torch.equal(keep_with_prefix(x, keep, 3)[0, :, 0], torch.tensor([0.0, 2.0, 4.0, 8.0, 12.0]))
-    assert torch.equal(cls_and_kept(x, keep, 3)[0, :, 0], torch.tensor([0.0, 8.0, 12.0]))
+    assert torch.equal(cls_and_patches(keep_with_prefix(x, keep, 3), 3)[0, :, 0], torch.tensor([0.0, 8.0, 12.0]))
+    logits = torch.arange(7 * 7).reshape(1, 1, 7, 7)  # (B, H, N, N): rows and columns alike
+    assert cls_and_patches(cls_and_patches(logits, 3, 2), 3, 3)[0, 0, :, 0].tolist() == [0, 21, 28, 35, 42]
+    assert cls_and_patches(logits, 1, 2) is logits  # CLS only: nothing to drop
     assert torch.equal(positions_within(torch.tensor([[1, 2, 3, 5]]), torch.tensor([[2, 5]])), torch.tensor([[1, 3]]))

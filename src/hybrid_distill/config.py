@@ -19,15 +19,18 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 class Strategy(str, Enum):
     progressive = "progressive"  # paper 3.2, eq. 4
-    last = "last"                # select once at the last block of the schedule (paper Table 8)
+    last = "last"                # one selection after the picker's final block, to the same count (Table 8 "direct")
     random = "random"
     none = "none"
 
 
 class RelationKind(str, Enum):
-    raw = "raw"          # q k^T (paper eq. 2 as written)
-    scaled = "scaled"    # q k^T * hd^-0.5, the logits the teacher's softmax sees (default)
-    softmax = "softmax"  # attention probabilities
+    """What a teacher gives at each of its relation blocks (paper eq. 2; Tables 5/6 "T'_m")."""
+    raw = "raw"            # R = q k^T per head, unscaled, as eq. 2 writes it (default)
+    scaled = "scaled"      # q k^T * hd^-0.5, the logits the softmax sees: 8x smaller at head dim 64
+    softmax = "softmax"    # attention probabilities
+    msa = "msa"            # MSA^i = Softmax(R / sqrt(hd)) V per head, before the output projection (eq. 2)
+    features = "features"  # T_m^i: the block's output tokens, through their own student head (eq. 2)
 
 
 class RelationHeads(str, Enum):
@@ -35,11 +38,35 @@ class RelationHeads(str, Enum):
     head_mean = "head_mean"  # for students whose head count differs from the teacher's
 
 
+class Decoder(str, Enum):
+    none = "none"      # the encoder's tokens are the prediction: needs equal student and teacher widths
+    linear = "linear"  # one Linear(D_s -> D_t) per feature teacher (FD's 1x1 conv; the default)
+    blocks = "blocks"  # dBOT's asymmetric decoder: decoder_depth timm Blocks, then a Linear (paper 2.2, fig. 1)
+
+
+class MaskStyle(str, Enum):
+    none = "none"
+    simmim = "simmim"  # mask tokens in the encoder's input, loss on masked tokens (paper 2.4, SimMIM)
+    dbot = "dbot"      # the encoder sees visible tokens, mask tokens enter the decoder (paper B.2, dBOT)
+
+
 class Amp(str, Enum):
     auto = "auto"  # bf16 on CUDA, fp32 on CPU
     bf16 = "bf16"
     fp16 = "fp16"
     none = "none"
+
+
+class TeacherPrecision(str, Enum):
+    auto = "auto"  # bf16 teachers when the student trains under bf16 autocast, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp8 = "fp8"  # e4m3 matrix products in the teachers' blocks (sm_89+ GPUs), bf16 elsewhere
+
+
+class Decode(str, Enum):
+    pil = "pil"  # decode, crop and flip in the loader's workers (PIL)
+    gpu = "gpu"  # workers send the JPEG bytes; decode (nvJPEG), crop and flip on the GPU
 
 
 @dataclass
@@ -60,6 +87,15 @@ class DataConfig:
     prefetch_factor: int = 2
     max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
     bad_check_every: int = 50  # steps between checks of the unreadable fraction (and at each epoch's end)
+    decode: Decode = Decode.pil  # gpu: JPEG folders on CUDA only; the same crops from the same per-sample seeds
+
+
+@dataclass
+class MaskReconConfig:
+    """Mask feature reconstruction (paper 2.4, B.2): the feature teachers' targets, predicted at masked tokens."""
+    style: MaskStyle = MaskStyle.none
+    ratio: Optional[float] = None  # None: 0.6 simmim (SimMIM's ViT config), 0.75 dbot (dBOT main_pretrain.py)
+    patch: Optional[int] = None  # mask cell in pixels; None: 32 simmim (SimMIM), the model patch dbot (dBOT)
 
 
 @dataclass
@@ -69,6 +105,10 @@ class StudentConfig:
     drop_path: float = 0.2  # dBOT --drop_path for ViT-B
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    decoder: Decoder = Decoder.linear  # what predicts the teacher features from the encoder's tokens
+    decoder_depth: int = 8  # blocks of the `blocks` decoder (dBOT mae_vit_*_dec512d8b; paper fig. 9: 1, 4, 8)
+    mask_recon: MaskReconConfig = field(default_factory=MaskReconConfig)
+    fd_encoder: bool = False  # FD's encoder: layer scale 0.1, shared relative position bias, no absolute positions
 
 
 @dataclass
@@ -79,12 +119,15 @@ class TeacherConfig:
     match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
     features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
-    feature_block: int = -1  # -1: last block
-    final_norm: bool = True  # teacher's own final norm on the target (FD PRED_FEAT_AFTERNORM)
-    whiten: bool = True  # per-token LayerNorm without affine on the target (FD ln_tgt)
+    feature_block: int = -1  # -1: last block; another block is matched at its student block, own head
+    final_norm: bool = True  # teacher's own final norm on a last-block target (FD PRED_FEAT_AFTERNORM)
+    whiten: bool = True  # per-token LayerNorm without affine on feature targets (FD ln_tgt)
     relation_blocks: List[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
-    relation_kind: RelationKind = RelationKind.scaled
+    relation_kind: RelationKind = RelationKind.raw  # eq. 2's R = Q K^T (was `scaled`: loss balance moves)
     relation_heads: RelationHeads = RelationHeads.per_head
+    # teacher block (as written above) -> student block that matches it; unlisted: the same relative
+    # depth, student block floor((i + 1) * S / T) - 1 (identity at equal depths)
+    student_blocks: Dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +162,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     device: str = "auto"  # auto | cpu | cuda
     amp: Amp = Amp.auto
+    teacher_precision: TeacherPrecision = TeacherPrecision.auto  # fp8: targets within ~5% of bf16 (bench --fp8)
     activation_checkpointing: bool = False  # recompute student blocks in backward (ViT-L/H memory)
     fsdp: bool = False  # shard the student with FSDP2 (fully_shard per block) instead of DDP, for ViT-L/H
     compile: bool = False  # torch.compile the student and each teacher in place (first steps compile; bench)
@@ -225,7 +269,27 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("train.compile is not supported with train.fsdp yet: set train.compile=false, or use DDP")
     if cfg.train.fsdp and cfg.train.monitor_every:
         raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
+    check_student(cfg)
     check_config(cfg)
+
+
+def check_student(cfg: DictConfig) -> None:
+    """The section-2 variants: decoders, mask feature reconstruction."""
+    s, recon = cfg.student, cfg.student.mask_recon
+    if Decoder(s.decoder) is Decoder.blocks and s.decoder_depth < 1:
+        raise ConfigError(f"student.decoder_depth={s.decoder_depth} must be >= 1 with student.decoder=blocks")
+    if MaskStyle(recon.style) is MaskStyle.none:
+        return
+    if MaskStyle(recon.style) is MaskStyle.dbot and Decoder(s.decoder) is not Decoder.blocks:
+        raise ConfigError("student.mask_recon.style=dbot feeds mask tokens to a decoder: set student.decoder=blocks")
+    if recon.ratio is not None and not 0.0 < recon.ratio < 1.0:
+        raise ConfigError(f"student.mask_recon.ratio={recon.ratio} must be in (0, 1)")
+    if cfg.masking.teacher is not None and Strategy(cfg.masking.strategy) is not Strategy.none:
+        raise ConfigError("student.mask_recon masks its own tokens: set masking.teacher=null (no token selection)")
+    for name, t in cfg.teachers.items():
+        if t.relation_blocks:
+            raise ConfigError(f"student.mask_recon reconstructs features only (paper 2.4): teachers.{name} "
+                              "gives relations; set its relation_blocks=[] or student.mask_recon.style=none")
 
 
 def to_yaml(cfg: DictConfig) -> str:

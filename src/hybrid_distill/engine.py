@@ -1,4 +1,8 @@
-"""One distillation step (paper eq. 1), the optimiser and its per-step schedule."""
+"""One distillation step (paper eq. 1), the optimiser and its per-step schedule.
+
+The trainer and the bench both run `forward_backward` and `optimizer_step`; `bench/plain.py` is the one
+deliberate second implementation of the step, the tests' oracle and the bench's baseline.
+"""
 import contextlib
 import math
 
@@ -9,7 +13,8 @@ from torch import nn
 from .data.transforms import to_unit
 from .losses import distill_losses
 
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token")
+# + SimMIM's / dBOT's mask token and FD's relative position bias table (their no_weight_decay lists)
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token", "relative_position_bias_table")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -24,8 +29,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel for all parameters) on CUDA and CPU: 3x faster than foreach for ViT-S
-    on 2 CPU cores (hybrid-distill bench, '- fused_adamw')."""
+    """AdamW, fused (one kernel for all parameters) on CUDA and CPU: faster than foreach (hybrid-distill
+    bench, '- fused_adamw')."""
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) or None
     return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=0.0,
                              betas=tuple(optim_cfg.betas), fused=fused)
@@ -44,29 +49,47 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _no_lap(phase: str) -> None:
+    pass
+
+
+def forward_backward(student: nn.Module, teachers: nn.Module, pixels: torch.Tensor, ctx, scaler=None,
+                     accum: int = 1, lap=_no_lap) -> dict[str, torch.Tensor]:
+    """Paper eq. 1 on one (micro-)batch of pixels (B, 3, H, W) in [0, 1]: the frozen teachers' targets
+    (the MIM teacher picks the kept tokens), the student on CLS + kept tokens, the named loss parts,
+    and the backward of loss / accum (scaled by `scaler` for fp16). Gradients accumulate in the
+    student. `lap(phase)` is called after each stage (the bench's clock)."""
+    targets = teachers(pixels, lap)  # no grad, in the teachers' own precision
+    with ctx.autocast():
+        out = student(pixels, targets.keep)
+        lap("student forward")
+        parts = distill_losses(out, targets, ctx.loss_weights, ctx.beta)
+        lap("losses")
+    loss = parts["loss"] / accum
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    lap("student backward")
+    return parts
+
+
 def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torch.Tensor],
-               optimizer: torch.optim.Optimizer, scaler, lr: float, run) -> dict[str, torch.Tensor]:
-    """Accumulate over micro-batches, clip, step. Returns the loss parts, detached, averaged."""
+               optimizer: torch.optim.Optimizer, scaler, lr: float, ctx) -> dict[str, torch.Tensor]:
+    """Accumulate over micro-batches of uint8 images, clip, step. Returns the loss parts, detached, averaged."""
     set_lr(optimizer, lr)
     totals: dict[str, torch.Tensor] = {}
     for i, images in enumerate(micro_batches):
-        pixels = to_unit(images.to(run.device, non_blocking=True))  # (B, 3, H, W) in [0, 1]
+        pixels = to_unit(images.to(ctx.device, non_blocking=True))  # (B, 3, H, W) in [0, 1]
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(student, "no_sync") else student.no_sync()
-        with sync, run.autocast():
-            targets = teachers(pixels)  # frozen teachers; the MIM teacher picks the kept tokens
-            keep = next(iter(targets.values())).keep  # (B, K), shared by every target
-            out = student(pixels, keep)  # student on CLS + kept tokens only
-            parts = distill_losses(out, targets, run.loss_weights, run.beta)
-            scaler.scale(parts["loss"] / len(micro_batches)).backward()
+        with sync:
+            parts = forward_backward(student, teachers, pixels, ctx, scaler, len(micro_batches))
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
-    totals.update(finish_step(student, optimizer, scaler, run.clip_grad, totals["loss"]))
+    totals.update(optimizer_step(student, optimizer, scaler, ctx.clip_grad, totals["loss"]))
     return totals
 
 
-def finish_step(student: nn.Module, optimizer: torch.optim.Optimizer, scaler, clip_grad: float,
-                loss: torch.Tensor) -> dict[str, torch.Tensor]:
+def optimizer_step(student: nn.Module, optimizer: torch.optim.Optimizer, scaler, clip_grad: float,
+                   loss: torch.Tensor) -> dict[str, torch.Tensor]:
     """Clip, step unless non-finite, clear the gradients: {'grad_norm', 'skipped'}."""
     scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(student.parameters(), clip_grad)

@@ -3,6 +3,11 @@
 Keep indices always address patch tokens only (0..L-1), sorted ascending; the CLS token is never
 scored and always kept (PCAE `forward_teacher`, same authors). Shapes: B batch, L patches,
 K kept patches, D width, P prefix tokens.
+
+A selector tells a teacher which patches to keep (`Teacher.forward`): `start(B, L, device)` gives the
+keep set before block 0, and `select(block, patches)` narrows it after each block of `select.blocks`,
+returning positions within the patches it is shown (those still kept). With `prune`, the teacher then
+drops the other tokens from its sequence (PCAE style).
 """
 import math
 
@@ -59,16 +64,43 @@ def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-def keep_with_prefix(tokens: torch.Tensor, index: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """(B, P + L, D) -> (B, P + K, D): prefix tokens (CLS, registers) kept, patches gathered."""
-    return torch.cat([tokens[:, :num_prefix], gather_tokens(tokens[:, num_prefix:], index)], dim=1)
+def positions_within(present: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Where each kept index sits in the sorted `present` indices (keep a subset of present)."""
+    return torch.searchsorted(present.contiguous(), keep.contiguous())
 
 
-def cls_and_kept(tokens: torch.Tensor, index: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """(B, P + L, D) -> (B, 1 + K, D): the CLS token and the kept patches, registers dropped."""
-    return torch.cat([tokens[:, :1], gather_tokens(tokens[:, num_prefix:], index)], dim=1)
+class KeepLeastRedundant:
+    """Paper eq. 4 after each block of `counts` ({block: patches kept after it}), e.g. ViT-B
+    {0: 137, 4: 95, 8: 66} (paper 4.1, PCAE); `prune`: later blocks see the kept tokens only."""
+
+    def __init__(self, counts: dict[int, int], prune: bool = False):
+        self.counts, self.prune = dict(counts), prune
+        self.blocks = tuple(sorted(counts))
+
+    def start(self, batch: int, num_patches: int, device) -> torch.Tensor:
+        return all_indices(batch, num_patches, device)
+
+    def __call__(self, block: int, patches: torch.Tensor) -> torch.Tensor:
+        return least_redundant(patches, self.counts[block])
 
 
-def positions_within(present: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
-    """Where each kept index sits in the sorted `present` indices (keep a subset; None: all present)."""
-    return keep if present is None else torch.searchsorted(present.contiguous(), keep.contiguous())
+class KeepGiven:
+    """A keep set (B, K) fixed before the teacher runs: another teacher's choice, or every patch."""
+    blocks, prune = (), False
+
+    def __init__(self, keep: torch.Tensor):
+        self.keep = keep
+
+    def start(self, batch: int, num_patches: int, device) -> torch.Tensor:
+        return self.keep
+
+
+class KeepRandom:
+    """k patches per image, uniformly at random (masking.strategy=random)."""
+    blocks, prune = (), False
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def start(self, batch: int, num_patches: int, device) -> torch.Tensor:
+        return random_keep_indices(batch, num_patches, self.k, device)

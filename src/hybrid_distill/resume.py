@@ -68,7 +68,8 @@ def check_fits(state: dict, student: torch.nn.Module, cfg, path: Path) -> None:
     """The checkpoint's student and heads have this student's parameter names and shapes."""
     want = {k: tuple(v.shape) for k, v in student.state_dict().items()}
     have = {**{f"backbone.{k}": tuple(v.shape) for k, v in state["student"].items()},
-            **{f"heads.{k}": tuple(v.shape) for k, v in state["heads"].items()}}
+            **{f"heads.{k}": tuple(v.shape) for k, v in state["heads"].items()},
+            **{k: tuple(v.shape) for k, v in state.get("extras", {}).items()}}
     if want == have:
         return
     changed = _changes(state.get("config", {}), cfg) if "config" in state else []

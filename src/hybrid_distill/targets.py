@@ -1,45 +1,63 @@
 """All teachers together: the token picker runs first, the others follow on its keep set."""
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
 from .config import Strategy
-from .masking import all_indices, random_keep_indices, schedule_counts, selection_blocks
-from .models.teacher import Teacher, TeacherOutput
+from .masking import KeepGiven, KeepLeastRedundant, KeepRandom, all_indices, schedule_counts, selection_blocks
+from .models.teacher import Teacher
+
+
+@dataclass
+class Targets:
+    """What the student distils in one step, every tensor at CLS + the same kept patches."""
+    keep: torch.Tensor  # (B, K) kept patch indices
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
+    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> block -> (B, H, 1+K, 1+K)
+
+
+def _no_lap(phase: str) -> None:
+    pass
 
 
 class TeacherSet(nn.Module):
-    """images -> {teacher name: TeacherOutput}, every output at the same kept tokens."""
+    """images -> Targets. Outputs need no grad: the teachers are frozen (no parameter requires grad)
+    and run under torch.no_grad; their outputs go to the loss as they are, with no copies."""
 
     def __init__(self, teachers: dict[str, Teacher], masking, num_patches: int):
         super().__init__()
         self.teachers = nn.ModuleDict(teachers)
+        self.masking = masking
         self.picker = masking.teacher
-        self.strategy = Strategy(masking.strategy if masking.teacher else Strategy.none)
-        self.prune = bool(masking.prune_teacher)
+        self.strategy = masking.strategy if masking.teacher else Strategy.none
         self.num_patches = num_patches
-        self.select = self.selection_schedule(masking)
+        self.schedule = self.selection_schedule(masking)
 
     def selection_schedule(self, masking) -> dict[int, int]:
-        """Block -> patches kept after it; e.g. ViT-B {0: 137, 4: 95, 8: 66} (paper 4.1, PCAE)."""
+        """Block -> patches kept after it; e.g. ViT-B {0: 137, 4: 95, 8: 66} (paper 4.1, PCAE), `last` {11: 66}."""
         if self.strategy is Strategy.none:
             return {}
         depth = self.teachers[self.picker].depth
         blocks = list(masking.blocks) if masking.blocks is not None else selection_blocks(depth)
         counts = schedule_counts(self.num_patches, masking.keep_ratio, len(blocks))
         if self.strategy is Strategy.last:
-            return {blocks[-1]: counts[-1]}
+            # Table 8 "direct": "generates token mask at the last layer", one selection after the
+            # picker's final block, to the progressive schedule's final count (66 of 196 for ViT-B/16)
+            return {depth - 1: counts[-1]}
         return dict(zip(blocks, counts[1:]))
 
     @property
     def num_kept(self) -> int:
-        return min(self.select.values()) if self.select else self.num_patches
+        return min(self.schedule.values()) if self.schedule else self.num_patches
 
-    def keep_for(self, batch: int, device) -> torch.Tensor | None:
+    def selector(self, batch: int, device):
+        """The picker's selector for this strategy (masking.py)."""
         if self.strategy is Strategy.random:
-            return random_keep_indices(batch, self.num_patches, self.num_kept, device)
+            return KeepRandom(self.num_kept)
         if self.strategy is Strategy.none:
-            return all_indices(batch, self.num_patches, device)
-        return None  # chosen by the picker
+            return KeepGiven(all_indices(batch, self.num_patches, device))
+        return KeepLeastRedundant(self.schedule, bool(self.masking.prune_teacher))
 
     def train(self, mode: bool = True) -> "TeacherSet":
         return super().train(False)
@@ -52,8 +70,7 @@ class TeacherSet(nn.Module):
         return self
 
     def compile(self, **kwargs) -> "TeacherSet":
-        """torch.compile each teacher's forward in place (its state_dict keeps its keys). The set's own
-        forward stays eager: it holds the inference mode and the clones."""
+        """torch.compile each teacher's forward in place (its state_dict keeps its keys)."""
         for teacher in self.teachers.values():
             teacher.compile(**kwargs)
         return self
@@ -63,22 +80,17 @@ class TeacherSet(nn.Module):
         rest = [n for n in self.teachers if n != self.picker]
         return [self.picker] + rest if self.picker in self.teachers else rest
 
-    def forward(self, pixels: torch.Tensor) -> dict[str, TeacherOutput]:
-        keep = self.keep_for(pixels.shape[0], pixels.device)
-        out = {}
+    def forward(self, pixels: torch.Tensor, lap=_no_lap) -> Targets:
+        """`lap(phase)` is called after each teacher (the bench's clock)."""
+        select = self.selector(pixels.shape[0], pixels.device)
+        targets = None
         for name in self.order():
-            out[name] = self.run_teacher(name, pixels, keep)
-            keep = out[name].keep
-        return out
-
-    def run_teacher(self, name: str, pixels: torch.Tensor, keep: torch.Tensor | None) -> TeacherOutput:
-        """One teacher under inference mode (no autograd bookkeeping); the picker when keep is None.
-        Its outputs are cloned outside inference mode: the loss's backward must be able to save them."""
-        teacher = self.teachers[name]
-        with torch.inference_mode():
-            if keep is None:
-                out = teacher(pixels, select=self.select, prune=self.prune)
-            else:
-                out = teacher(pixels, keep=keep)
-        return TeacherOutput(out.keep.clone(), None if out.features is None else out.features.clone(),
-                             {spec: rel.clone() for spec, rel in out.relations.items()})
+            out = self.teachers[name](pixels, select)
+            targets = targets or Targets(out.keep)
+            if out.features is not None:
+                targets.features[name] = out.features
+            if out.relations:
+                targets.relations[name] = out.relations
+            select = KeepGiven(out.keep)
+            lap(f"teacher {name}")
+        return targets

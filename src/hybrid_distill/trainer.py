@@ -1,11 +1,7 @@
 """The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
-import contextlib
 import json
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
@@ -13,14 +9,16 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from . import checkpoint as ckpt
 from .build import build_models
-from .config import Amp, ConfigError, to_dict, to_yaml
+from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
+from .data.gpu_decode import check_gpu_decode
 from .distributed import Dist, init_distributed
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
-from .models.attention import set_fused_attention, student_fused_attention
+from .models.attention import student_fused_attention
+from .models.precision import set_teacher_precision
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
 from .resume import check_fits, load as load_resume, resolve as resolve_resume
@@ -28,42 +26,7 @@ from .run_dir import RunLock, check_available
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
-
-
-@dataclass
-class RunContext:
-    """What the step needs besides models and data."""
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    loss_weights: dict[str, float]
-    beta: float
-    clip_grad: float
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
-    return torch.device(name)
-
-
-def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
-    amp = Amp(amp)
-    if amp is Amp.auto:
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {Amp.bf16: torch.bfloat16, Amp.fp16: torch.float16, Amp.none: None}[amp]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from .runtime import RunContext, amp_dtype, pick_device, seed_everything
 
 
 def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
@@ -81,6 +44,8 @@ class Trainer:
         self.dist: Dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg.data.decode == "gpu":
+            check_gpu_decode(self.device)
         check_available(self.run_dir, resume)  # every refusal before anything is built or written
         resume_path = resolve_resume(resume, self.run_dir)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
@@ -88,14 +53,13 @@ class Trainer:
         self.micro_batch = self.micro_batch_size()
         self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
                                                  self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
-        self.student, self.teachers, self.records = build_models(cfg)
+        self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device))
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
-        set_fused_attention([self.student], student_fused_attention(self.device))
         dtype = amp_dtype(cfg.train.amp, self.device)
-        if dtype is torch.bfloat16:
-            self.teachers.cast(torch.bfloat16)  # frozen teachers in bf16: ~2.9x (bench); targets stay fp32
+        # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
+        set_teacher_precision(self.teachers, cfg.train.teacher_precision, dtype, self.device)
         if cfg.train.compile:  # in place, before DDP: parameter names and checkpoints stay the same
             self.student.compile()
             self.teachers.compile()
@@ -158,7 +122,7 @@ class Trainer:
         state = load_resume(path)
         check_fits(state, self.student, self.cfg, path)
         model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
-                       **{f"heads.{k}": v for k, v in state["heads"].items()}}
+                       **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
         set_model_state_dict(self.student, model_state, options=FULL_STATE)
         set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
@@ -185,7 +149,8 @@ class Trainer:
         model_state = get_model_state_dict(self.student, options=FULL_STATE)
         optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
         part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        return {"student": part("backbone."), "heads": part("heads."),
+        extras = {k: v for k, v in model_state.items() if not k.startswith(("backbone.", "heads."))}  # decoder, mask token
+        return {"student": part("backbone."), "heads": part("heads."), "extras": extras,
                 "optimizer": optim_state, "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
                 "bad_samples": bads, "config": to_dict(self.cfg)}
@@ -283,7 +248,7 @@ class Trainer:
             micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
             self.stepping = True
             lr = self.lr()
-            images = [m[0] for m in micro]
+            images = [self.images(m[0]) for m in micro]
             parts = train_step(self.model, self.teachers, images, self.optimizer, self.scaler, lr, self.ctx)
             self.step += 1
             self.stepping = False
@@ -295,6 +260,12 @@ class Trainer:
             if preemption.should_stop():
                 raise StopTraining(f"preempted by a signal; resume with --resume auto (exit code {EXIT_PREEMPTED})",
                                    EXIT_PREEMPTED)
+
+    def images(self, batch):
+        """uint8 images (B, 3, S, S); data.decode=gpu: decoded, cropped and flipped on the device."""
+        if self.cfg.data.decode != "gpu":
+            return batch
+        return batch.decode(self.cfg.data.img_size, self.device, self.cfg.data.interpolation)
 
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train

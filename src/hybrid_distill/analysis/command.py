@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from hybrid_distill.analysis import plots
-from hybrid_distill.analysis.extract import METRICS, dataset_metrics, query_maps
-from hybrid_distill.models.load import load_model, mean_std
+from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
+from hybrid_distill.models.load import load_model, mean_std, student_with_decoder
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.provenance import provenance
 from hybrid_distill.validate import at_least, device, model_spec, writable_dir
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--map-images", type=int, default=2, help="images shown in the attention-map figures")
     p.add_argument("--img-size", type=int, default=None, help="input size for timm names (their img_size)")
     p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names")
+    p.add_argument("--decoder", action="store_true",
+                   help="run directories and checkpoints (trained with student.decoder=blocks): the decoder's "
+                        "blocks too, as layers after the encoder's (paper figure 3a); timm names as usual")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
@@ -143,6 +146,11 @@ def resolve_device(name: str) -> torch.device:
 
 def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
     kwargs = {"img_size": args.img_size} if args.img_size else {}
+    if args.decoder and Path(spec).exists():
+        try:
+            return student_with_decoder(spec)
+        except (ValueError, KeyError) as err:
+            raise AnalyzeError(f"--decoder: {err}") from err
     if Path(spec).exists() and (kwargs or args.pretrained):
         print(f"note: --img-size/--pretrained apply to timm names only; {spec} keeps its own")
         kwargs = {}
@@ -156,7 +164,7 @@ def describe(model: torch.nn.Module) -> dict:
     mean, std = mean_std(model)
     pe = model.patch_embed
     return {"architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
-            "depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads,
+            "depth": num_layers(model), "encoder_depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads,
             "embed_dim": model.embed_dim, "img_size": list(pe.img_size), "patch_size": list(pe.patch_size),
             "grid_size": list(pe.grid_size), "num_prefix_tokens": int(model.num_prefix_tokens),
             "mean": list(mean), "std": list(std)}

@@ -14,6 +14,7 @@ from torch import nn
 
 from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
 from hybrid_distill.models.attention import attention_probs, check_block
+from hybrid_distill.masking import all_indices
 from hybrid_distill.models.tokens import embed_tokens
 
 METRICS = ("distance", "distance_plain", "nmi")
@@ -33,6 +34,14 @@ def check_vit(model: nn.Module) -> None:
                             f"has no `{name}`. Load the model with hybrid_distill.models.load.load_model.")
     for block in model.blocks:
         check_block(block)
+    if getattr(model, "decoder", None) is not None and model.num_prefix_tokens != 1:
+        raise TypeError("decoder analysis needs a student with a CLS token and no registers")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Analysed layers: the encoder's blocks, then a student's decoder blocks when attached (figure 3a)."""
+    decoder = getattr(model, "decoder", None)
+    return len(model.blocks) + (len(decoder.blocks) if decoder is not None else 0)
 
 
 def geometry(model: nn.Module, images: torch.Tensor) -> dict:
@@ -58,6 +67,12 @@ def reduce_attention(model: nn.Module, images: torch.Tensor,
             for i, block in enumerate(model.blocks):
                 x, probs = attention_probs(block, x)
                 out.append(reduce(i, probs))
+            decoder = getattr(model, "decoder", None)
+            if decoder is not None:  # every token, no mask: the decoder as direct distillation runs it
+                x = decoder.enter(model.norm(x), all_indices(x.shape[0], x.shape[1] - 1, device))
+                for j, block in enumerate(decoder.blocks):
+                    x, probs = attention_probs(block, x)
+                    out.append(reduce(len(model.blocks) + j, probs))
     finally:
         model.train(was_training)
     return out
@@ -94,7 +109,7 @@ def query_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[int],
     each row is renormalised over patches, so a map is a distribution over the image (paper fig. 5c).
     """
     g = geometry(unwrap(model), images)
-    P, L, depth = g["num_prefix_tokens"], g["grid_size"][0] * g["grid_size"][1], len(unwrap(model).blocks)
+    P, L, depth = g["num_prefix_tokens"], g["grid_size"][0] * g["grid_size"][1], num_layers(unwrap(model))
     bad_layers = [layer for layer in layers if not -depth <= layer < depth]
     bad_queries = [q for q in queries if not 0 <= q < L]
     if bad_layers or bad_queries:

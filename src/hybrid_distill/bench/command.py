@@ -5,8 +5,11 @@ warm-up, medians over repeats, their ratio, and each optimisation switched off o
     hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
         teachers.clip.weights=random teachers.mim.weights=random
 """
+import argparse
+import importlib
 import json
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -20,9 +23,21 @@ from ..build import build_models
 from ..cli_parser import Parser
 from ..config import load_config, to_dict
 from ..provenance import provenance
+from ..runtime import RunContext, pick_device, seed_everything
 from ..validate import at_least, device, writable_dir
-from ..trainer import RunContext, pick_device, seed_everything
 from .phases import Bench, NullClock, Switches, default_switches
+
+GRAPHS = "optimised + CUDA graphs"
+
+# `hybrid-distill bench MODE ...`: flag -> (module, what it measures)
+MODES = {
+    "--input-pipeline": ("input_pipeline", "JPEG decode + RandomResizedCrop + flip img/s per CPU core and on a GPU"),
+    "--versus-distill": ("versus", "the Hybrid step against the Distill-CLIP step (paper appendix D: ~1.2x)"),
+    "--fp8": ("fp8_check", "FP8 teachers against bf16: the targets' relative error and the speed ratio"),
+    "--batch-sweep": ("sweep", "the training step at growing batches: img/s, peak memory, % of bf16 peak"),
+    "--memory": ("memory", "ViT-L student and ViT-L CLIP + MAE teachers: peak memory per batch"),
+    "--report": ("report", "one table from the JSON files the other modes wrote"),
+}
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' datasheets (without sparsity)
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -55,6 +70,9 @@ def parse(argv):
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the student and the teachers in the optimised step (auto: on CUDA only)")
     p.add_argument("--no-ablation", action="store_true", help="skip the runs with one optimisation switched off")
+    p.add_argument("--smoke", action="store_true", help="tiny models at 32 px: checks the code path in seconds")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)")
     p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
     return p.parse_intermixed_args(argv)
 
@@ -87,7 +105,7 @@ def loader_batches(cfg, batch: int):
         epoch += 1
 
 
-def variants(sw: Switches, device: torch.device, ablation: bool) -> dict[str, Switches | None]:
+def variants(sw: Switches, device: torch.device, ablation: bool, graphs: bool = False) -> dict[str, Switches | None]:
     """plain, optimised, and with `ablation` each optimisation switched off on its own. When compiling,
     the other switches are ablated from the eager optimised step ('(eager)'): every compiled variant
     would cost a compilation of its own, and dynamo's recompile limit would fall back to eager."""
@@ -104,6 +122,8 @@ def variants(sw: Switches, device: torch.device, ablation: bool) -> dict[str, Sw
             if name == "uint8_input" and device.type != "cuda":
                 continue  # no host-to-device copy on the CPU
             out[f"- {name}{suffix}"] = eager.without(name)
+    if graphs and sw.compile_student:
+        out[GRAPHS] = replace(sw, cuda_graphs=True)
     if sw.bf16_teachers or sw.bf16_student:  # the optimised step in fp32 as well: the ratio in both precisions
         out[f"optimised fp32{suffix}"] = replace(eager, bf16_teachers=False, bf16_student=False)
     return out
@@ -116,7 +136,7 @@ def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> 
     counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
     with counter:
         bench.forward_backward(sw, images, NullClock())
-    bench.student.zero_grad(set_to_none=True)
+    (bench.student if sw is None else bench.student_for(sw)).zero_grad(set_to_none=True)
     return counter.get_total_flops() / images.shape[0] / 1e9
 
 
@@ -130,16 +150,40 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
 def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[str, list[dict]]:
     """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped."""
     names, records = list(runs), {n: [] for n in runs}
+    try:
+        repeat(bench, runs, batches, warmup, steps, names, records)
+    except TimeUp:  # `timeout` (scripts/gpu_check.sh) ran out: report the repeats done
+        print("stopped by SIGTERM: reporting the timed repeats done so far", file=sys.stderr, flush=True)
+    return {n: r for n, r in records.items() if r}
+
+
+class TimeUp(BaseException):
+    """SIGTERM, as KeyboardInterrupt is SIGINT: no `except Exception` (a variant's, compilers') catches it."""
+
+
+def _time_up(signum, frame):
+    raise TimeUp()
+
+
+def repeat(bench: Bench, runs: dict, batches, warmup: int, steps: int, names: list, records: dict) -> None:
     for r in range(warmup + steps):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
             images = next(batches)  # with --data: the wait for the loader's workers (0 when overlapped)
-            times = {"data": time.perf_counter() - start, **bench.step(runs[name], images)}
+            try:
+                times = {"data": time.perf_counter() - start, **bench.step(runs[name], images)}
+            except Exception as err:  # an experimental variant (CUDA graphs) must not take the others down
+                if name in ("plain", "optimised"):
+                    raise
+                print(f"variant '{name}' failed and is dropped: {type(err).__name__}: {str(err)[:300]}",
+                      file=sys.stderr, flush=True)
+                names.remove(name)
+                del records[name]
+                continue
             if r >= warmup:
                 records[name].append(times)
         kind = "warm-up" if r < warmup else "timed"
         print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
-    return records
 
 
 def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None) -> dict:
@@ -165,39 +209,53 @@ def print_table(summary: dict, ratio: float, device_name: str) -> None:
         frac = f"{100 * s['fraction_of_bf16_peak']:.1f}" if s.get("fraction_of_bf16_peak") else "-"
         print(f"{row}{gf:>11}{mem:>10}{frac:>13}")
     print(f"ratio optimised / plain (images/s): {ratio:.2f}x")
-    for name in (n for n in summary if n.startswith("optimised fp32")):
+    for name in (n for n in summary if n.startswith("optimised fp32") or n == GRAPHS):
         fp32 = summary["plain"]["median_step_s"] / summary[name]["median_step_s"]
         print(f"ratio {name} / plain (images/s): {fp32:.2f}x")
     for name, s in summary.items():
         if name.startswith("- "):
             reference = "optimised eager" if name.endswith(" (eager)") else "optimised"
+            if reference not in summary:
+                continue
             gain = s["median_step_s"] / summary[reference]["median_step_s"]
             print(f"  {name[2:]:<26} speeds the {reference} step up {gain:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODES:  # the bench's other parts, each a module of its own
+        module, _ = MODES[argv[0]]
+        return importlib.import_module(f"hybrid_distill.bench.{module}").main(argv[1:])
     args = parse(argv)
     overrides = list(args.overrides) + ([f"student.arch={args.student}"] if args.student else [])
     check_args(args)
+    if args.smoke:
+        from .harness import smoke_overrides
+        overrides = smoke_overrides(load_config(args.config, overrides).teachers) + overrides
     cfg = load_config(args.config, overrides)
     device = pick_device(args.device)
     batch = args.batch or (128 if device.type == "cuda" else 8)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     seed_everything(cfg.seed)
-    student, teachers, _ = build_models(cfg)
+    sw = default_switches(device, bf16, use_compile)
+    student, teachers, _ = build_models(cfg, sw.student_fused)
     student.to(device).train()
     teachers.to(device)
     run = RunContext(device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
                      cfg.optim.clip_grad or float("inf"))
     bench = Bench(student, teachers, cfg.optim, run)
     batches = loader_batches(cfg, batch) if args.data else synthetic_batches(batch, cfg.data.img_size, device)
-    runs = variants(default_switches(device, bf16, use_compile), device, not args.no_ablation)
+    runs = variants(sw, device, not args.no_ablation, args.cuda_graphs)
     sample = next(batches)[: min(batch, 2)]
     flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
-    for name in (n for n in runs if n.startswith("optimised fp32")):
-        flops[name] = flops["optimised"]  # the same work in another precision
+    for name in (n for n in runs if n.startswith("optimised fp32") or n == GRAPHS):
+        flops[name] = flops["optimised"]  # the same work in another precision or launch mode
+    signal.signal(signal.SIGTERM, _time_up)
     records = measure(bench, runs, batches, args.warmup, args.steps)
+    if not {"plain", "optimised"} <= set(records):
+        print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
+        return 1
     peak = bf16_peak_tflops(device)
     summary = {n: summarise(r, batch, flops.get(n), peak) for n, r in records.items()}
     ratio = summary["plain"]["median_step_s"] / summary["optimised"]["median_step_s"]

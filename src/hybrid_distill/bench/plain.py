@@ -1,32 +1,39 @@
-"""The plain step: the same algorithm written the obvious way, as the baseline of `hybrid-distill bench`.
+"""The plain step: the same algorithm written the obvious way. It is the one deliberate second
+implementation of the training step (`engine.forward_backward`): the baseline of `hybrid-distill bench`
+and the oracle of tests/test_bench.py, which checks that both give the same losses and gradients.
 
 fp32; attention probabilities materialised in every block of every model (what `output_attentions`
-does); the MIM teacher run through all its blocks; full N x N relations, then indexed; kept tokens
-as boolean masks. It reuses the optimised step's modules and loss, so both must give the same losses
-and gradients (tests/test_bench.py). Shapes: B batch, N tokens, P prefix tokens, L patches, K kept.
+does); every teacher run through all its blocks; full N x N relations, then indexed; kept tokens
+as boolean masks. It reuses the models, the selector and the loss. Shapes: B batch, N tokens,
+P prefix tokens, L patches, K kept.
 """
 import torch
 import torch.nn.functional as F
 
+from ..config import RelationKind
 from ..losses import distill_losses
-from ..masking import least_redundant
+from ..masking import KeepGiven
 from ..models.attention import block_with_logits
 from ..models.student import Student, StudentOutput
 from ..models.teacher import Teacher, TeacherOutput
 from ..models.tokens import embed_tokens
 from ..relations import relation_form
-from ..targets import TeacherSet
+from ..targets import Targets, TeacherSet
 
 
 def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
-                  select: dict[int, int] | None) -> tuple[TeacherOutput, torch.Tensor]:
-    """Every block with explicit attention; `mask` (B, L) bool kept patches, narrowed at `select`."""
+                  select) -> tuple[TeacherOutput, torch.Tensor]:
+    """Every block with explicit attention; `mask` (B, L) bool kept patches, narrowed after `select.blocks`."""
+    if teacher.kind not in (RelationKind.raw, RelationKind.scaled, RelationKind.softmax) \
+            or (teacher.cfg.features and teacher.feature_block != teacher.depth - 1):
+        raise ValueError(f"the plain step covers last-block features and q k^T relations; teacher "
+                         f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block")
     x = teacher.embed(pixels)  # (B, P + L, D)
     P, logits, feats = teacher.model.num_prefix_tokens, {}, None
     for i, block in enumerate(teacher.model.blocks):
         x, logits[i] = block_with_logits(block, x)  # (B, N, D), (B, H, N, N)
-        if select and i in select:
-            mask = narrow_mask(x[:, P:], mask, select[i])
+        if i in select.blocks:
+            mask = narrow_mask(x[:, P:], mask, lambda patches: select(i, patches))
         if i == teacher.feature_block:
             feats = x
     prefix_mask = torch.cat([torch.ones_like(mask[:, :1]), torch.zeros_like(mask[:, :P - 1]), mask], dim=1)
@@ -36,19 +43,19 @@ def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
         y = F.layer_norm(y, y.shape[-1:]) if teacher.cfg.whiten else y
         features = masked_rows(y, prefix_mask)  # (B, 1 + K, D)
     relations = {}
-    for i, spec in teacher.relation_at.items():
+    for i in teacher.relation_blocks:
         rel = masked_rows(masked_rows(logits[i], prefix_mask, dim=2), prefix_mask, dim=3)  # (B, H, 1+K, 1+K)
-        relations[spec] = relation_form(rel, teacher.model.blocks[i].attn.scale, teacher.cfg.relation_kind,
+        relations[i] = relation_form(rel, teacher.model.blocks[i].attn.scale, teacher.cfg.relation_kind,
                                         teacher.cfg.relation_heads)
     return TeacherOutput(mask.nonzero()[:, 1].view(mask.shape[0], -1), features, relations), mask
 
 
-def narrow_mask(patches: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k least redundant of the patches still kept (paper eq. 4), as a new (B, L) mask."""
+def narrow_mask(patches: torch.Tensor, mask: torch.Tensor, choose) -> torch.Tensor:
+    """The patches `choose` picks among those still kept (paper eq. 4), as a new (B, L) mask."""
     B, _, D = patches.shape
     current = patches[mask].view(B, -1, D)  # (B, n, D)
     where = mask.nonzero()[:, 1].view(B, -1)  # (B, n) patch index of each
-    chosen = where.gather(1, least_redundant(current, k))
+    chosen = where.gather(1, choose(current))
     return torch.zeros_like(mask).scatter_(1, chosen, True)
 
 
@@ -59,18 +66,22 @@ def masked_rows(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tens
     return picked.movedim(1, dim)
 
 
-def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[dict[str, TeacherOutput], torch.Tensor]:
+def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[Targets, torch.Tensor]:
     """Every teacher, the picker first; returns the targets and the final keep mask (B, L)."""
     B, L = pixels.shape[0], teachers.num_patches
-    keep = teachers.keep_for(B, pixels.device)
-    mask = torch.ones(B, L, dtype=torch.bool, device=pixels.device)
-    if keep is not None:
-        mask = torch.zeros_like(mask).scatter_(1, keep, True)
-    targets = {}
+    select = teachers.selector(B, pixels.device)
+    mask = torch.zeros(B, L, dtype=torch.bool, device=pixels.device)
+    mask.scatter_(1, select.start(B, L, pixels.device), True)
+    targets = Targets(torch.empty(0))
     with torch.no_grad():
         for name in teachers.order():
-            select = teachers.select if keep is None and name == teachers.picker else None
-            targets[name], mask = plain_teacher(teachers.teachers[name], pixels, mask, select)
+            out, mask = plain_teacher(teachers.teachers[name], pixels, mask, select)
+            select = KeepGiven(out.keep)  # the others follow the picker's keep set
+            targets.keep = out.keep
+            if out.features is not None:
+                targets.features[name] = out.features
+            if out.relations:
+                targets.relations[name] = out.relations
             clock.lap(f"teacher {name}")
     return targets, mask
 
@@ -78,18 +89,21 @@ def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[di
 def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) -> StudentOutput:
     """Student.forward with explicit attention in every block and a boolean keep mask (B, L)."""
     bb = student.backbone
+    if student.decoder is not None or student.recon is not None or hasattr(bb, "rel_pos_bias"):
+        raise ValueError("the plain step covers section 3's students only: set student.decoder=linear, "
+                         "student.mask_recon.style=none and student.fd_encoder=false to bench")
     x = embed_tokens(bb, student.normalize(pixels))  # (B, P + L, D)
     P, B, D = bb.num_prefix_tokens, x.shape[0], x.shape[-1]
     x = torch.cat([x[:, :P], x[:, P:][mask].view(B, -1, D)], dim=1)  # (B, P + K, D)
-    logits = {}
+    taps = {}
     for i, block in enumerate(bb.blocks):
         x, lg = block_with_logits(block, x)
         if i in student.relation_blocks:
-            logits[i] = lg
+            taps[i] = (lg, None, x)
     x = bb.norm(x)
     tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # (B, 1 + K, D)
-    return StudentOutput(tokens, {n: head(tokens) for n, head in student.heads.items()},
-                         student.relations(logits, P))
+    return StudentOutput(tokens, {n: student.heads[n](tokens) for n in student.feature_heads},
+                         student.relations(taps, P))
 
 
 def plain_forward_backward(student: Student, teachers: TeacherSet, images: torch.Tensor, run,

@@ -128,6 +128,10 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
     if cfg.num_workers > 0:
         kill_workers_at_exit()
+    collate = None  # torch's default
+    if cfg.decode == "gpu":  # JPEG bytes and crop draws; the trainer decodes and crops on the GPU
+        from .gpu_decode import encoded_inputs
+        dataset, transform, collate = encoded_inputs(cfg, dataset)
     if len(dataset) < global_batch:
         raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}: "
                         "lower optim.batch_size or add data")
@@ -136,7 +140,7 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
     sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True,
+        SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True, collate_fn=collate,
         num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,

@@ -9,8 +9,8 @@ from torch import nn
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 
-from ..masking import keep_with_prefix, random_keep_indices
-from ..models.tokens import embed_tokens
+from ..masking import random_keep_indices
+from ..models.tokens import embed_tokens, keep_with_prefix
 
 
 def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:

@@ -10,28 +10,29 @@ from torch import nn
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
+from .fd_encoder import FDAttention, position_bias
+
 
 def check_block(block: nn.Module) -> None:
     """Fail early, naming the class, for blocks whose attention we cannot open."""
-    if not isinstance(block, Block) or type(block.attn) is not Attention:
+    if not isinstance(block, Block) or type(block.attn) not in (Attention, FDAttention):
         raise TypeError(
             f"hybrid-distill reads q and k from timm's vision_transformer.Block with a plain Attention; "
             f"got {type(block).__name__} with {type(getattr(block, 'attn', None)).__name__}. "
             "Use a timm VisionTransformer model (vit_*, deit_*, *_clip_*).")
 
 
-def set_fused_attention(modules: list[nn.Module], fused: bool) -> None:
-    """timm's per-module switch between SDPA and the explicit softmax path (the same function)."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, Attention):
-                m.fused_attn = fused
+def choose_attention(model: nn.Module, fused: bool) -> None:
+    """timm's per-module switch between SDPA and the explicit softmax path (the same function). Called
+    only by the constructors of the models that own `model` (Teacher, Student)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
 
 
 def student_fused_attention(device: torch.device) -> bool:
     """SDPA for the student on CUDA only: on the CPU, SDPA's bf16 backward at 1 + K = 67 tokens is slower
-    than the explicit path (ViT-S blocks, batch 8, 2 cores: 203 vs 145 ms forward + backward; equal in
-    fp32; `hybrid-distill bench`, '- explicit_student_attention')."""
+    than the explicit path (`hybrid-distill bench`, '- explicit_student_attention')."""
     return device.type == "cuda"
 
 
@@ -49,24 +50,36 @@ def attention_logits(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return (q * attn.scale) @ k.transpose(-2, -1)
 
 
-def attention_with_logits(attn: Attention, x: torch.Tensor):
-    """timm Attention.forward (non-fused branch) that also returns the logits (B, H, N, N)."""
+def attention_with_logits(attn: Attention, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """timm Attention.forward (non-fused branch) that also returns the logits (B, H, N, N) its softmax
+    sees: q k^T * hd^-0.5, plus the additive attn_mask or the module's own bias (FD's encoder), and the
+    per-head outputs softmax(logits) v (B, H, N, hd), before `attn.norm` and `proj` (eq. 2's MSA)."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if attn.gate is not None else None
     q, k, v = qkv_heads(attn, x)
     logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-    out = attn.attn_drop(logits.softmax(dim=-1)) @ v  # (B, H, N, hd)
-    out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    bias = attn_mask if attn_mask is not None else position_bias(attn, N)
+    if bias is not None:
+        logits = logits + bias
+    heads = attn.attn_drop(logits.softmax(dim=-1)) @ v  # (B, H, N, hd)
+    out = attn.norm(heads.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), logits
+    return attn.proj_drop(attn.proj(out)), logits, heads
 
 
-def block_with_logits(block: Block, x: torch.Tensor):
-    """timm Block.forward that also returns its attention logits: (x (B, N, D), logits (B, H, N, N))."""
-    a, logits = attention_with_logits(block.attn, block.norm1(x))
+def block_with_parts(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """timm Block.forward that also returns its attention logits and per-head outputs:
+    (x (B, N, D), logits (B, H, N, N), heads (B, H, N, hd))."""
+    a, logits, heads = attention_with_logits(block.attn, block.norm1(x), attn_mask)
     x = x + block.drop_path1(block.ls1(a))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, logits, heads
+
+
+def block_with_logits(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """timm Block.forward that also returns its attention logits: (x (B, N, D), logits (B, H, N, N))."""
+    x, logits, _ = block_with_parts(block, x, attn_mask)
     return x, logits
 
 

@@ -59,8 +59,9 @@ def model_from_file(payload: dict) -> nn.Module:
 
 def student_from_checkpoint(payload: dict) -> nn.Module:
     """The student of one of our run checkpoints, as a plain timm model."""
+    from .fd_encoder import create_student_vit
     cfg = payload["config"]["student"]
-    model = create_vit(cfg["arch"], **dict(cfg.get("model_kwargs") or {}))
+    model = create_student_vit(cfg["arch"], dict(cfg.get("model_kwargs") or {}), cfg.get("fd_encoder", False))
     model.load_state_dict(payload["student"], strict=True)
     return _set_mean_std(model, cfg["mean"], cfg["std"]) if cfg.get("mean") else model
 
@@ -72,6 +73,22 @@ def newest_checkpoint(run_dir: Path) -> Path:
     if found is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoints/checkpoint-*.pt; pass a checkpoint file")
     return found
+
+
+def student_with_decoder(spec: str) -> nn.Module:
+    """The student of a run directory or checkpoint with its trained decoder as `model.decoder`."""
+    from .decoder import decoder_from_checkpoint
+    path = Path(spec)
+    path = newest_checkpoint(path) if path.is_dir() else path
+    payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{spec}: decoders are analysed from run directories or their checkpoints only")
+    model = student_from_checkpoint(payload)
+    block = model.blocks[0]
+    model.decoder = decoder_from_checkpoint(payload, model.embed_dim, block.attn.num_heads,
+                                            tuple(model.patch_embed.grid_size),
+                                            block.mlp.fc1.out_features / model.embed_dim)
+    return model
 
 
 def load_model(spec: str, pretrained: bool = False, **model_kwargs) -> nn.Module:

@@ -1,16 +1,43 @@
-"""The token embedding of a timm VisionTransformer, split out of `forward_features` so that
-tokens can be gathered between embedding and blocks (timm vision_transformer.py, forward_features)."""
+"""Token layout of a timm VisionTransformer: embedding, prefix tokens, grid.
+
+A sequence is P prefix tokens (CLS first, then registers) and L patches. Models run on all prefix
+tokens and the kept patches (`keep_with_prefix`); targets and predictions are read at CLS + kept
+patches, registers dropped (`cls_and_patches`). Models without a CLS token are refused
+(`check_class_token`): the distilled CLS row would otherwise silently be patch 0.
+"""
 import torch
 from torch import nn
 
+from ..config import ConfigError
+from ..masking import gather_tokens
+
 
 def embed_tokens(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """Normalised pixels (B, 3, H, W) -> (B, P + L, D): patches, prefix tokens, positions, norm_pre.
-
-    norm_pre is per token, so gathering tokens after it equals gathering before it.
+    """Normalised pixels (B, 3, H, W) -> (B, P + L, D): patches, prefix tokens, positions, norm_pre
+    (timm vision_transformer.py, forward_features). norm_pre is per token, so gathering tokens after
+    it equals gathering before it.
     """
     x = model._pos_embed(model.patch_embed(pixels))
     return model.norm_pre(model.patch_drop(x))
+
+
+def keep_with_prefix(tokens: torch.Tensor, index: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """(B, P + L, D) -> (B, P + K, D): every prefix token (CLS, registers), patches gathered at (B, K)."""
+    return torch.cat([tokens[:, :num_prefix], gather_tokens(tokens[:, num_prefix:], index)], dim=1)
+
+
+def cls_and_patches(x: torch.Tensor, num_prefix: int, dim: int = 1) -> torch.Tensor:
+    """Axis `dim` from P prefix tokens + patches to CLS + patches (registers dropped)."""
+    if num_prefix == 1:
+        return x
+    patches = x.narrow(dim, num_prefix, x.shape[dim] - num_prefix)
+    return torch.cat([x.narrow(dim, 0, 1), patches], dim=dim)
+
+
+def check_class_token(model: nn.Module, who: str) -> None:
+    if getattr(model, "cls_token", None) is None:
+        raise ConfigError(f"{who} has no class token (timm class_token=False): hybrid-distill distils CLS + kept "
+                          "patch tokens; use a ViT with a class token")
 
 
 def grid_size(model: nn.Module) -> tuple[int, int]:

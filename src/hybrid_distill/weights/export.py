@@ -40,6 +40,9 @@ def read_student(run: str | Path) -> tuple[nn.Module, str, dict]:
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind == CHECKPOINT_FORMAT:
         cfg = payload["config"]["student"]
+        if cfg.get("fd_encoder"):
+            raise ValueError(f"{path}: FD's encoder (student.fd_encoder) has a relative position bias that timm's "
+                             "VisionTransformer and the MAE / OpenMMLab layouts lack; eval and analyze take the run")
         arch, kwargs, state, mean, std = (cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"],
                                           cfg.get("mean"), cfg.get("std"))
     elif kind == MODEL_FORMAT:
