@@ -65,6 +65,9 @@ CONFIG_CASES = [
     ("optim.blr", "optim.blr"), ("train.compile=true train.fsdp=true", "train.compile"),
     ("teachers.new.features=true", "teachers.new.arch"), ("teachers.sup.features=false", "teachers.sup"),
     ("optim.batch_size=512", "optim.batch_size"), ("data.dataset=folder", "data.path"),
+    ("student.mask_recon.patch=0", "student.mask_recon.patch"),
+    ("student.decoder=blocks student.decoder_depth=0", "student.decoder_depth"),
+    ("student.mask_recon.style=simmim student.mask_recon.ratio=1.5", "student.mask_recon"),
 ]
 
 CASES = [(train(*o.split()), key) for o, key in CONFIG_CASES] + [

@@ -62,11 +62,8 @@ def non_finite_targets(teachers, micro_batches, run) -> list[str]:
 def _targets_of(teachers, images, run) -> set[str]:
     from .data.transforms import to_unit
     with run.autocast():
-        outputs = teachers(to_unit(images.to(run.device)))
-    found = set()
-    for name, out in outputs.items():
-        if out.features is not None and not torch.isfinite(out.features).all():
-            found.add(f"teacher '{name}' feature target")
-        found.update(f"teacher '{name}' relation target at block {b}"
-                     for b, r in out.relations.items() if not torch.isfinite(r).all())
+        targets = teachers(to_unit(images.to(run.device)))  # Targets: features and relations by teacher
+    found = {f"teacher '{name}' feature target" for name, f in targets.features.items() if not f.isfinite().all()}
+    found.update(f"teacher '{name}' relation target at block {b}" for name, blocks in targets.relations.items()
+                 for b, r in blocks.items() if not r.isfinite().all())
     return found

@@ -107,7 +107,7 @@ def timm_arch(key: str, arch: str) -> None:
     import timm
     if not timm.is_model(arch.split(".")[0]):
         close = timm.list_models(f"*{arch.split('.')[0].split('_')[0]}*")[:5]
-        raise ConfigError(f"{key}={arch} is not a timm model name; close names: {close} (see timm.list_models())")
+        raise ConfigError(f"{key}={arch}: unknown timm model; close names: {close} (see timm.list_models())")
 
 
 def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
@@ -127,7 +127,7 @@ def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
 
 def block_index(key: str, index: int, depth: int, arch: str) -> None:
     if not -depth <= index < depth:
-        raise ConfigError(f"{key}: block {index} does not exist in {arch} ({depth} blocks: "
+        raise ConfigError(f"{key}: block {index} does not exist in a model with {depth} blocks ({arch}: "
                           f"0..{depth - 1} or -{depth}..-1)")
 
 
@@ -203,6 +203,8 @@ def check_student(s: DictConfig) -> None:
     pair("student.std", s.std, 3)
     for i, std in enumerate(s.std):
         positive(f"student.std[{i}]", std)
+    if s.mask_recon.patch is not None:
+        at_least("student.mask_recon.patch", s.mask_recon.patch, 1)
 
 
 def check_teacher(key: str, t: DictConfig) -> None:

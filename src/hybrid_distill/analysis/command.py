@@ -18,6 +18,7 @@ from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
 from hybrid_distill.models.load import load_model, mean_std, student_with_decoder
 from hybrid_distill.cli_parser import Parser
+from hybrid_distill.config import ConfigError
 from hybrid_distill.provenance import provenance
 from hybrid_distill.validate import at_least, device, model_spec, writable_dir
 
@@ -57,7 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.layers and 0 in args.layers:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
     args.queries = [parse_cell(q, p) for q in args.queries]
-    check_args(args)
     return args
 
 
@@ -235,8 +235,9 @@ def draw(results: dict, figures: dict, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_args(args)
         return run(args)
-    except (AnalyzeError, FileNotFoundError) as err:
+    except (AnalyzeError, ConfigError, FileNotFoundError) as err:
         print(f"hybrid-distill analyze: error: {err}", file=sys.stderr)
         return 2
 
