@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from hybrid_distill.config import from_dict
-from hybrid_distill.data.build import DataError, build_dataset
+from hybrid_distill.data.build import DataError, build_dataset, build_loader
 from hybrid_distill.trainer import Trainer
 
 from conftest import tiny_run_config
@@ -59,3 +59,43 @@ def test_missing_shards_and_missing_sample_count_fail_clearly(idx_folder, tmp_pa
     cfg.data.num_samples = 0
     with pytest.raises(DataError, match="data.num_samples"):
         build_dataset(cfg.data)
+
+
+def write_shards(folder, entries) -> str:
+    """2 shards x 24 samples; entries(shard, i, png_bytes) -> the sample's dict without __key__."""
+    rng = np.random.default_rng(1)
+    for s in range(2):
+        with wds.TarWriter(str(folder / f"web-{s:03d}.tar")) as sink:
+            for i in range(24):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="JPEG")
+                sink.write({"__key__": f"{s:03d}_{i:03d}", **entries(s, i, buffer.getvalue())})
+    return str(folder / "web-{000..001}.tar")
+
+
+def test_shards_without_labels_train(idx_folder, tmp_path):
+    # jpg + txt captions, as most web shards: distillation needs no label
+    urls = write_shards(tmp_path, lambda s, i, jpg: {"jpg": jpg, "txt": f"caption {i}".encode()})
+    cfg = stream_config(idx_folder, tmp_path / "run", urls, **{"train.max_steps": 2})
+    cfg.data.num_samples, cfg.data.num_workers = 48, 0
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.step == 2
+
+
+def test_shards_without_an_image_name_the_missing_key(tmp_path):
+    urls = write_shards(tmp_path, lambda s, i, jpg: {"txt": b"a caption", "json": b"{}"})
+    data = from_dict({"data": {"dataset": "wds", "path": urls, "num_samples": 48, "num_workers": 0}}).data
+    loader, _ = build_loader(data, build_dataset(data), 8, 8, seed=0)
+    with pytest.raises(RuntimeError, match=r"no image key \(jpg/.*its keys: json, txt"):
+        next(iter(loader))
+
+
+def test_stream_batches_mix_shards_and_repeat_with_the_seed(tmp_path):
+    urls = write_shards(tmp_path, lambda s, i, jpg: {"jpg": jpg, "cls": str(s * 24 + i).encode()})
+    stream = build_dataset(from_dict({"data": {"dataset": "wds", "path": urls, "num_samples": 48}}).data)
+    stream.transform = lambda image: torch.zeros(1)
+    take = lambda: [sample[1] for _, sample in zip(range(16), iter(stream))]
+    first = take()
+    assert {label // 24 for label in first} == {0, 1}  # one batch holds samples of both shards
+    assert first != sorted(first) and first == take()  # shuffled, and the same stream after a restart

@@ -79,7 +79,7 @@ class DataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop
     hflip: float = 0.5
     interpolation: str = "bicubic"
-    limit: int = 0  # use only the first N samples (0: all)
+    limit: int = 0  # use N samples drawn at random with a fixed seed, every class kept (0: all)
     synthetic_size: int = 512  # images in the synthetic dataset
     num_workers: int = 8
     pin_memory: bool = True
@@ -176,6 +176,7 @@ class TrainConfig:
     # a run (two full copies of student + optimiser in host memory; 0: off, the current state is saved)
     progress: bool = True
     tensorboard: bool = True
+    trackers: List[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
 
 
 @dataclass
@@ -225,7 +226,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (see configs/ for the shipped experiments)")
-        cfg = merge(cfg, read_yaml(path), str(path))
+        from .config_base import read_yaml
+        cfg = merge(cfg, read_yaml(path), str(path))  # with its `base:` files first
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.blr=1e-4)")
@@ -234,7 +236,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def read_yaml(path: Path) -> dict:
+def yaml_mapping(path: Path) -> dict:
     """The experiment file as a mapping; not YAML, or YAML that is not a mapping, fails in one line."""
     import yaml
     try:

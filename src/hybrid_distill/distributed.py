@@ -44,6 +44,18 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(rank, world, local)
 
 
+def mean_over_ranks(values: dict) -> dict:
+    """Each scalar averaged over all ranks (one all_reduce), so a logged loss is the whole global
+    batch's and does not depend on the world size; unchanged in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in values.values()])
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    stacked = stacked.to(backend_device)
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / dist.get_world_size()).tolist()))
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,4 +1,5 @@
 """The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
-from .distributed import Dist, init_distributed
+from .distributed import Dist, init_distributed, mean_over_ranks
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
@@ -23,6 +24,9 @@ from .nonfinite import GoodStates, describe
 from .provenance import provenance
 from .resume import check_fits, load as load_resume, resolve as resolve_resume
 from .run_dir import RunLock, check_available
+from .summary import startup_summary
+from .tracking import open_trackers
+from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
@@ -37,8 +41,10 @@ def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, resume: str | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, resume: str | None = None, allow_config_change: bool = False,
+                 init_from: str | None = None, dry_run: bool = False):
+        """dry_run: build everything and write nothing (`train --dry-run`)."""
+        self.cfg, self.allow_config_change = cfg, allow_config_change
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.device = pick_device(cfg.train.device)
         self.dist: Dist = init_distributed(self.device.type)
@@ -74,7 +80,24 @@ class Trainer:
         self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
         self.bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), cfg.data.max_bad_fraction,
                               cfg.data.bad_check_every, self.dist.main)
+        if init_from and resume:
+            raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
+        self.init_from(init_from)
         self.resume(resume_path)
+        if self.dist.main:
+            print(startup_summary(self), flush=True)
+
+    def init_from(self, source: str | None) -> None:
+        """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
+        if not source:
+            return
+        path = resolve_resume(source, Path(source))
+        heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
+        state, with_heads = init_state(ckpt.load_checkpoint(path), heads)
+        set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        what = "backbone and heads" if with_heads else "backbone; heads start fresh (other teachers)"
+        if self.dist.main:
+            print(f"initialised the student from {path} ({what}); step 0, fresh optimiser")
 
     def build_monitor(self):
         """Attention distance and NMI of the student on a fixed probe batch (paper section 2 measures)."""
@@ -121,6 +144,7 @@ class Trainer:
             return
         state = load_resume(path)
         check_fits(state, self.student, self.cfg, path)
+        notes = check_resume_config(state["config"], to_dict(self.cfg), self.allow_config_change)
         model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
                        **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
         set_model_state_dict(self.student, model_state, options=FULL_STATE)
@@ -132,8 +156,10 @@ class Trainer:
             self.bad.load_state_dict(state["bad_samples"][min(self.dist.rank, len(state["bad_samples"]) - 1)])
         else:
             self.bad.epoch = self.step // self.steps_per_epoch
+        old_total = state["config"]["train"]["epochs"] * self.steps_per_epoch
+        note = schedule_note(state["config"], to_dict(self.cfg), self.step, self.lr(old_total), self.lr())
         if self.dist.main:
-            print(f"resumed from {path} at step {self.step}")
+            print("\n".join([f"resumed from {path} at step {self.step}", *notes, *([note] if note else [])]))
 
     def gather(self, value) -> list:
         if not self.dist.enabled:
@@ -164,11 +190,11 @@ class Trainer:
         ckpt.save_checkpoint(path, {**state, "provenance": provenance()})
         ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
-    def lr(self) -> float:
+    def lr(self, total_steps: int | None = None) -> float:
         o = self.cfg.optim
         peak = o.blr * o.batch_size / 256  # linear scaling rule (MAE, dBOT)
         warmup = int(o.warmup_epochs * self.steps_per_epoch)
-        return lr_at(self.step, self.total_steps, warmup, peak, o.min_lr)
+        return lr_at(self.step, total_steps or self.total_steps, warmup, peak, o.min_lr)
 
     def last_step(self) -> int:
         return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
@@ -187,7 +213,8 @@ class Trainer:
 
     def loop(self, preemption: Preemption) -> Path:
         cfg, last = self.cfg.train, self.last_step()
-        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard)
+        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard,
+                     open_trackers(self.cfg) if self.dist.main else [])
         nonfinite, good = NonFiniteGuard(cfg.max_nonfinite_steps), GoodStates(cfg.good_state_every)
         self.student.train()
         self.stepping, self.batches = False, None
@@ -270,7 +297,7 @@ class Trainer:
     def after_step(self, log: RunLog, parts: dict, lr: float, epoch: int) -> None:
         cfg = self.cfg.train
         if self.step % cfg.log_every == 0 or self.step == 1:
-            record = {k: float(v) for k, v in parts.items()}
+            record = mean_over_ranks({k: float(v) for k, v in parts.items()})  # every rank takes part
             record.update(lr=lr, epoch=epoch, img_per_s=log.throughput(self.step, self.cfg.optim.batch_size))
             log.log(self.step, record)
             log.show(self.step, record)
@@ -280,10 +307,11 @@ class Trainer:
             self.save()
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> Path:
-    """Signal handlers first: a preemption during start-up exits 75 too, without a checkpoint."""
+def train(cfg: DictConfig, resume: str | None = None, **options) -> Path:
+    """options: allow_config_change, init_from (see Trainer). Signal handlers first: a preemption
+    during start-up exits 75 too, without a checkpoint."""
     preemption = Preemption()
     try:
-        return Trainer(cfg, resume).fit(preemption)
+        return Trainer(cfg, resume, **options).fit(preemption)
     finally:
         preemption.restore()

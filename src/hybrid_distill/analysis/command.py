@@ -16,6 +16,7 @@ from torchvision import transforms
 
 from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
+from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.models.load import load_model, mean_std, student_with_decoder
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
     args = p.parse_args(argv)
     if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
         p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
@@ -199,6 +201,20 @@ def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[
     return [layer - 1 if layer > 0 else depth + layer for layer in layers], cells
 
 
+def example_positions(base: Dataset, indices: list[int], count: int) -> list[int]:
+    """Positions in `indices` of the attention-map examples: one per class while classes last (the
+    first images of a class-sorted folder would all be one class), then the next ones in order."""
+    labels = getattr(base, "labels", getattr(base, "targets", None))
+    if labels is None:
+        return list(range(min(count, len(indices))))
+    first = {}
+    for pos, index in enumerate(indices):
+        first.setdefault(int(labels[index]), pos)
+    chosen = sorted(first.values())[:count]
+    rest = [p for p in range(len(indices)) if p not in chosen]
+    return (chosen + rest)[:count]
+
+
 def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -> tuple[dict, dict]:
     """Numbers of one model, and what its attention-map figure needs."""
     model = model.to(device)
@@ -208,21 +224,24 @@ def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -
     layers, cells = map_settings(info, args)  # checked before the long part
     start = time.perf_counter()
     metrics = dataset_metrics(model, normalised(loader, info["mean"], info["std"], device))
-    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2)}
+    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2),
+              "uniform_distance": uniform_distance(info["grid_size"], info["patch_size"])}
     figure = None
     if args.map_images:
-        raw = torch.stack([data[i] for i in range(min(args.map_images, len(data)))])
+        shown = example_positions(base, indices, args.map_images)
+        raw = torch.stack([data[i] for i in shown])
         flat = [r * info["grid_size"][1] + c for r, c in cells]
         maps = query_maps(model, next(normalised([raw], info["mean"], info["std"], device)), layers, flat)
         result["query_maps"] = {"block_indices": layers, "queries": [list(c) for c in cells],
-                                "image_indices": indices[:len(raw)], "maps": maps.tolist()}
+                                "image_indices": [indices[i] for i in shown], "maps": maps.tolist()}
         figure = {"images": raw, "maps": maps, "layers": layers, "queries": cells,
                   "patch_size": tuple(info["patch_size"])}
     return result, figure
 
 
 def draw(results: dict, figures: dict, out: Path) -> list[str]:
-    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png")
+    uniform = {k: r["uniform_distance"] for k, r in results.items()}
+    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png", uniform)
              for v in ("distance", "distance_plain")]
     paths.append(plots.nmi_figure({k: r["nmi"]["per_layer"] for k, r in results.items()}, out / "nmi.png"))
     for label, fig in figures.items():
@@ -252,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
               f"NMI per layer {[round(v, 3) for v in results[label]['nmi']['per_layer']]}")
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = draw(results, figures, args.out)
+    paths = [] if args.no_figures else draw(results, figures, args.out)
     report = {"command": "analyze", "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "data": {"spec": args.data, "split": args.split, "num_images": len(indices), "seed": args.seed,
                        "indices": indices},

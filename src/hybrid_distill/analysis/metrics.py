@@ -56,6 +56,12 @@ def attention_distance(attn: torch.Tensor, grid_size, patch_size, num_prefix_tok
     return torch.einsum("bhqk,qk->bhq", a, dist).mean(dim=-1)  # (B, H)
 
 
+def uniform_distance(grid_size, patch_size) -> float:
+    """The average attention distance (pixels) of uniform attention over the patches: the reference a
+    head's distance is read against (a head above it looks far, below it looks near)."""
+    return float(grid_distances(_pair(grid_size), patch_size, torch.device("cpu"), torch.float64).mean())
+
+
 def attention_nmi(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Normalised mutual information between queries and keys, (B, H) (Park et al. 2023; paper 2.1).
 

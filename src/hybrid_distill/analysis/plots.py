@@ -25,10 +25,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def distance_figure(per_head: dict[str, list[list[float]]], variant: str, path: Path) -> Path:
-    """One panel per model: every head's distance at every layer (dots) and the layer mean (line).
+def distance_limits(values: torch.Tensor, uniform: float) -> tuple[float, float]:
+    """The y range: from 0, up past both the data and the uniform-attention reference, so that a
+    spread of a pixel is not stretched over the whole axis."""
+    return 0.0, 1.1 * max(float(values.max()), uniform)
 
-    per_head: {model label: [layers][heads] distances in pixels}. Layers are drawn 1-indexed.
+
+def distance_figure(per_head: dict[str, list[list[float]]], variant: str, path: Path,
+                    uniform: dict[str, float] | None = None) -> Path:
+    """One panel per model: every head's distance at every layer (dots) and the layer mean (line),
+    on an axis from 0 with the uniform-attention distance as a dashed reference.
+
+    per_head: {model label: [layers][heads] distances in pixels}; uniform: {model label: pixels}.
+    Layers are drawn 1-indexed.
     """
     fig, axes = plt.subplots(1, len(per_head), figsize=(4 * len(per_head), 3.8), sharey=True,
                              squeeze=False, layout="constrained")
@@ -37,6 +46,10 @@ def distance_figure(per_head: dict[str, list[list[float]]], variant: str, path: 
         layer = torch.arange(1, d.shape[0] + 1)
         ax.scatter(layer.repeat_interleave(d.shape[1]), d.flatten(), s=12, alpha=0.6, label="head")
         ax.plot(layer, d.mean(dim=1), color="black", marker="o", ms=3, label="mean over heads")
+        reference = (uniform or {}).get(label, 0.0)
+        if reference:
+            ax.axhline(reference, ls="--", color="gray", lw=1, label="uniform attention")
+        ax.set_ylim(*distance_limits(d, reference))
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("layer")
         ax.set_xticks(layer)
@@ -75,6 +88,7 @@ def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[
     gh, gw = H // ph, W // pw
     fig, axes = plt.subplots(B * Q, n_layers + 1, figsize=(1.9 * (n_layers + 1), 1.9 * B * Q),
                              squeeze=False, layout="constrained")
+    vmax = float(maps.max())  # one scale for every panel, shown by one colour bar
     for b in range(B):
         picture = images[b].permute(1, 2, 0).clamp(0, 1).numpy()
         for qi, (r, c) in enumerate(queries):
@@ -86,11 +100,14 @@ def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[
                 m = maps[li, b, qi].reshape(1, 1, gh, gw)
                 m = F.interpolate(m, size=(gh * ph, gw * pw), mode="nearest")[0, 0]
                 row[li + 1].imshow(picture.mean(axis=-1), cmap="gray")
-                row[li + 1].imshow(m.numpy(), cmap="jet", alpha=0.55, vmin=0, vmax=float(m.max()),
-                                   extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5))
+                shown = row[li + 1].imshow(m.numpy(), cmap="jet", alpha=0.55, vmin=0, vmax=vmax,
+                                           extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5))
                 row[li + 1].set_title(f"layer {layer + 1} (max {float(m.max()):.3f})", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title}\ncolours from 0 to each panel's max; uniform attention = {1 / (gh * gw):.3f}", fontsize=9)
+    bar = fig.colorbar(shown, ax=axes[:, 1:], shrink=0.8)
+    bar.set_label("attention (head mean)", fontsize=7)
+    bar.ax.axhline(1 / (gh * gw), color="white", lw=1)  # uniform attention over the patches
+    fig.suptitle(f"{title}\nuniform attention = {1 / (gh * gw):.3f} (white line on the colour bar)", fontsize=9)
     return _save(fig, path)

@@ -8,6 +8,7 @@ from PIL import Image
 from ..guards import ignore_preemption_signals, kill_workers_at_exit
 from .fashion_mnist import FashionMNIST
 from .sampler import SeededDataset, StepSampler
+from .subset import limit_subset
 from .shards import ShardStream, StreamPosition, collate_readable
 from .transforms import pretrain_transform
 
@@ -88,8 +89,7 @@ def build_dataset(cfg, split: str | None = None):
         if not Path(cfg.path).exists() and "/" not in cfg.dataset:
             raise DataError(f"data.path={cfg.path} does not exist: set data.path to your image folder")
         dataset = timm_dataset(cfg.dataset, cfg.path, split)
-    if cfg.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
+    dataset = limit_subset(dataset, cfg.limit)
     if len(dataset) == 0:
         raise DataError(f"the dataset at {cfg.path} ({split} split) is empty: put images in class sub-folders")
     return dataset

@@ -1,10 +1,14 @@
-"""WebDataset shards (.tar of `<key>.{jpg,png,...}` + `<key>.cls`), streamed per rank and worker.
+"""WebDataset shards (.tar of `<key>.{jpg,png,...}`, optionally `<key>.cls`), streamed per rank and worker.
 
 Shards are split by rank, then by loader worker (each reads whole shards, as webdataset's
 split_by_node / split_by_worker do); each worker cycles through its shards in an epoch-seeded order,
 so every rank yields batches for as long as the trainer asks and no rank runs dry before another.
 An epoch is data.num_samples // global batch steps. Crops are seeded by (seed, epoch, rank, worker,
 position), so the stream is the same after a restart; a resumed run skips the batches already used.
+Within a worker, samples pass through webdataset's shuffle buffer (`filters.shuffle`, its default
+1000 samples) driven by a `random.Random` seeded like the shard order, so a batch mixes shards and
+the replay after a resume yields the same order: resume stays exact.
+Labels are optional (distillation needs none): a sample without `.cls` gets label -1.
 Unreadable samples are replaced by the next one and reported like those of indexable datasets.
 """
 import io
@@ -15,16 +19,24 @@ import torch
 from PIL import Image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm")
+SHUFFLE_BUFFER = 1000  # samples per worker: webdataset's default bufsize
+
+
+NO_LABEL = -1
 
 
 def decode_sample(sample: dict):
-    """A webdataset sample dict -> (PIL image, int label); raises on a broken or incomplete sample."""
+    """A webdataset sample dict -> (PIL image, int label or -1); raises on a broken sample or one
+    without an image, naming the keys it has."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if key is None or "cls" not in sample:
-        raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)}) or no .cls")
+    if key is None:
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"sample {sample.get('__key__')} has no image key ({'/'.join(IMAGE_KEYS)}); "
+                         f"its keys: {', '.join(found) or 'none'}")
     image = Image.open(io.BytesIO(sample[key]))
     image.load()
-    return image, int(sample["cls"].decode().strip())
+    label = int(sample["cls"].decode().strip()) if "cls" in sample else NO_LABEL
+    return image, label
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -64,26 +76,29 @@ class ShardStream(torch.utils.data.IterableDataset):
                 break
         return images
 
-    def __iter__(self):
+    def raw_samples(self, shards: list[str], order: random.Random):
+        """The worker's shards without end, each cycle in a new seeded order (the trainer ends epochs)."""
         import webdataset as wds
+        while True:
+            order.shuffle(shards)
+            yield from wds.tarfile_samples([{"url": url} for url in shards], handler=wds.warn_and_continue)
+
+    def __iter__(self):
+        from webdataset import filters
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        shards = self.my_shards(worker, workers)
         stream_seed = [self.seed, self.epoch, self.rank, worker]
-        order = random.Random(str(stream_seed))
-        position = 0
-        while True:  # cycle: the trainer decides where an epoch ends
-            order.shuffle(shards)
-            for sample in wds.tarfile_samples([{"url": url} for url in shards], handler=wds.warn_and_continue):
-                position += 1
-                try:
-                    image, label = decode_sample(sample)
-                except (OSError, ValueError, SyntaxError):
-                    yield torch.zeros(0, dtype=torch.uint8), -1, position  # dropped by the collate below
-                    continue
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(np.random.SeedSequence(stream_seed + [position]).generate_state(1)[0]))
-                    yield self.transform(image), label, -1
+        raw = self.raw_samples(self.my_shards(worker, workers), random.Random(str(stream_seed)))
+        mixed = filters.shuffle(bufsize=SHUFFLE_BUFFER, rng=random.Random(str(stream_seed + ["buffer"])))(raw)
+        for position, sample in enumerate(mixed, start=1):
+            try:
+                image, label = decode_sample(sample)
+            except (OSError, ValueError, SyntaxError) as err:
+                yield torch.zeros(0, dtype=torch.uint8), NO_LABEL, position, str(err)  # dropped by the collate below
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.SeedSequence(stream_seed + [position]).generate_state(1)[0]))
+                yield self.transform(image), label, -1, ""
 
 
 def collate_readable(batch):
@@ -92,7 +107,7 @@ def collate_readable(batch):
     good = [b for b in batch if b[2] < 0]
     bad = [b[2] for b in batch if b[2] >= 0]
     if not good:
-        raise RuntimeError("a whole batch of unreadable samples: check the shards")
+        raise RuntimeError(f"a whole batch of unreadable samples, e.g. {batch[0][3]}: check the shards")
     good += [good[i % len(good)] for i in range(len(batch) - len(good))]
     images = torch.stack([g[0] for g in good])
     labels = torch.tensor([g[1] for g in good])

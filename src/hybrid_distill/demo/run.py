@@ -19,6 +19,7 @@ from ..cli_parser import Parser
 from ..config import ConfigError, from_dict, to_dict
 from ..validate import writable_dir
 from ..data.fashion_mnist import FashionMNIST
+from ..data.subset import limit_subset
 from ..analysis.command import main as analyze_main
 from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
@@ -118,7 +119,7 @@ def evaluate(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
 
 def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
     """The Hybrid student against the same recipe from random init (issue: does pre-training help?)."""
-    subset = torch.utils.data.Subset(train_ds, range(min(demo.train_limit, len(train_ds))))
+    subset = limit_subset(train_ds, demo.train_limit)  # the images data.limit gives the students
     out = {}
     for name in ("hybrid", "random_init"):
         out[name] = finetune_eval(models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs,
@@ -176,7 +177,7 @@ def run_demo(demo: DemoConfig) -> Path:
         nonlocal start
         timings[name], start = time.perf_counter() - start, time.perf_counter()
 
-    subset = torch.utils.data.Subset(train_ds, range(min(demo.train_limit, len(train_ds))))
+    subset = limit_subset(train_ds, demo.train_limit)  # the images data.limit gives the students
     stage("1/6 supervised teacher (labels)")
     sup = train_supervised_teacher(demo, data_cfg, subset, out / "teachers" / "teacher_sup.pt")
     tick("teacher_sup")

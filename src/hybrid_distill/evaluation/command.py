@@ -21,6 +21,7 @@ from hybrid_distill.evaluation.knn import knn_eval
 from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
+from hybrid_distill.evaluation.source import model_source, source_tag
 from hybrid_distill.models.load import load_model
 from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
 
@@ -90,14 +91,15 @@ def default_out(model_spec: str) -> Path:
     return Path("eval") / model_spec.replace("/", "_")
 
 
-def run_protocol(args, model, train, test, info: dict, out: Path) -> dict:
+def run_protocol(args, model, train, test, info: dict, out: Path, source: dict | None = None) -> dict:
     crop = args.crop_pct if args.crop_pct is not None else info["crop_pct"]
     common = dict(device=args.device)
     if args.protocol == "finetune":
         name = args.preset or ("fashion_mnist" if info["name"] == "fashion_mnist" else "imagenet")
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                        ("crop_pct", args.crop_pct)) if v is not None}
-        return finetune_eval(model, train, test, name, log=print, **common, **overrides)
+        weights = out / f"finetune-{info['name']}-{name}{source_tag(source)}"  # a timm folder beside the JSON
+        return finetune_eval(model, train, test, name, log=print, save_to=weights, **common, **overrides)
     feat = dict(pool=args.pool, batch_size=args.batch_size or 256, crop_pct=crop,
                 cache_dir=None if args.no_cache else out / "features",
                 data_keys=(f"{info['spec']}#train", f"{info['spec']}#test"), **common)
@@ -109,7 +111,7 @@ def run_protocol(args, model, train, test, info: dict, out: Path) -> dict:
 
 def result_path(out: Path, args, result: dict, data_name: str) -> Path:
     variant = result["preset"] if args.protocol == "finetune" else args.pool
-    return out / f"{args.protocol}-{data_name}-{variant}.json"
+    return out / f"{args.protocol}-{data_name}-{variant}{source_tag(result['source'])}.json"
 
 
 def init_distributed() -> bool:
@@ -128,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     created = init_distributed()
     try:
         train, test, info = load_data(args.data)
-        model = load_model(args.model)
+        model, source = load_model(args.model), model_source(args.model)
         out = args.out or default_out(args.model)
-        result = run_protocol(args, model, train, test, info, out)
+        result = run_protocol(args, model, train, test, info, out, source)
         if not dist.is_initialized() or dist.get_rank() == 0:
-            result = {**result, "model": args.model, "data": info}
+            result = {**result, "model": args.model, "source": source, "data": info}
             path = result_path(out, args, result, info["name"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))

@@ -9,7 +9,11 @@ and `LabelSmoothingCrossEntropy`.
 Layer decay as timm's `param_groups_layer_decay` assigns it to a ViT (tested exactly): block i
 (0-indexed) gets lr * decay^(depth - i), patch_embed / cls_token / pos_embed
 lr * decay^(depth + 1), the head lr. timm puts the final `norm` with the last block
-(decay^1); MAE's `lrd.py` gives it decay^0. The test split is only read after training, once.
+(decay^1); MAE's `lrd.py` gives it decay^0.
+The test split is scored after every epoch for the curve (MAE's `main_finetune.py` does the same), but
+the reported top-1 is the last epoch's, never the best one: no choice is made on test images.
+A run shorter than its preset scales the warm-up down with it (5 of 100 epochs -> 0.5 of 10).
+The fine-tuned model can be written as a timm `save_for_hf` folder (head included).
 """
 import copy
 import math
@@ -26,6 +30,7 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
+from hybrid_distill.evaluation.augment import patch_posterize
 from hybrid_distill.evaluation.features import (Transformed, _device, _rank_world, _with_rgb, embed_dataset,
                                                 eval_transform, input_size)
 from hybrid_distill.evaluation.linear import accuracy
@@ -76,10 +81,15 @@ PRESETS = {
 
 
 def make_config(name: str, **overrides) -> FinetuneConfig:
-    """A preset with some fields replaced (any FinetuneConfig field)."""
+    """A preset with some fields replaced (any FinetuneConfig field); fewer epochs than the preset's
+    scale its warm-up by the same factor unless warmup_epochs is given too."""
     if name not in PRESETS:
         raise ValueError(f"unknown fine-tune preset '{name}'; choose one of {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    preset = PRESETS[name]
+    epochs = overrides.get("epochs", preset.epochs)
+    if "warmup_epochs" not in overrides and epochs < preset.epochs:
+        overrides["warmup_epochs"] = preset.warmup_epochs * epochs / preset.epochs
+    return replace(preset, **overrides)
 
 
 def train_transform(model: nn.Module, cfg: FinetuneConfig):
@@ -87,7 +97,7 @@ def train_transform(model: nn.Module, cfg: FinetuneConfig):
     tf = timm.data.create_transform((3, *input_size(model)), is_training=True, scale=cfg.scale, hflip=cfg.hflip,
                                     color_jitter=None, auto_augment=cfg.auto_augment, interpolation="bicubic",
                                     re_prob=cfg.re_prob, re_mode="pixel", re_count=1, mean=mean, std=std)
-    return _with_rgb(tf)
+    return _with_rgb(patch_posterize(tf))
 
 
 def set_drop_path(model: nn.Module, rate: float) -> nn.Module:
@@ -165,8 +175,10 @@ def train_loader(dataset, model, cfg: FinetuneConfig):
                                        persistent_workers=cfg.num_workers > 0)
 
 
-def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, device: torch.device, log=None) -> dict:
-    """The fine-tuning loop; returns the last epoch's mean training loss and the step count."""
+def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, device: torch.device, log=None,
+          validate=None) -> dict:
+    """The fine-tuning loop; returns the last epoch's mean training loss, the step count and per-epoch
+    records (with `validate(model) -> dict` scored after each epoch)."""
     _, world = _rank_world()
     lr = cfg.lr * cfg.batch_size * world / cfg.ref_batch
     opt = make_optimizer(model, cfg, lr)
@@ -174,7 +186,7 @@ def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, devic
     mixup = make_mixup(cfg, num_classes)
     criterion = make_criterion(cfg, mixup)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    step, epoch_loss = 0, float("nan")
+    step, epoch_loss, epochs = 0, float("nan"), []
     sched.step_update(0)
     for epoch in range(cfg.epochs):
         if world > 1:
@@ -196,31 +208,56 @@ def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, devic
             sched.step_update(step)
             total += loss.item()
         epoch_loss = total / len(loader)
+        record = {"epoch": epoch + 1, "train_loss": epoch_loss, "lr": opt.param_groups[-1]["lr"],
+                  **(validate(model) if validate else {})}
+        epochs.append(record)
         if log:
-            log(f"finetune epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, lr {opt.param_groups[-1]['lr']:.2e}")
-    return {"train_loss": epoch_loss, "steps": step, "lr": lr}
+            log(f"finetune epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                                        if k != "epoch"))
+    return {"train_loss": epoch_loss, "steps": step, "lr": lr, "epochs": epochs}
+
+
+def test_accuracy(model: nn.Module, test_ds, cfg: FinetuneConfig, device) -> dict:
+    """Top-1 / top-5 (percent) on the test split; the model is left in train mode as it came."""
+    model.eval()
+    logits, labels = embed_dataset(model, Transformed(test_ds, eval_transform(model, cfg.crop_pct)),
+                                   batch_size=2 * cfg.batch_size, device=device)
+    model.train()
+    return accuracy(logits, labels)
 
 
 def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_classes: int | None = None,
-             device=None, log=None) -> dict:
-    """Fine-tune a copy of model on train_ds, then evaluate it once on test_ds (top-1 / top-5, percent)."""
+             device=None, log=None, save_to=None) -> dict:
+    """Fine-tune a copy of model on train_ds, scoring test_ds after each epoch; report the last epoch
+    (top-1 / top-5, percent). With save_to, rank 0 writes the fine-tuned model there (timm folder)."""
     device = _device(device)
     num_classes = num_classes or num_classes_of(train_ds)
     # timm's crops and Mixup draw from Python's and NumPy's global generators (MAE seeds them the same way)
     torch.manual_seed(cfg.seed), random.seed(cfg.seed), np.random.seed(cfg.seed)
     model = prepare_model(model, num_classes, cfg.drop_path).to(device)
+    validate = lambda m: {f"test_{k}": v for k, v in test_accuracy(m, test_ds, cfg, device).items()}
     start = time.perf_counter()
-    stats = train(model, train_loader(train_ds, model, cfg), cfg, num_classes, device, log)
+    stats = train(model, train_loader(train_ds, model, cfg), cfg, num_classes, device, log, validate)
     train_s = time.perf_counter() - start
-    model.eval()
-    logits, labels = embed_dataset(model, Transformed(test_ds, eval_transform(model, cfg.crop_pct)),
-                                   batch_size=2 * cfg.batch_size, device=device)
-    return {**accuracy(logits, labels), **stats, "train_seconds": train_s, "num_classes": num_classes,
-            "config": asdict(cfg)}
+    last = stats["epochs"][-1]
+    result = {"top1": last["test_top1"], "top5": last["test_top5"], **stats, "train_seconds": train_s,
+              "num_classes": num_classes, "config": asdict(cfg)}
+    if save_to is not None and _rank_world()[0] == 0:
+        result["weights"] = str(save_finetuned(model, save_to))
+    return result
+
+
+def save_finetuned(model: nn.Module, folder) -> str:
+    """The fine-tuned model with its head as timm's `save_for_hf` folder:
+    `timm.create_model('local-dir:FOLDER', pretrained=True)` loads it."""
+    from timm.models import save_for_hf
+    save_for_hf(set_drop_path(copy.deepcopy(model).cpu(), 0.0), str(folder), safe_serialization=True)
+    return str(folder)
 
 
 def finetune_eval(model: nn.Module, train_ds, test_ds, preset: str = "fashion_mnist", device=None,
-                  log=None, **overrides) -> dict:
+                  log=None, save_to=None, **overrides) -> dict:
     """Fine-tune with a preset (overrides: any FinetuneConfig field) and report test top-1 / top-5."""
-    result = finetune(model, train_ds, test_ds, make_config(preset, **overrides), device=device, log=log)
+    result = finetune(model, train_ds, test_ds, make_config(preset, **overrides), device=device, log=log,
+                      save_to=save_to)
     return {"protocol": "finetune", "preset": preset, **result, "provenance": provenance()}

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..cli_parser import Parser
 from ..validate import timm_arch, weight_file, writable_dir
 from .export import FORMATS, export
+from .offline import known_pretrained
 from .teachers import build_teacher_backbone, resolve_arch, teacher_table
 
 _COLUMNS = ("name", "arch", "role", "width", "depth", "heads", "patch", "img_size", "mean", "std", "license")
@@ -33,12 +34,16 @@ def prefetch(names: list[str], cache: Path) -> list[dict]:
     return records
 
 
+COPIED_CACHE = ("A --cache folder filled by prefetch can be copied to a machine without internet; there: "
+                "export HF_HOME=/path/to/copy TORCH_HOME=/path/to/copy HF_HUB_OFFLINE=1, then train with weights: pretrained.")
+
+
 def teachers_main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="hybrid-distill teachers", description=__doc__)
+    parser = Parser(prog="hybrid-distill teachers", description=__doc__, epilog=COPIED_CACHE)
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("list", help="supported teachers: normalisation, width, depth, heads, patch, licence")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    fetch = sub.add_parser("prefetch", help="download teachers once, to train offline later")
+    fetch = sub.add_parser("prefetch", help="download teachers once, to train offline later", epilog=COPIED_CACHE)
     fetch.add_argument("names", nargs="+", help="names from `teachers list` or timm names with a pretrained tag")
     fetch.add_argument("--cache", type=Path, required=True, help="folder to download into")
     args = parser.parse_args(argv)
@@ -53,6 +58,11 @@ def teachers_main(argv: list[str] | None = None) -> int:
         else:
             _print_table(rows)
         return 0
+    unknown = [n for n in args.names if not known_pretrained(resolve_arch(n))]
+    if unknown:
+        print(f"unknown teacher '{unknown[0]}': use a name from `hybrid-distill teachers list` or a timm name with "
+              "a pretrained tag (timm.list_pretrained())", file=sys.stderr)
+        return 2
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
         records = prefetch(args.names, args.cache)
@@ -62,7 +72,8 @@ def teachers_main(argv: list[str] | None = None) -> int:
         return 1
     for r in records:
         print(f"{r['name']}: {r['file']} sha256={r['sha256']} licence: {r['license']}")
-    print(f"offline runs: export HF_HOME={args.cache.resolve()} TORCH_HOME={args.cache.resolve()} HF_HUB_OFFLINE=1")
+    print(f"offline runs: export HF_HOME={args.cache.resolve()} TORCH_HOME={args.cache.resolve()} HF_HUB_OFFLINE=1 "
+          "(or the same for a copy of the folder)")
     return 0
 
 
@@ -71,7 +82,8 @@ def export_main(argv: list[str] | None = None) -> int:
                                      description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain")
     parser.add_argument("run", help="run directory, checkpoint file or hybrid-distill model file")
     parser.add_argument("--format", choices=FORMATS, default="timm")
-    parser.add_argument("--out", type=Path, required=True, help="output file (.safetensors for timm, .pth otherwise)")
+    parser.add_argument("--out", type=Path, required=True, help="timm: a folder (no suffix) for timm.create_model('local-dir:DIR', "
+                        "pretrained=True), or FILE.safetensors / FILE.pth; other formats: FILE.pth")
     parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
     args = parser.parse_args(argv)
     weight_file("RUN", args.run)

@@ -1,15 +1,19 @@
 """A trained student out to the tools people fine-tune in.
 
-- timm: `FILE` (safetensors, timm names, no head) + `FILE.json` beside it; loads strictly with
-      `timm.create_model(arch, pretrained=True, num_classes=0,
-                         pretrained_cfg_overlay=dict(file=FILE, num_classes=0), **model_kwargs)`
-      (timm's loader drops strictness when num_classes differs from the config's: both are 0 here).
+- timm, `--out DIR` (no suffix): timm's own `save_for_hf` folder (config.json with the student's
+      architecture, model arguments and mean/std, + model.safetensors, no head); loads with
+      `timm.create_model('local-dir:DIR', pretrained=True)`.
+- timm, `--out FILE.safetensors` or `FILE.pth`: the state dict (safetensors, or a torch file for .pth /
+      .pt / .bin) + `FILE.json` beside it; loads with `timm.create_model(arch, pretrained=True,
+      num_classes=0, pretrained_cfg_overlay=dict(file=FILE), **model_kwargs)` (mean/std from the json).
 - mae: `{'model': state_dict}` in MAE / timm names with pos_embed holding the CLS entry, the layout
       of `mae_pretrain_vit_base.pth` that detectron2 ViTDet (`pretrain_use_cls_token=True`,
       init_checkpoint `...?matching_heuristics=True`) and mmdet's ViTDet project load.
 - mmseg / mmpretrain: `{'state_dict': ...}` in OpenMMLab ViT names (formats.to_mm states the mapping
-      and its sources); mmseg/mmpretrain backbones take it as init_cfg=dict(type='Pretrained', checkpoint=FILE).
-`verify` reloads each file strictly, as its consumer would, and compares features.
+      and its sources); mmseg/mmpretrain backbones take it as init_cfg=dict(type='Pretrained', checkpoint=FILE),
+      built with the settings the result lists (`consumers.mm_settings`: mmseg needs `patch_bias=True`).
+`verify` reloads each file strictly, as its consumer would (timm itself; the OpenMMLab class where it
+imports, else our reverse mapping), and compares features.
 """
 import json
 import re
@@ -21,11 +25,13 @@ from torch import nn
 
 from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
 from ..provenance import provenance
+from .consumers import mm_backbone, mm_settings, mm_tokens
 from .formats import load_into, to_mm
 from .safe_load import load_weights
 
 FORMATS = ("timm", "mae", "mmseg", "mmpretrain")
-TOLERANCE = 1e-6
+TOLERANCE = 1e-6  # the same arithmetic reloaded (timm, our mapping)
+MM_TOLERANCE = 1e-5  # OpenMMLab's attention (nn.MultiheadAttention in mmseg) sums in another order
 
 # Keys of mae_pretrain_vit_base.pth (DESIGN.md section 6); ViTDet's ViT has a place for each.
 _MAE_KEY = re.compile(r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
@@ -74,11 +80,31 @@ def timm_config_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def write_timm_folder(model: nn.Module, out: Path) -> list[Path]:
+    """timm's `save_for_hf`: config.json (architecture, model_args, pretrained_cfg) + model.safetensors."""
+    from timm.models import save_for_hf
+    source = {"tag", "license", "hf_hub_id", "url", "file"}  # the arch's own weights' card, not ours
+    model.pretrained_cfg = {**{k: v for k, v in model.pretrained_cfg.items() if k not in source},
+                            "tag": "hybrid_distill"}
+    save_for_hf(model, str(out), safe_serialization=True)
+    return [out / "config.json", out / "model.safetensors"]
+
+
 def write_timm(model: nn.Module, arch: str, kwargs: dict, out: Path) -> list[Path]:
-    from safetensors.torch import save_file
+    if not out.suffix:
+        return write_timm_folder(model, out)
+    if out.suffix not in (".safetensors", *TORCH_SUFFIXES):
+        raise ValueError(f"--out {out}: use a folder (no suffix), FILE.safetensors or FILE.pth for --format timm")
     mean, std = mean_std(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_state(model), str(out), metadata={"format": "pt", "architecture": arch})
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(_state(model), str(out), metadata={"format": "pt", "architecture": arch})
+    else:
+        _save(_state(model), out)  # timm's load_state_dict reads a plain torch file by its suffix
     overlay = {"file": out.name, "num_classes": 0, "mean": list(mean), "std": list(std),
                "input_size": [3, *model.patch_embed.img_size], "interpolation": "bicubic"}
     config = {"architecture": arch, "model_kwargs": kwargs, "pretrained_cfg_overlay": overlay,
@@ -90,8 +116,10 @@ def write_timm(model: nn.Module, arch: str, kwargs: dict, out: Path) -> list[Pat
 
 
 def load_timm_export(config_path: str | Path) -> nn.Module:
-    """The documented timm call on an exported `FILE.json`."""
+    """The documented timm call on an exported folder or `FILE.json`."""
     config_path = Path(config_path)
+    if config_path.is_dir():
+        return timm.create_model(f"local-dir:{config_path}", pretrained=True)
     config = json.loads(config_path.read_text())
     overlay = dict(config["pretrained_cfg_overlay"], file=str(config_path.parent / config["pretrained_cfg_overlay"]["file"]))
     return timm.create_model(config["architecture"], pretrained=True, num_classes=0,
@@ -114,13 +142,29 @@ def write_mm(model: nn.Module, out: Path, layout: str) -> list[Path]:
     return [out]
 
 
-def reload(fmt: str, out: Path, arch: str, kwargs: dict) -> nn.Module:
-    """The exported file read back strictly: timm's own loader for timm, ours for the others."""
+class _MMFeatures(nn.Module):
+    """An OpenMMLab backbone seen through timm's `forward_features` and `patch_embed.img_size`."""
+
+    def __init__(self, backbone, layout: str, patch_embed):
+        super().__init__()
+        self.backbone, self.layout, self.patch_embed = backbone, layout, patch_embed
+
+    def forward_features(self, images):
+        return mm_tokens(self.backbone, self.layout, images)
+
+
+def reload(fmt: str, out: Path, arch: str, kwargs: dict, student: nn.Module) -> tuple[nn.Module, str]:
+    """The exported file read back strictly, and by what: timm itself, the OpenMMLab class where it
+    imports, else our own reverse mapping."""
     if fmt == "timm":
-        return load_timm_export(timm_config_path(out))
+        return load_timm_export(out if not out.suffix else timm_config_path(out)), "timm"
+    backbone = mm_backbone(fmt, mm_settings(student, fmt)) if fmt in ("mmseg", "mmpretrain") else None
+    if backbone is not None:
+        backbone.load_state_dict(torch.load(out, map_location="cpu", weights_only=True)["state_dict"], strict=True)
+        return _MMFeatures(backbone, fmt, student.patch_embed), f"{fmt} VisionTransformer"
     model = create_vit(arch, **kwargs)
     load_into(model, load_weights(out), source=str(out))
-    return model
+    return model, "hybrid_distill reverse mapping"
 
 
 def feature_difference(a: nn.Module, b: nn.Module, seed: int = 0) -> float:
@@ -137,12 +181,18 @@ def export(run: str | Path, fmt: str, out: str | Path, verify: bool = False) -> 
         raise ValueError(f"unknown export format '{fmt}'; choose one of {FORMATS}")
     model, arch, kwargs = read_student(run)
     out = Path(out)
+    if fmt != "timm" and out.suffix not in TORCH_SUFFIXES:
+        raise ValueError(f"--out {out}: --format {fmt} writes a torch file; name it FILE.pth")
     writers = {"timm": lambda: write_timm(model, arch, kwargs, out), "mae": lambda: write_mae(model, out),
                "mmseg": lambda: write_mm(model, out, "mmseg"), "mmpretrain": lambda: write_mm(model, out, "mmpretrain")}
     result = {"format": fmt, "arch": arch, "files": [str(p) for p in writers[fmt]()]}
+    if fmt in ("mmseg", "mmpretrain"):
+        result["settings"] = mm_settings(model, fmt)  # VisionTransformer(**settings) loads it strictly
     if verify:
-        diff = feature_difference(model, reload(fmt, out, arch, kwargs))
-        if diff >= TOLERANCE:
-            raise RuntimeError(f"{out} reloads with features off by {diff:.3g} (>= {TOLERANCE}); the export is wrong")
+        reloaded, result["verified_with"] = reload(fmt, out, arch, kwargs, model)
+        diff = feature_difference(model, reloaded)
+        tolerance = MM_TOLERANCE if isinstance(reloaded, _MMFeatures) else TOLERANCE
+        if diff >= tolerance:
+            raise RuntimeError(f"{out} reloads with features off by {diff:.3g} (>= {tolerance}); the export is wrong")
         result["max_feature_diff"] = diff
     return result

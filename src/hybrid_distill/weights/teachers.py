@@ -13,6 +13,7 @@ from torch import nn
 
 from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
 from .formats import load_into
+from .offline import hub_reachable, unavailable
 from .safe_load import is_torchscript_archive, load_weights, sha256_file
 
 OWN_RUN_LICENSE = "derived from a hybrid-distill run: the licences of that run's teachers apply (see its manifest)"
@@ -153,14 +154,18 @@ def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained
           of them as safetensors) or one of our run checkpoints / run directories / model files.
     pretrained: without a file, weights through timm / the HF hub (`cache_dir`: where they are cached).
     """
-    arch, kwargs = resolve_arch(arch or ""), dict(model_kwargs or {})
+    name, arch, kwargs = arch, resolve_arch(arch or ""), dict(model_kwargs or {})
     if file is not None:
         path = Path(file)
         path = newest_checkpoint(path) if path.is_dir() else path
         model, record = _from_file(arch, path, kwargs)
     elif pretrained:
-        model = create_vit(arch, pretrained=True, cache_dir=cache_dir, **kwargs)
         cached = _hub_file(arch, cache_dir)
+        if cached is None and not hub_reachable():
+            raise unavailable(name or arch, arch)
+        overlay = dict(file=str(cached)) if cached else None  # read the cache directly: no network call
+        model = create_vit(arch, pretrained=True, cache_dir=cache_dir, pretrained_cfg_overlay=overlay, **kwargs)
+        cached = cached or _hub_file(arch, cache_dir)
         record = _record(cached, f"timm/HF hub {arch}", license_of(arch), arch, "timm")
     else:
         model = create_vit(arch, **kwargs)

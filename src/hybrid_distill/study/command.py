@@ -1,0 +1,102 @@
+"""`hybrid-distill study STUDY.yaml [key=value ...] [--smoke]`: rows x seeds, trained, evaluated, analysed.
+
+Shared teachers are built first, then every (row, seed) cell in turn; finished cells are skipped and
+an interrupted one resumes where it stopped, so running the same command again continues a study.
+After each cell, OUT/study.json, OUT/study.md and the per-layer figures are rewritten from every
+finished cell.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch.utils.data import Subset
+
+from ..evaluation.command import load_data
+from ..guards import StopTraining
+from .cell import analyse, finished_cell, run_cell
+from .report import write_report
+from .spec import base_config, cell_config, eval_data, load_study, run_rows
+from .teachers import build_teachers
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """'cells done, cells left, ETA' from the mean time of the cells timed so far."""
+
+    def __init__(self, total: int, finished: list[dict]):
+        self.total, self.done = total, len(finished)
+        self.timed = [c["seconds"] for c in finished]  # recorded cells until this session times its own
+        self.session: list[float] = []
+
+    def finish(self, seconds: float) -> None:
+        self.done += 1
+        self.session.append(seconds)
+
+    def line(self, what: str) -> str:
+        left = self.total - self.done
+        times = self.session or self.timed
+        eta = duration(sum(times) / len(times) * left) if times and left else ("0m00s" if not left else "unknown")
+        return f"[study] {what} ({self.done} done, {left} left, ETA {eta})"
+
+
+def first(dataset, n: int):
+    return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
+
+
+def cells_of(spec: DictConfig) -> list[tuple[str, int]]:
+    return [(row, seed) for row in run_rows(spec) for seed in spec.seeds]
+
+
+def run_study(spec: DictConfig, log=print) -> dict:
+    """Every cell of the study (skipping finished ones), then the aggregate; returns study.json's content."""
+    cells = cells_of(spec)
+    for row, seed in cells:  # every row's config is checked before any work
+        cell_config(spec, row, seed)
+    data_spec = eval_data(spec, base_config(spec))
+    train_ds, test_ds, _ = load_data(data_spec)
+    data = (data_spec, first(train_ds, spec.evaluate.train_images), first(test_ds, spec.evaluate.test_images))
+    teachers = build_teachers(spec, train_ds, log) if spec.teachers else {}
+    teacher_analysis = analyse([t["file"] for t in teachers.values()], spec, data_spec,
+                               Path(spec.out) / "teachers" / "analysis") if teachers else None
+    done = {cell: finished_cell(spec, *cell) for cell in cells}
+    progress = Progress(len(cells), [c for c in done.values() if c])
+    log(progress.line(f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}"))
+    result = None
+    for i, (row, seed) in enumerate(cells, 1):
+        if done[(row, seed)]:
+            continue
+        log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: start"))
+        start = time.perf_counter()
+        done[(row, seed)] = run_cell(spec, row, seed, data)
+        progress.finish(time.perf_counter() - start)
+        log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: finished in {duration(progress.session[-1])}"))
+        row_done = all(done[(row, s)] for s in spec.seeds)  # figures once a row is complete: savefig is slow
+        result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells),
+                              figures=row_done)
+    if result is None:
+        result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells))
+    log(f"[study] wrote {spec.out}/study.json, study.md and {len(result['figures'])} figures")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hybrid-distill study", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", help="study YAML (see configs/studies/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the study file, e.g. seeds=[0,1] only=[hybrid]")
+    p.add_argument("--smoke", action="store_true", help="apply the study's own `smoke` overrides (a minutes-long "
+                                                        "version) and write to OUT-smoke")
+    args = p.parse_args(argv)
+    spec = load_study(args.study, args.overrides, smoke=args.smoke)
+    try:
+        run_study(spec)
+    except StopTraining as stop:
+        print(f"hybrid-distill study: {stop}", file=sys.stderr)
+        return stop.exit_code
+    return 0

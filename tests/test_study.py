@@ -1,0 +1,205 @@
+"""`hybrid-distill study`: aggregation against hand formulas, skip and resume after a crash, bad files."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from hybrid_distill.cli import main
+from hybrid_distill.study import StudyError, cell_config, load_study, run_study, t_critical
+from hybrid_distill.study import cell as cell_module
+from hybrid_distill.trainer import Trainer
+
+# 16 tokens, 3 blocks: the progressive schedule 16 -> 11 -> 7 -> 4 after blocks 0, 1, 2; relations at 0, 1
+VIT = {"arch": "vit_tiny_patch16_224",
+       "model_kwargs": dict(img_size=28, patch_size=7, embed_dim=32, depth=3, num_heads=2)}
+
+
+def tiny_study(idx_folder, out, **extra) -> dict:
+    """Two rows x two seeds on 96 random 28x28 images with shared teachers trained for one epoch."""
+    sup = {"weights": "teacher:sup", "features": True}
+    study = {
+        "name": "tiny", "out": str(out), "seeds": [0, 1], "reference": "hybrid",
+        "base": {"data": {"dataset": "fashion_mnist", "path": str(idx_folder), "img_size": 28, "num_workers": 0,
+                          "limit": 48},
+                 "student": {**VIT, "drop_path": 0.1},
+                 "optim": {"batch_size": 16, "warmup_epochs": 1},
+                 "train": {"epochs": 1, "log_every": 1, "progress": False, "tensorboard": False}},
+        "teachers": {"sup": {"kind": "supervised", "images": 48, "epochs": 1, "batch": 16},
+                     "mae": {"kind": "mae", "images": 48, "epochs": 1, "batch": 16}},
+        "rows": {"hybrid": {"teachers": {"sup": sup, "mim": {"weights": "teacher:mae", "relation_blocks": [-3, -2]}},
+                            "masking": {"teacher": "mim"}},
+                 "distill_sup": {"teachers": {"sup": sup}, "masking.teacher": None}},
+        "evaluate": {"train_images": 96, "test_images": 32, "heldout_images": 32},
+        "analysis": {"images": 8},
+    }
+    study.update(extra)
+    return study
+
+
+def cells(out) -> dict:
+    return {(p.parent.parent.name, p.parent.name): json.loads(p.read_text()) for p in out.glob("cells/*/*/cell.json")}
+
+
+def hand_interval(values: list[float], t: float) -> tuple[float, float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, std, mean - t * std / math.sqrt(n), mean + t * std / math.sqrt(n)
+
+
+def test_t_critical_matches_closed_forms_and_tables():
+    assert t_critical(1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-9)  # Cauchy quantile
+    assert t_critical(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), rel=1e-9)
+    assert t_critical(10) == pytest.approx(2.228, abs=5e-4)  # two-sided 95% tables
+    assert t_critical(30) == pytest.approx(2.042, abs=5e-4)
+    assert t_critical(10_000) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp_path):
+    out = tmp_path / "study"
+    result = run_study(load_study(tiny_study(idx_folder, out)), log=lambda _: None)
+    found = cells(out)
+    assert sorted(found) == [(row, f"seed{s}") for row in ("distill_sup", "hybrid") for s in (0, 1)]
+    t1 = 12.7062047  # t(0.975, 1), two seeds
+    for row in ("hybrid", "distill_sup"):
+        for metric in ("knn/top1", "linear/top1", "nmi/L3", "distance/L2", "train/loss"):
+            values = [found[(row, f"seed{s}")]["metrics"][metric] for s in (0, 1)]
+            mean, std, lo, hi = hand_interval(values, t1)
+            got = result["rows"][row][metric]
+            assert got["n"] == 2 and got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(std)
+            assert got["ci95"] == pytest.approx([lo, hi])
+    d = [found[("distill_sup", f"seed{s}")]["metrics"]["knn/top1"] - found[("hybrid", f"seed{s}")]["metrics"]["knn/top1"]
+         for s in (0, 1)]
+    mean, std, lo, hi = hand_interval(d, t1)
+    diff = result["paired"]["distill_sup"]["knn/top1"]
+    assert diff["mean"] == pytest.approx(mean) and diff["ci95"] == pytest.approx([lo, hi])
+    assert "hybrid" not in result["paired"]
+    # loss parts read under whatever names the runs log; provenance with every cell
+    assert {"train/loss", "train/sup/feat"} <= set(result["rows"]["hybrid"])
+    assert any(k.startswith("train/mim/rel") for k in result["rows"]["hybrid"])
+    assert found[("hybrid", "seed0")]["provenance"]["git_sha"] and found[("hybrid", "seed0")]["config"]["seed"] == 0
+    teacher = result["teachers"]["sup"]
+    assert teacher["bank"] == 48 and teacher["heldout"] == 32 and 0 <= teacher["knn_top1"] <= 100
+    text = (out / "study.md").read_text()
+    assert "| distill_sup |" in text and "Student t" in text and "4 of 4 cells" in text
+    for name in ("distance.png", "nmi.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(idx_folder, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = tiny_study(idx_folder, out, teachers={}, evaluate={"test_images": 16, "linear": False})
+    for row in study["rows"].values():  # random teachers: this test is about the cells, not the teachers
+        for teacher in row["teachers"].values():
+            teacher.update(weights="random", **VIT)
+    study["base"]["data"]["limit"] = 64  # 4 steps a cell
+    study["base"]["train"]["ckpt_every_steps"] = 1
+    spec = load_study(study)
+    real_after_step = Trainer.after_step
+    trained = []
+
+    def crash_in_second_cell(self, log, parts, lr, epoch):
+        real_after_step(self, log, parts, lr, epoch)
+        if len(trained) == 2 and self.step == 2:
+            raise KeyboardInterrupt  # the process dies mid-cell, after the step-2 checkpoint
+
+    def counting_train(cfg, resume=None):
+        trained.append((cfg.output_dir, cfg.name, resume))
+        return real_train(cfg, resume=resume)
+
+    real_train = cell_module.train
+    monkeypatch.setattr(cell_module, "train", counting_train)
+    monkeypatch.setattr(Trainer, "after_step", crash_in_second_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, log=lambda _: None)
+    assert len(cells(out)) == 1  # the first cell finished, the second did not
+    interrupted = out / "cells" / "hybrid" / "seed1"
+    assert (interrupted / "checkpoints" / "checkpoint-00000002.pt").is_file()
+
+    monkeypatch.setattr(Trainer, "after_step", real_after_step)
+    trained.clear()
+    lines = []
+    result = run_study(spec, log=lines.append)
+    assert len(trained) == 3  # 4 cells - 1 finished
+    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()
+             if "loss" in line]
+    assert steps == [1, 2, 3, 4]  # resumed at step 3, each step logged once
+    assert sum(r["knn/top1"]["n"] for r in result["rows"].values()) == 4
+    assert any("3 left" in line and "ETA" in line for line in lines)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rows": {}}, "no rows"),
+    ({"seeds": [0, 0]}, "distinct"),
+    ({"reference": "nope"}, "'nope'"),
+    ({"rows": {"a": {"from": "b"}, "b": {"from": "a"}}, "reference": None}, "loops"),
+    ({"rows": {"a": {"optim": {"nope": 1}}}, "reference": None}, "nope"),
+    ({"rows": {"a": {"teachers": {"t": {"weights": "teacher:x", "features": True}}}}, "reference": None},
+     "no shared teacher"),
+    ({"base": {"from": "configs/nope.yaml"}}, "not found"),
+    ({"teachers": {"t": {"kind": "contrastive"}}}, "kind"),
+    ({"evaluate": {"finetune": {"epochs": 1, "nope": 2}}}, "nope"),
+])
+def test_bad_study_files_end_in_one_line_with_exit_code_2(idx_folder, tmp_path, capsys, change, message):
+    study = {**tiny_study(idx_folder, tmp_path / "out"), **change}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_row_from_and_dotted_keys_compose_over_the_base(idx_folder, tmp_path):
+    study = tiny_study(idx_folder, tmp_path, rows={
+        **tiny_study(idx_folder, tmp_path)["rows"],
+        "no_mask": {"from": "hybrid", "masking.strategy": "none", "teachers.mim.weight": 0.0}})
+    cfg = cell_config(load_study(study), "no_mask", 1)
+    assert cfg.masking.teacher == "mim" and cfg.masking.strategy.value == "none" and cfg.seed == 1
+    assert cfg.teachers.mim.weight == 0.0 and cfg.teachers.mim.relation_blocks == [-3, -2]
+    assert cfg.teachers.sup.weights.endswith("teachers/sup.pt") and cfg.teachers.sup.arch == VIT["arch"]
+    assert cfg.teachers.sup.model_kwargs == VIT["model_kwargs"] and cfg.optim.batch_size == 16
+
+
+def test_smoke_overrides_apply_and_write_elsewhere(idx_folder, tmp_path):
+    study = tiny_study(idx_folder, tmp_path / "s", smoke=["seeds=[0]", "only=[hybrid]"])
+    spec = load_study(study, smoke=True)
+    assert list(spec.seeds) == [0] and list(spec.only) == ["hybrid"] and spec.out.endswith("s-smoke")
+    with pytest.raises(StudyError, match="only"):
+        load_study(study, ["only=[distill_sup]"], smoke=True)  # the reference row would not run
+
+
+def test_shipped_study_resolves_every_row_and_its_smoke_version():
+    full = load_study("configs/studies/fashion_mnist_196.yaml")
+    rows = {row: cell_config(full, row, 0) for row in full.rows}
+    assert {"distill_sup", "distill_mae", "hybrid", "hybrid_no_mask", "hybrid_random_mask", "hybrid_alpha0",
+            "hybrid_scaled"} <= set(rows) and len(full.seeds) >= 3
+    assert rows["hybrid"].student.model_kwargs.patch_size == 2  # 14 x 14 = 196 tokens
+    assert rows["hybrid_alpha0"].teachers.mim.weight == 0 and rows["hybrid_alpha0"].masking.teacher == "mim"
+    assert {rows["hybrid"].teachers.mim.relation_kind.value, rows["hybrid_scaled"].teachers.mim.relation_kind.value} \
+        == {"raw", "scaled"}
+    smoke = load_study("configs/studies/fashion_mnist_196.yaml", smoke=True)
+    assert cell_config(smoke, "hybrid", 1).data.limit == 256 and smoke.out.endswith("-smoke")
+
+
+def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
+    from hybrid_distill.build import build_models
+    from hybrid_distill.config import from_dict
+    from hybrid_distill.losses import distill_losses
+    from conftest import tiny_run_config
+    cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim.weight": 0.0}))
+    student, teachers, _ = build_models(cfg)
+    pixels = torch.rand(2, 3, 28, 28)
+    targets = teachers(pixels)
+    keep = targets.keep  # (B, K): 49 -> 34 -> 23 -> 16 after the MAE teacher's selection blocks
+    assert keep.shape == (2, 16) and set(targets.relations) == {"mim"} and set(targets.features) == {"sup"}
+    parts = distill_losses(student(pixels, keep), targets, {"sup": 1.0, "mim": 0.0}, 2.0)
+    assert all(v.item() == 0 for k, v in parts.items() if k.startswith("mim/")) and parts["loss"].item() > 0
+
+
+def test_a_teacher_weaker_than_pixels_stops_the_study(tmp_path):
+    from hybrid_distill.study.teachers import require_beats_pixels
+    require_beats_pixels("sup", {"knn_top1": 81.0, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
+    with pytest.raises(StudyError, match="does not beat raw pixels"):
+        require_beats_pixels("sup", {"knn_top1": 74.8, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
