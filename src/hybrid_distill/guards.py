@@ -116,7 +116,7 @@ class NonFiniteGuard:
         if self.limit and self.in_row >= self.limit:
             raise NonFiniteStop(f"{self.in_row} non-finite steps in a row up to step {step}, the first at step "
                                 f"{self.first} ({self.what}); lower optim.blr, raise optim.clip_grad or check the "
-                                "data, then resume with --resume auto", EXIT_GUARD)
+                                "data, then resume with --resume auto --allow-config-change", EXIT_GUARD)
 
 
 class BadSamples:

@@ -24,6 +24,7 @@ from .nonfinite import GoodStates, describe
 from .provenance import provenance
 from .resume import check_fits, load as load_resume, resolve as resolve_resume
 from .run_dir import RunLock, check_available
+from .validate import check_teacher_files
 from .summary import startup_summary
 from .tracking import open_trackers
 from .resume_policy import check_resume_config, init_state, schedule_note
@@ -53,6 +54,7 @@ class Trainer:
         if cfg.data.decode == "gpu":
             check_gpu_decode(self.device)
         check_available(self.run_dir, resume)  # every refusal before anything is built or written
+        check_teacher_files(cfg)
         resume_path = resolve_resume(resume, self.run_dir)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset

@@ -209,8 +209,14 @@ def check_student(s: DictConfig) -> None:
 
 def check_teacher(key: str, t: DictConfig) -> None:
     at_least(f"{key}.weight", t.weight, 0)
-    if t.weights not in ("pretrained", "random"):
-        weight_file(f"{key}.weights", t.weights)
+
+
+def check_teacher_files(cfg: DictConfig) -> None:
+    """Teacher weight files readable: checked when a run starts, not when its config is made (a
+    study writes configs before it trains their teachers)."""
+    for name, t in cfg.teachers.items():
+        if t.weights not in ("pretrained", "random"):
+            weight_file(f"teachers.{name}.weights", t.weights)
 
 
 def check_models(cfg: DictConfig) -> None:
