@@ -20,6 +20,7 @@ from hybrid_distill import files
 from hybrid_distill import engine
 from hybrid_distill.config import from_dict
 from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, StopTraining
+from hybrid_distill.resume import resolve
 from hybrid_distill.trainer import Trainer
 
 from conftest import tiny_run_config
@@ -62,7 +63,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(idx_folder, tmp_pa
     first, newest = files.list_checkpoints(run_dir)
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
     with pytest.warns(UserWarning, match="truncated or corrupt"):
-        assert files.resolve_resume("auto", run_dir) == first
+        assert resolve("auto", run_dir) == first
     resumed = Trainer(cfg, resume="auto")
     assert resumed.step == 1
 
@@ -130,7 +131,7 @@ def test_unreadable_images_are_skipped_and_reported_or_stop_the_run(idx_folder, 
                       "max_bad_fraction": 0.1}
     trainer = Trainer(from_dict(values))
     if bad == 50:
-        with pytest.raises(StopTraining, match=r"of epoch 0 were unreadable, above data.max_bad_fraction=0.1"):
+        with pytest.raises(StopTraining, match=r"in epoch 0 were unreadable, above data.max_bad_fraction=0.1"):
             trainer.fit()
         return
     trainer.fit()

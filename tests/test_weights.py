@@ -21,6 +21,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from hybrid_distill.cli import main
 from hybrid_distill.files import save_checkpoint, save_model_file
 from hybrid_distill.weights import (UnsafeCheckpointError, build_teacher_backbone, export, load_timm_export,
                                     load_weights, read_torchscript_state_dict, teacher_input_size)
@@ -581,4 +582,4 @@ def test_export_cli(tmp_path, capsys):
     run, _ = write_run(tmp_path)
     assert export_main([str(run), "--format", "mae", "--out", str(tmp_path / "m.pth"), "--verify"]) == 0
     assert json.loads(capsys.readouterr().out)["max_feature_diff"] < 1e-6
-    assert export_main([str(tmp_path / "missing"), "--format", "mae", "--out", str(tmp_path / "n.pth")]) == 1
+    assert main(["export", str(tmp_path / "missing"), "--format", "mae", "--out", str(tmp_path / "n.pth")]) == 2

@@ -79,6 +79,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return read(path, (CHECKPOINT_FORMAT,))
 
 
+def has_checksum(path: Path) -> bool:
+    return _checksum_path(path).is_file()
+
+
 def is_complete(path: Path) -> bool:
     checksum = _checksum_path(path)
     return checksum.is_file() and checksum.read_text().strip() == sha256_file(path)
@@ -92,12 +96,13 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*.pt"))
 
 
-def newest_complete(run_dir: Path) -> Path | None:
+def newest_complete(run_dir: Path, warn: bool = True) -> Path | None:
     """The newest checkpoint whose checksum matches; a corrupt newer one is skipped with a warning."""
     for path in reversed(list_checkpoints(run_dir)):
         if is_complete(path):
             return path
-        warnings.warn(f"checkpoint {path} is truncated or corrupt (checksum mismatch); trying the previous one")
+        if warn:
+            warnings.warn(f"checkpoint {path} is truncated or corrupt (checksum mismatch); trying the previous one")
     return None
 
 
@@ -109,21 +114,12 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return found
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """'auto': the newest complete checkpoint of this run (None when there is none); else a path."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return newest_complete(run_dir)
-    path = Path(resume)
-    if path.is_dir():
-        found = newest_complete(path)
-        if found is None:
-            raise FileNotFoundError(f"--resume {resume}: no complete checkpoints/checkpoint-*.pt in that run directory")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file (use --resume auto for the newest)")
-    return path
+def move_aside(path: Path, folder: Path) -> None:
+    """A checkpoint and its checksum into `folder`, out of list_checkpoints' sight."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in (path, _checksum_path(path)):
+        if file.exists():
+            file.replace(folder / file.name)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
