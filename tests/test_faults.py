@@ -19,7 +19,7 @@ from hybrid_distill import files as ckpt
 from hybrid_distill.cli import main
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, Preemption, StopTraining, worker_killed
-from hybrid_distill.models.load import save_model_file
+from hybrid_distill.files import save_model_file
 from hybrid_distill.run_dir import LOCK
 from hybrid_distill.trainer import Trainer
 
