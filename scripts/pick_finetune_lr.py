@@ -15,7 +15,7 @@ import torch
 from hybrid_distill.data.fashion_mnist import FashionMNIST
 from hybrid_distill.demo.run import DemoConfig, random_init_vit
 from hybrid_distill.evaluation.finetune import finetune_eval
-from hybrid_distill.models.load import load_model
+from hybrid_distill.files import load_model
 from hybrid_distill.provenance import provenance
 
 CANDIDATES = (1e-3, 3e-3, 1e-2, 3e-2)  # at batch 256 (the preset's ref_batch)

@@ -10,9 +10,14 @@ import torch
 TINY = dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3)
 
 
-def tiny_vit(seed: int = 0, **overrides):
+def tiny_vit(seed: int = 0, qkv_scale: float = 1.0, **overrides):
+    """A seeded tiny timm ViT; `qkv_scale` sharpens its attention (timm's init makes it near uniform)."""
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", **{"num_classes": 0, **TINY, **overrides})
+    model = timm.create_model("vit_tiny_patch16_224", **{"num_classes": 0, **TINY, **overrides})
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(qkv_scale)
+    return model
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

@@ -1,8 +1,8 @@
-"""Attention distance, NMI, extraction, monitor and the analyze command (issue 3)."""
+"""Attention distance, NMI, extraction, monitor and the analyze command."""
 import copy
-import gzip
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,7 +11,10 @@ import torch
 from hybrid_distill.analysis import AttentionMonitor, attention_distance, attention_nmi, reduce_attention
 from hybrid_distill.analysis.command import main as analyze
 from hybrid_distill.analysis.extract import query_maps
-from hybrid_distill.models.load import create_vit, save_model_file
+from hybrid_distill.files import save_model_file
+from hybrid_distill.models.load import create_vit
+
+import conftest
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3)
 
@@ -129,13 +132,7 @@ def test_nmi_matches_joint_distribution_definition():
 
 # ---------------------------------------------------------------- extraction vs timm
 
-def tiny_vit(**extra) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_vit("vit_tiny_patch16_224", **TINY, **extra)
-    with torch.no_grad():  # sharper than timm's init so the maps are far from uniform
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(8)
-    return model
+tiny_vit = partial(conftest.tiny_vit, qkv_scale=8, **TINY)  # maps far from uniform
 
 
 def timm_attention_by_hook(model, images) -> list[torch.Tensor]:
@@ -202,16 +199,9 @@ def test_monitor_equals_direct_metric_calls():
 
 # ---------------------------------------------------------------- the command, end to end
 
-def write_idx(path, array: np.ndarray, magic_type: int = 0x08):
-    header = bytes([0, 0, magic_type, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def fashion_mnist_dir(root, n=12):
     rng = np.random.default_rng(0)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    conftest.write_idx(root, "t10k", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, (n,)))
     return root
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.command import main as analyze
 from hybrid_distill.analysis.metrics import attention_distance, uniform_distance
-from hybrid_distill.models.load import create_vit, save_model_file
+from hybrid_distill.files import save_model_file
+from hybrid_distill.models.load import create_vit
 
 
 def test_uniform_distance_is_the_distance_of_uniform_attention():

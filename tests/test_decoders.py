@@ -10,7 +10,8 @@ from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.models.decoder import sincos_2d
-from hybrid_distill.models.load import create_vit, load_model
+from hybrid_distill.files import load_model
+from hybrid_distill.models.load import create_vit
 from hybrid_distill.trainer import Trainer
 from hybrid_distill.weights.export import export
 
@@ -73,7 +74,7 @@ def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(i
     trainer = Trainer(from_dict(values))
     run = trainer.fit()
     decoder_state = {k: v.clone() for k, v in trainer.student.decoder.state_dict().items()}
-    values["train"]["max_steps"] = 2  # resume restores the decoder from the checkpoint's extras
+    values["train"]["max_steps"] = 2  # resume restores the decoder from the checkpoint's state_dict
     resumed = Trainer(from_dict(values), resume="auto")
     assert all(torch.equal(decoder_state[k], v) for k, v in resumed.student.decoder.state_dict().items())
     resumed.fit()

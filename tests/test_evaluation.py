@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -12,14 +13,14 @@ from PIL import Image
 from torchvision.datasets import FakeData
 
 from hybrid_distill.evaluation import command, features, finetune, knn, linear
-from hybrid_distill.models.load import create_vit, save_model_file
+from hybrid_distill.files import save_model_file
+
+import conftest
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
 
 
-def tiny_vit(**extra):
-    torch.manual_seed(0)
-    return create_vit("vit_tiny_patch16_224", **TINY, **extra)
+tiny_vit = partial(conftest.tiny_vit, **TINY)
 
 
 def fake_images(n, classes=3, size=16, seed=0):

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from conftest import TINY, tiny_vit
-from hybrid_distill.models.load import save_model_file
+from hybrid_distill.files import save_model_file
 from hybrid_distill.weights import export
 from hybrid_distill.weights.command import export_main
 

@@ -7,7 +7,8 @@ from hybrid_distill.config import from_dict
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.models.attention import block_with_logits
 from hybrid_distill.models.fd_encoder import FDAttention, create_student_vit
-from hybrid_distill.models.load import create_vit, load_model
+from hybrid_distill.files import load_model
+from hybrid_distill.models.load import create_vit
 from hybrid_distill.trainer import Trainer
 from hybrid_distill.weights.export import export
 

@@ -6,12 +6,12 @@ import timm
 from PIL import Image
 from timm.data import auto_augment
 
-from hybrid_distill import checkpoint as ckpt
+from hybrid_distill import files as ckpt
 
 from conftest import TINY, tiny_vit
 from hybrid_distill.evaluation import command, finetune
 from hybrid_distill.evaluation.augment import posterize
-from hybrid_distill.models.load import save_model_file
+from hybrid_distill.files import save_model_file
 from test_evaluation import image_folder
 
 
@@ -62,7 +62,7 @@ def test_eval_json_names_the_checkpoint_and_each_step_gets_its_own_file(tmp_path
     student = tiny_vit()
     config = {"student": {"arch": "vit_tiny_patch16_224", "model_kwargs": TINY, "mean": [0.5] * 3, "std": [0.5] * 3}}
     for step in (5, 9):
-        ckpt.save_checkpoint(ckpt.checkpoint_path(run, step), {"student": student.state_dict(), "heads": {},
+        ckpt.save_checkpoint(ckpt.checkpoint_path(run, step), {"model": {f"backbone.{k}": v for k, v in student.state_dict().items()},
                                                                "step": step, "config": config})
     data = image_folder(tmp_path / "images")
     assert command.main(["knn", str(run), "--data", str(data), "--k", "3", "--no-cache"]) == 0

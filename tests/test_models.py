@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from hybrid_distill.config import ConfigError, RelationHeads, TeacherConfig, from_dict
+from hybrid_distill.config import ConfigError, RelationHeads, RelationKind, TeacherConfig, from_dict
 from hybrid_distill.build import build_models
 from hybrid_distill.masking import KeepGiven, KeepLeastRedundant, all_indices, least_redundant
 from hybrid_distill.models.student import RelationSpec, Student
@@ -40,7 +40,8 @@ def hand_logits(model, images, block_index, with_v=False):
 
 def test_student_with_every_token_equals_timm_forward_features():
     backbone = tiny_vit().eval()
-    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, [RelationSpec("m", -2, "scaled", "per_head")]).eval()
+    spec = RelationSpec("m", -2, RelationKind.scaled, RelationHeads.per_head)
+    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, [spec]).eval()
     images = torch.rand(2, 3, 28, 28)
     out = student.forward_all(images)
     assert torch.allclose(out.tokens, backbone.forward_features(images), atol=1e-5)

@@ -11,13 +11,14 @@ must be equal; fp32 tensors within 1e-6 (absolute, plus 1e-6 relative for the la
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
 from hybrid_distill.engine import build_optimizer, train_step
 from hybrid_distill.runtime import RunContext
+
+from conftest import tiny_vit
 
 RECORDING = Path(__file__).parent / "data" / "regression_step.npz"
 TEACHER = dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=4)
@@ -39,9 +40,7 @@ def regression_config():
 def seeded_timm(kwargs: dict, seed: int) -> dict:
     """timm's own initialisation under a fixed seed (the weights do not depend on build order), with
     the q and k projections scaled up so that relations are of order 1, not 1e-1."""
-    torch.manual_seed(seed)
-    state = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs).state_dict()
-    return {k: v * 8 if k.endswith("qkv.weight") else v for k, v in state.items()}
+    return tiny_vit(seed, qkv_scale=8, **kwargs).state_dict()
 
 
 def seeded_models():

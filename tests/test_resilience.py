@@ -16,10 +16,11 @@ import torch
 import yaml
 from PIL import Image
 
-from hybrid_distill import checkpoint as ckpt
+from hybrid_distill import files
 from hybrid_distill import engine
 from hybrid_distill.config import from_dict
 from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, StopTraining
+from hybrid_distill.resume import resolve
 from hybrid_distill.trainer import Trainer
 
 from conftest import tiny_run_config
@@ -48,7 +49,7 @@ def wait_for_step(metrics: Path, step: int, proc, timeout: float = 120) -> None:
 
 
 def final_params(run_dir: Path) -> dict:
-    return torch.load(ckpt.list_checkpoints(run_dir)[-1], weights_only=True)["student"]
+    return torch.load(files.list_checkpoints(run_dir)[-1], weights_only=True)["model"]
 
 
 def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
@@ -59,10 +60,10 @@ def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(idx_folder, tmp_path):
     cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 2, "train.ckpt_every_steps": 1}))
     run_dir = Trainer(cfg).fit()
-    first, newest = ckpt.list_checkpoints(run_dir)
+    first, newest = files.list_checkpoints(run_dir)
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
     with pytest.warns(UserWarning, match="truncated or corrupt"):
-        assert ckpt.resolve_resume("auto", run_dir) == first
+        assert resolve("auto", run_dir) == first
     resumed = Trainer(cfg, resume="auto")
     assert resumed.step == 1
 
@@ -104,7 +105,7 @@ def test_nonfinite_steps_in_a_row_save_and_stop(idx_folder, tmp_path, monkeypatc
     trainer = Trainer(cfg)
     with pytest.raises(StopTraining, match="3 non-finite steps in a row") as stop:
         trainer.fit()
-    assert stop.value.exit_code == EXIT_GUARD and ckpt.list_checkpoints(trainer.run_dir)
+    assert stop.value.exit_code == EXIT_GUARD and files.list_checkpoints(trainer.run_dir)
 
 
 def image_folder(root: Path, n: int, bad: int) -> list[str]:
@@ -130,7 +131,7 @@ def test_unreadable_images_are_skipped_and_reported_or_stop_the_run(idx_folder, 
                       "max_bad_fraction": 0.1}
     trainer = Trainer(from_dict(values))
     if bad == 50:
-        with pytest.raises(StopTraining, match=r"of epoch 0 were unreadable, above data.max_bad_fraction=0.1"):
+        with pytest.raises(StopTraining, match=r"in epoch 0 were unreadable, above data.max_bad_fraction=0.1"):
             trainer.fit()
         return
     trainer.fit()
@@ -152,8 +153,8 @@ def test_sigterm_saves_and_exits_with_the_documented_code_then_resumes(idx_folde
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err
     assert "preempted" in err
-    saved = ckpt.list_checkpoints(tmp_path / "tiny")[-1]
-    assert ckpt.is_complete(saved)
+    saved = files.list_checkpoints(tmp_path / "tiny")[-1]
+    assert files.is_complete(saved)
     step = torch.load(saved, weights_only=True)["step"]
     assert Trainer(from_dict(values), resume="auto").step == step
 

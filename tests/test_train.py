@@ -5,10 +5,11 @@ import pytest
 import torch
 import yaml
 
-from hybrid_distill import checkpoint as ckpt
+from hybrid_distill import files
 from hybrid_distill.cli import main
 from hybrid_distill.config import ConfigError, from_dict, load_config
 from hybrid_distill.data.build import DataError
+from hybrid_distill.build import build_models
 from hybrid_distill.trainer import Trainer
 
 from conftest import tiny_run_config
@@ -25,7 +26,7 @@ def test_2n_steps_equal_n_steps_resume_n_steps(idx_folder, tmp_path):
     # 96 images / batch 16 = 6 steps an epoch: 8 steps cross an epoch boundary mid-way after resume
     whole = run(idx_folder, tmp_path / "a", 8)
     half = run(idx_folder, tmp_path / "b", 4)
-    assert [p.name for p in ckpt.list_checkpoints(half.run_dir)] == ["checkpoint-00000004.pt"]
+    assert [p.name for p in files.list_checkpoints(half.run_dir)] == ["checkpoint-00000004.pt"]
     resumed = run(idx_folder, tmp_path / "b", 8, resume="auto")
     assert resumed.step == 8
     for (name, a), b in zip(whole.student.state_dict().items(), resumed.student.state_dict().values()):
@@ -36,11 +37,12 @@ def test_2n_steps_equal_n_steps_resume_n_steps(idx_folder, tmp_path):
 
 def test_checkpoint_holds_no_teacher_weights_and_loads_weights_only(idx_folder, tmp_path):
     trainer = run(idx_folder, tmp_path, 2, **{"train.ckpt_every_steps": 1, "train.keep_checkpoints": 1})
-    files = ckpt.list_checkpoints(trainer.run_dir)
-    assert len(files) == 1  # older ones pruned
-    state = torch.load(files[-1], weights_only=True)
-    assert set(state) >= {"student", "heads", "optimizer", "scaler", "step", "rng", "config", "provenance"}
-    assert not any(k.startswith(("teacher", "module.", "_orig_mod.")) for k in state["student"])
+    saved = files.list_checkpoints(trainer.run_dir)
+    assert len(saved) == 1  # older ones pruned
+    state = torch.load(saved[-1], weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scaler", "step", "rng", "config", "provenance"}
+    assert state["model"].keys() == trainer.student.state_dict().keys()  # Student.state_dict() as it is
+    assert {k.split(".")[0] for k in state["model"]} == {"backbone", "heads"}
     assert state["config"]["student"]["arch"] == "vit_tiny_patch16_224"
     assert json.loads((trainer.run_dir / "provenance.json").read_text())["packages"]["torch"]
     assert (trainer.run_dir / "config.yaml").is_file() and (trainer.run_dir / "metrics.jsonl").is_file()
@@ -100,13 +102,28 @@ def test_empty_dataset_fails(idx_folder, tmp_path, capsys):
         Trainer(from_dict(values))
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_build_their_models_at_tiny_size_and_train_a_step():
     from pathlib import Path
+
+    from hybrid_distill.engine import build_optimizer, train_step
+    from hybrid_distill.runtime import RunContext
     configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
     assert len(configs) >= 5
+    tiny = "{img_size: 32, patch_size: 8, embed_dim: 48, depth: 6, num_heads: 3}"
     for path in configs:
-        cfg = load_config(path, ["data.path=/data"])
-        assert cfg.teachers
+        names = list(load_config(path, ["data.path=/data"]).teachers)
+        per_teacher = [f"teachers.{n}.{k}" for n in names for k in (f"model_kwargs={tiny}", "weights=random")]
+        cfg = load_config(path, ["data.path=/data", "data.img_size=32", f"student.model_kwargs={tiny}", *per_teacher])
+        torch.manual_seed(0)
+        student, teachers, _ = build_models(cfg)
+        ctx = RunContext(torch.device("cpu"), None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, 3.0)
+        images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        parts = train_step(student, teachers, [images], build_optimizer(student, cfg.optim),
+                           torch.amp.GradScaler("cpu", enabled=False), 1e-4, ctx)
+        expected = {f"{n}/feat" for n, t in cfg.teachers.items() if t.features}
+        expected |= {f"{n}/rel{b % 6}" for n, t in cfg.teachers.items() for b in t.relation_blocks}
+        assert set(parts) == expected | {"loss", "grad_norm", "skipped"}, path.name
+        assert torch.isfinite(parts["loss"]) and parts["loss"] > 0 and not parts["skipped"], path.name
 
 
 def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
@@ -155,10 +172,26 @@ def test_compiled_run_matches_eager_and_saves_the_same_keys(idx_folder, tmp_path
     assert compiled.student._compiled_call_impl is not None
     for (name, a), b in zip(eager.student.state_dict().items(), compiled.student.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
-    state = torch.load(ckpt.list_checkpoints(compiled.run_dir)[-1], weights_only=True)
-    assert state["student"].keys() == eager.student.backbone.state_dict().keys()
+    state = torch.load(files.list_checkpoints(compiled.run_dir)[-1], weights_only=True)
+    assert state["model"].keys() == eager.student.state_dict().keys()
 
 
 def test_compile_with_fsdp_fails_in_one_line(idx_folder, tmp_path):
     with pytest.raises(ConfigError, match="train.compile"):
         from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.compile": True, "train.fsdp": True}))
+
+
+def test_a_new_student_submodule_is_saved_and_resumed_with_no_renaming(idx_folder, tmp_path, monkeypatch):
+    import hybrid_distill.trainer as trainer_module
+
+    def with_decoder(cfg, *args):  # a submodule the checkpoint code has never heard of
+        student, teachers, records = build_models(cfg, *args)
+        student.add_module("extra_head", torch.nn.Linear(48, 5).requires_grad_(False))  # no optimiser state
+        return student, teachers, records
+
+    monkeypatch.setattr(trainer_module, "build_models", with_decoder)
+    first = run(idx_folder, tmp_path, 1)
+    state = torch.load(files.list_checkpoints(first.run_dir)[-1], weights_only=True)["model"]
+    assert torch.equal(state["extra_head.weight"], first.student.extra_head.weight.detach())
+    resumed = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 1})), resume="auto")
+    assert torch.equal(resumed.student.extra_head.weight, first.student.extra_head.weight)

@@ -21,8 +21,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from hybrid_distill.checkpoint import save_checkpoint
-from hybrid_distill.models.load import save_model_file
+from hybrid_distill.cli import main
+from hybrid_distill.files import save_checkpoint, save_model_file
 from hybrid_distill.weights import (UnsafeCheckpointError, build_teacher_backbone, export, load_timm_export,
                                     load_weights, read_torchscript_state_dict, teacher_input_size)
 from hybrid_distill.weights.command import export_main, teachers_main
@@ -224,7 +224,7 @@ def save_torchscript(model: nn.Module, path, size=32) -> None:
         torch.jit.trace(model, torch.randn(1, 3, size, size, dtype=dtype)).save(str(path))
 
 
-# openai/CLIP names -> timm names, with the shape change each needs (DESIGN.md section 6)
+# openai/CLIP names -> timm names, with the shape change each needs
 OPENAI_TO_TIMM = {
     "visual.class_embedding": ("cls_token", lambda v: v.reshape(1, 1, -1)),
     "visual.positional_embedding": ("pos_embed", lambda v: v.unsqueeze(0)),
@@ -405,7 +405,7 @@ def write_run(tmp_path, arch="vit_small_patch16_224", seed=0, **kw):
     config = {"student": {"arch": arch, "model_kwargs": dict(kwargs, drop_path_rate=0.2),
                           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
     save_checkpoint(run / "checkpoints" / "checkpoint-00000010.pt",
-                    {"student": state(student), "heads": {}, "config": config, "step": 10})
+                    {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config, "step": 10})
     return run, student
 
 
@@ -582,4 +582,4 @@ def test_export_cli(tmp_path, capsys):
     run, _ = write_run(tmp_path)
     assert export_main([str(run), "--format", "mae", "--out", str(tmp_path / "m.pth"), "--verify"]) == 0
     assert json.loads(capsys.readouterr().out)["max_feature_diff"] < 1e-6
-    assert export_main([str(tmp_path / "missing"), "--format", "mae", "--out", str(tmp_path / "n.pth")]) == 1
+    assert main(["export", str(tmp_path / "missing"), "--format", "mae", "--out", str(tmp_path / "n.pth")]) == 2

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hybrid_distill.checkpoint import save_checkpoint
+from hybrid_distill.files import save_checkpoint
 from hybrid_distill.weights import build_teacher_backbone, export
 from test_weights import (hf_clip_state, hf_vit_state, images, max_diff, random_clip, random_vit,
                           save_torchscript, state)
@@ -62,6 +62,6 @@ def test_export_round_trips_at_vit_b16(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     config = {"student": {"arch": "vit_base_patch16_224", "model_kwargs": {}, "mean": None, "std": None}}
     save_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt",
-                    {"student": state(student), "config": config})
+                    {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config})
     for fmt, name in (("timm", "s.safetensors"), ("mae", "s-mae.pth"), ("mmseg", "s-seg.pth"), ("mmpretrain", "s-pre.pth")):
         assert export(tmp_path / "run", fmt, tmp_path / name, verify=True)["max_feature_diff"] < 1e-6

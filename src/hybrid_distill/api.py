@@ -36,7 +36,7 @@ def train(config, *, resume: str | None = None, init_from: str | None = None, al
 def load_student(run: str | Path):
     """A run directory's newest student (or a checkpoint's, or a model file's) as a plain timm ViT
     with its mean / std in `pretrained_cfg`."""
-    from .models.load import load_model
+    from .files import load_model
     return load_model(str(run))
 
 
@@ -46,7 +46,7 @@ def evaluate(model, data: str, protocol: str = "knn", **options) -> dict:
     protocol's function takes them (e.g. k=20, preset='imagenet', epochs=10)."""
     from .evaluation import finetune_eval, knn_eval, linear_eval
     from .evaluation.command import load_data
-    from .models.load import load_model
+    from .files import load_model
     protocols = {"knn": knn_eval, "linear": linear_eval, "finetune": finetune_eval}
     if protocol not in protocols:
         raise ValueError(f"unknown protocol '{protocol}'; choose one of {sorted(protocols)}")

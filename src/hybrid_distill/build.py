@@ -25,9 +25,18 @@ def build_teachers(cfg: DictConfig, student_grid) -> tuple[TeacherSet, dict]:
     teachers, records = {}, {}
     for name, tcfg in cfg.teachers.items():
         model, records[name] = build_teacher_model(name, tcfg, student_grid)
+        check_finite(name, tcfg, model)
         teachers[name] = Teacher(name, tcfg, model, student_grid)
     grid = tuple(student_grid)
     return TeacherSet(teachers, cfg.masking, grid[0] * grid[1]), records
+
+
+def check_finite(name: str, tcfg, model) -> None:
+    """A teacher with NaN or inf weights would make every target non-finite: refuse it at load."""
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:
+        raise ConfigError(f"teachers.{name}.weights={tcfg.weights}: tensor '{bad}' holds NaN or inf values; "
+                          "re-download or re-export the teacher")
 
 
 def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_attention: bool = True) -> Student:

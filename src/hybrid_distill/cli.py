@@ -3,14 +3,19 @@
 Process-wide set-up (warnings, threads) happens here and nowhere else. A known problem with the
 input ends the command with one line naming it and the fix, and exit code 2.
 """
-import argparse
 import importlib
 import os
 import sys
 
 from . import __version__
+from .cli_parser import Parser
 from .config import ConfigError, load_config, to_yaml
 from .data.build import DataError
+from .weights.safe_load import UnsafeCheckpointError
+
+# what bad input raises anywhere in the package: said in one line, exit code 2
+BAD_INPUT = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError,
+             UnsafeCheckpointError)
 
 # subcommand -> (module, function, help); each takes its own argv
 DELEGATED = {
@@ -25,7 +30,7 @@ DELEGATED = {
 
 
 def train_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hybrid-distill train", description="Distil a ViT student from its teachers.")
+    parser = Parser(prog="hybrid-distill train", description="Distil a ViT student from its teachers.")
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
     parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
@@ -63,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": "distil a student from a YAML config with overrides",
                 **{k: v[2] for k, v in DELEGATED.items()}}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*commands, "--version"):
+    if argv and argv[0] not in (*commands, "-h", "--help", "--version"):
+        print(f"hybrid-distill: error: unknown command '{argv[0]}'; choose one of {', '.join(commands)}",
+              file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, commands))
         lines = "\n".join(f"  {k:<{width}}  {v}" for k, v in commands.items())
         print(f"usage: hybrid-distill COMMAND [ARGS]\n\ncommands:\n{lines}")
-        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+        return 0
     if argv[:1] == ["--version"]:
         print(f"hybrid-distill {__version__}")
         return 0
@@ -79,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(importlib.import_module(module), func)(rest)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
         return code
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"hybrid-distill {command}: error: {err}", file=sys.stderr)
+    except BAD_INPUT as err:
+        print(f"hybrid-distill {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python docs, signal / SIGPIPE note)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def one_line(err: Exception) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
+    bad_check_every: int = 50  # steps between checks of the unreadable fraction (and at each epoch's end)
     decode: Decode = Decode.pil  # gpu: JPEG folders on CUDA only; the same crops from the same per-sample seeds
 
 
@@ -171,6 +172,8 @@ class TrainConfig:
     monitor_every: int = 0  # attention distance / NMI of the student every N steps (0: off)
     monitor_images: int = 16  # size of the fixed probe batch (the first images of the dataset)
     max_nonfinite_steps: int = 10  # save and stop after this many skipped non-finite steps in a row
+    good_state_every: int = 100  # steps between in-memory copies of the state saved when non-finite steps stop
+    # a run (two full copies of student + optimiser in host memory; 0: off, the current state is saved)
     progress: bool = True
     tensorboard: bool = True
     trackers: List[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
@@ -233,10 +236,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def yaml_mapping(path: Path) -> dict:
+    """The experiment file as a mapping; not YAML, or YAML that is not a mapping, fails in one line."""
+    import yaml
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{line}: {str(err).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a YAML {type(values).__name__}, not a mapping of settings "
+                          "(e.g. 'optim: {blr: 1e-4}')")
+    return values
+
+
 def check(cfg: DictConfig) -> None:
-    """Cross-field checks that types cannot express."""
+    """Cross-field checks that types cannot express, then every range (validate.check_config)."""
+    from .validate import check_config  # validate builds on this module's ConfigError
     for name, t in cfg.teachers.items():
-        if t.arch == "???":
+        if OmegaConf.is_missing(t, "arch"):
             raise ConfigError(f"teachers.{name}.arch is missing: set a timm name, e.g. vit_base_patch16_224.mae")
         if not t.features and not t.relation_blocks:
             raise ConfigError(f"teachers.{name} gives no target: set features=true or relation_blocks=[-3,-2]")
@@ -250,9 +271,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("train.compile is not supported with train.fsdp yet: set train.compile=false, or use DDP")
     if cfg.train.fsdp and cfg.train.monitor_every:
         raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
-    if cfg.optim.accum_steps < 1 or cfg.optim.batch_size < 1:
-        raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
     check_student(cfg)
+    check_config(cfg)
 
 
 def check_student(cfg: DictConfig) -> None:

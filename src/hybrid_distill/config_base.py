@@ -16,7 +16,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(p.name for p in seen)})")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see configs/ for the shipped experiments)")
-    node = OmegaConf.load(path)
+    from .config import yaml_mapping
+    node = OmegaConf.create(yaml_mapping(path))  # not YAML, or not a mapping: one line
     bases = node.pop(BASE_KEY, None) if isinstance(node, DictConfig) else None
     if bases is None:
         return node

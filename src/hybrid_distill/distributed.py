@@ -1,4 +1,5 @@
-"""Process group set-up from torchrun's or SLURM's environment; rank queries. Nothing else."""
+"""Process group set-up from torchrun's or SLURM's environment, for train and eval alike; rank queries."""
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -56,6 +57,14 @@ def mean_over_ranks(values: dict) -> dict:
     return dict(zip(values, (stacked / dist.get_world_size()).tolist()))
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def process_group(device_kind: str):
+    """init_distributed for the length of a command; the group is destroyed after when this call made it."""
+    created = not dist.is_initialized()
+    ranks = init_distributed(device_kind)
+    try:
+        yield ranks
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+

@@ -6,6 +6,8 @@ Exit codes of `hybrid-distill train` (documented in README):
   3   stopped by a guard: too many non-finite steps in a row, or too many unreadable samples
   75  preempted (SIGTERM / SIGUSR1): a checkpoint was written; requeue and it resumes by itself
 """
+import atexit
+import multiprocessing
 import signal
 from pathlib import Path
 
@@ -17,9 +19,12 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 
 
 class StopTraining(Exception):
-    def __init__(self, message: str, exit_code: int):
+    """`save`: whether the trainer saves its state before stopping (nothing to save, or no safe
+    state to save, otherwise)."""
+
+    def __init__(self, message: str, exit_code: int, save: bool = True):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.save = exit_code, save
 
 
 def _any_rank(flag: bool) -> bool:
@@ -33,7 +38,9 @@ def _any_rank(flag: bool) -> bool:
 
 class Preemption:
     """SIGTERM (sent by SLURM / Kubernetes before a kill) and SIGUSR1 (`sbatch --signal=USR1@120`)
-    ask the run to finish its step, save and exit with EXIT_PREEMPTED."""
+    ask the run to finish its step, save and exit with EXIT_PREEMPTED. SLURM signals the whole
+    process group: loader workers ignore both (`ignore_preemption_signals`), so the main process
+    alone decides, at a step boundary."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -55,40 +62,113 @@ class Preemption:
             signal.signal(s, handler)
 
 
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a signal to the process group must not kill the workers before
+    the main process has saved (it would die of 'DataLoader worker ... killed by signal')."""
+    for s in Preemption.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def kill_workers_at_exit() -> None:
+    """At exit multiprocessing stops daemonic children with SIGTERM, which the workers now ignore,
+    and then waits for them: this runs first (atexit is last-in, first-out) and sends SIGKILL,
+    after taking back SIGCHLD from torch's loader (which would report the deaths as errors)."""
+    global _KILL_REGISTERED
+    if not _KILL_REGISTERED:
+        atexit.register(_kill_children)
+        _KILL_REGISTERED = True
+
+
+def _kill_children() -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        child.kill()
+
+
+_KILL_REGISTERED = False
+
+
+def worker_killed(err: BaseException, batches) -> bool:
+    """A loader worker died of a signal: the job is being torn down, as by a preemption. The main
+    process sees it as a RuntimeError from torch's SIGCHLD handler or as a broken pipe, depending
+    on when; the workers' exit codes (negative: the signal) tell for sure."""
+    workers = getattr(batches, "_workers", [])  # torch's multi-process loader iterator
+    if any(w.exitcode is not None and w.exitcode < 0 for w in workers):
+        return True
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "killed by signal" in str(err)
+
+
+class NonFiniteStop(StopTraining):
+    """Non-finite steps in a row: the trainer saves the last good state, not the current one."""
+
+
 class NonFiniteGuard:
     def __init__(self, limit: int):
         self.limit, self.in_row, self.total = limit, 0, 0
+        self.first, self.what = 0, ""  # first step of the current streak, and what went non-finite there
 
-    def update(self, skipped: bool, step: int) -> None:
+    def update(self, skipped: bool, step: int, what=lambda: "") -> None:
+        """`what` names the non-finite values; called at the first step of a streak only."""
+        if skipped and not self.in_row:
+            self.first, self.what = step, what()
         self.in_row = self.in_row + 1 if skipped else 0
         self.total += int(skipped)
         if self.limit and self.in_row >= self.limit:
-            raise StopTraining(f"{self.in_row} non-finite steps in a row up to step {step}: the last good state "
-                               "is saved; lower optim.blr, raise optim.clip_grad or check the data", EXIT_GUARD)
+            raise NonFiniteStop(f"{self.in_row} non-finite steps in a row up to step {step}, the first at step "
+                                f"{self.first} ({self.what}); lower optim.blr, raise optim.clip_grad or check the "
+                                "data, then resume with --resume auto --allow-config-change", EXIT_GUARD)
 
 
 class BadSamples:
-    """Counts unreadable samples per epoch, lists their paths in bad_samples.txt, stops above a fraction."""
+    """Unreadable samples of the current epoch, counted as they come and kept in checkpoints; the
+    fraction is checked every `every` steps and at the epoch's end, so a broken dataset stops the run
+    early, and a resumed run keeps the verdict. Their names go to bad_samples.txt at the epoch's end
+    or at the stop."""
 
-    def __init__(self, run_dir: Path, name_of, max_fraction: float, write: bool):
-        self.path, self.name_of, self.max_fraction, self.write = Path(run_dir) / "bad_samples.txt", name_of, max_fraction, write
-        self.seen, self.bad = 0, []
+    def __init__(self, run_dir: Path, name_of, max_fraction: float, every: int, write: bool):
+        self.path, self.name_of, self.write = Path(run_dir) / "bad_samples.txt", name_of, write
+        self.max_fraction, self.every = max_fraction, every
+        self.epoch, self.seen, self.bad, self.written = 0, 0, [], 0
+        self.failed = False  # the verdict, kept in checkpoints: a resumed run stops again
 
-    def update(self, bad: torch.Tensor) -> None:
+    def update(self, bad: torch.Tensor, step: int) -> None:
         self.seen += bad.numel()
         self.bad += [int(i) for i in bad[bad >= 0]]
+        if step % self.every == 0:
+            self.check()
 
-    def end_epoch(self, epoch: int) -> dict:
+    def totals(self) -> tuple[int, int]:
         counts = torch.tensor([len(self.bad), self.seen], dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(counts)
-        bad, seen = int(counts[0]), int(counts[1])
-        if self.write and self.bad:
-            with open(self.path, "a") as f:
-                f.writelines(f"epoch {epoch}\t{self.name_of(i)}\n" for i in self.bad)
-        self.seen, self.bad = 0, []
+        return int(counts[0]), int(counts[1])
+
+    def check(self) -> dict:
+        bad, seen = self.totals()
         if seen and bad / seen > self.max_fraction:
-            raise StopTraining(f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) of epoch {epoch} were unreadable, "
-                               f"above data.max_bad_fraction={self.max_fraction}; see {self.path}, then fix the data "
-                               "or raise data.max_bad_fraction", EXIT_GUARD)
+            self.failed = True
+            self.report()
+            raise StopTraining(f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) read so far in epoch {self.epoch} "
+                               f"were unreadable, above data.max_bad_fraction={self.max_fraction}; see {self.path}, "
+                               "then fix the data or raise data.max_bad_fraction", EXIT_GUARD)
         return {"bad_samples": bad, "samples": seen}
+
+    def report(self) -> None:
+        if self.write and len(self.bad) > self.written:
+            with open(self.path, "a") as f:
+                f.writelines(f"epoch {self.epoch}\t{self.name_of(i)}\n" for i in self.bad[self.written:])
+        self.written = len(self.bad)
+
+    def end_epoch(self, epoch: int) -> dict:
+        counts = self.check()
+        self.report()
+        self.epoch, self.seen, self.bad, self.written = epoch + 1, 0, [], 0
+        return counts
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seen": self.seen, "bad": list(self.bad), "written": self.written,
+                "failed": self.failed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.seen, self.bad, self.written = state["epoch"], state["seen"], list(state["bad"]), state["written"]
+        self.failed = state["failed"]

@@ -66,8 +66,9 @@ def schedule_note(old: dict, new: dict, step: int, lr_old: float, lr_new: float)
 def init_state(payload: dict, heads_shapes: dict) -> tuple[dict, bool]:
     """The student state to load for --init-from: the backbone always; the heads when the source run's
     heads have exactly this run's names and shapes (same teachers), else they start fresh."""
-    state = {f"backbone.{k}": v for k, v in payload["student"].items()}
-    heads = payload.get("heads") or {}
+    model = payload["model"]  # Student.state_dict()
+    state = {k: v for k, v in model.items() if k.startswith("backbone.")}
+    heads = {k[len("heads."):]: v for k, v in model.items() if k.startswith("heads.")}
     same = {k: tuple(v.shape) for k, v in heads.items()} == heads_shapes
     if same:
         state.update({f"heads.{k}": v for k, v in heads.items()})

@@ -1,4 +1,5 @@
 """The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from omegaconf import DictConfig
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from . import checkpoint as ckpt
+from . import files
 from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
@@ -16,17 +17,21 @@ from .distributed import Dist, init_distributed, mean_over_ranks
 from .data.sampler import sample_name
 from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
-from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, Preemption, StopTraining
+from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
 from .models.attention import student_fused_attention
 from .models.precision import set_teacher_precision
+from .nonfinite import GoodStates, describe
 from .provenance import provenance
+from .resume import check_fits, load as load_resume, resolve as resolve_resume
+from .run_dir import RunLock, check_available
+from .validate import check_teacher_files
 from .summary import startup_summary
 from .tracking import open_trackers
 from .resume_policy import check_resume_config, init_state, schedule_note
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 from .run_log import RunLog
-from .runtime import RunContext, amp_dtype, pick_device, seed_everything
+from .runtime import RunContext, amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
 
 def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
@@ -48,14 +53,18 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         if cfg.data.decode == "gpu":
             check_gpu_decode(self.device)
+        check_available(self.run_dir, resume)  # every refusal before anything is built or written
+        check_teacher_files(cfg)
+        resume_path = resolve_resume(resume, self.run_dir)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
+        self.micro_batch = self.micro_batch_size()
+        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
+                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
         self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device))
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         self.teachers.to(self.device)
-        if self.dist.main and not dry_run:
-            write_run_files(self.run_dir, cfg, self.records)
         dtype = amp_dtype(cfg.train.amp, self.device)
         # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
         set_teacher_precision(self.teachers, cfg.train.teacher_precision, dtype, self.device)
@@ -67,17 +76,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
         self.ctx = RunContext(self.device, dtype, {n: t.weight for n, t in cfg.teachers.items()},
                               cfg.loss.beta, cfg.optim.clip_grad or float("inf"))
-        self.micro_batch = self.micro_batch_size()
-        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
-                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
         self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.optim.accum_steps
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step = 0
         self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
+        self.bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), cfg.data.max_bad_fraction,
+                              cfg.data.bad_check_every, self.dist.main)
         if init_from and resume:
             raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
         self.init_from(init_from)
-        self.resume(resume)
+        self.resume(resume_path)
         if self.dist.main:
             print(startup_summary(self), flush=True)
 
@@ -85,9 +93,9 @@ class Trainer:
         """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
         if not source:
             return
-        path = ckpt.resolve_resume(source, Path(source))
+        path = resolve_resume(source, Path(source))
         heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
-        state, with_heads = init_state(ckpt.load_checkpoint(path), heads)
+        state, with_heads = init_state(files.load_checkpoint(path), heads)
         set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
         what = "backbone and heads" if with_heads else "backbone; heads start fresh (other teachers)"
         if self.dist.main:
@@ -133,43 +141,51 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids)
 
-    def resume(self, resume: str | None) -> None:
-        path = ckpt.resolve_resume(resume, self.run_dir)
+    def resume(self, path: Path | None) -> None:
         if path is None:
             return
-        state = ckpt.load_checkpoint(path)
+        state = load_resume(path)
+        check_fits(state, self.student, self.cfg, path)
         notes = check_resume_config(state["config"], to_dict(self.cfg), self.allow_config_change)
-        model_state = {**{f"backbone.{k}": v for k, v in state["student"].items()},
-                       **{f"heads.{k}": v for k, v in state["heads"].items()}, **state.get("extras", {})}
-        set_model_state_dict(self.student, model_state, options=FULL_STATE)
+        set_model_state_dict(self.student, state["model"], options=FULL_STATE)
         set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        if "bad_samples" in state:
+            self.bad.load_state_dict(state["bad_samples"][min(self.dist.rank, len(state["bad_samples"]) - 1)])
+        else:
+            self.bad.epoch = self.step // self.steps_per_epoch
         old_total = state["config"]["train"]["epochs"] * self.steps_per_epoch
         note = schedule_note(state["config"], to_dict(self.cfg), self.step, self.lr(old_total), self.lr())
         if self.dist.main:
             print("\n".join([f"resumed from {path} at step {self.step}", *notes, *([note] if note else [])]))
 
-    def save(self) -> None:
-        """Full (unsharded) states gathered on every rank, written by rank 0: the same file whether the
-        run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
-        rngs = [ckpt.rng_state()]
-        if self.dist.enabled:
-            rngs = [None] * self.dist.world
-            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
-        model_state = get_model_state_dict(self.student, options=FULL_STATE)
+    def gather(self, value) -> list:
+        if not self.dist.enabled:
+            return [value]
+        values = [None] * self.dist.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def state(self) -> dict:
+        """Full (unsharded) states gathered on every rank (a collective): the same checkpoint whether
+        the run used one process, DDP or FSDP2; optimiser state keyed by parameter name."""
+        rngs, bads = self.gather(rng_state()), self.gather(self.bad.state_dict())
+        model_state = get_model_state_dict(self.student, options=FULL_STATE)  # Student.state_dict(), as it is
         optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
+        return {"model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
+                "bad_samples": bads, "config": to_dict(self.cfg)}
+
+    def save(self, state: dict | None = None) -> None:
+        """This state (or `state`, a kept copy), written by rank 0."""
+        state = state or self.state()
         if not self.dist.main:
             return
-        part = lambda prefix: {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        extras = {k: v for k, v in model_state.items() if not k.startswith(("backbone.", "heads."))}  # decoder, mask token
-        payload = {"student": part("backbone."), "heads": part("heads."), "extras": extras,
-                   "optimizer": optim_state, "scaler": self.scaler.state_dict(),
-                   "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
-                   "config": to_dict(self.cfg), "provenance": provenance()}
-        ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.step), payload)
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        path = files.checkpoint_path(self.run_dir, state["step"])
+        files.save_checkpoint(path, {**state, "provenance": provenance()})
+        files.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
     def lr(self, total_steps: int | None = None) -> float:
         o = self.cfg.optim
@@ -180,52 +196,94 @@ class Trainer:
     def last_step(self) -> int:
         return min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
 
-    def fit(self) -> Path:
-        """Train to the last step; a guard or a preemption signal saves and raises StopTraining."""
+    def fit(self, preemption: Preemption | None = None) -> Path:
+        """Own the run directory, write the run's files, train to the last step. A guard or a
+        preemption signal saves and raises StopTraining (a signal before the first step saves nothing)."""
+        preemption = preemption or Preemption()
+        try:
+            with RunLock(self.run_dir) if self.dist.main else contextlib.nullcontext():
+                if self.dist.main:
+                    write_run_files(self.run_dir, self.cfg, self.records)
+                return self.loop(preemption)
+        finally:
+            preemption.restore()
+
+    def loop(self, preemption: Preemption) -> Path:
         cfg, last = self.cfg.train, self.last_step()
         log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard,
                      open_trackers(self.cfg) if self.dist.main else [])
-        preemption, nonfinite = Preemption(), NonFiniteGuard(cfg.max_nonfinite_steps)
-        bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), self.cfg.data.max_bad_fraction,
-                         self.dist.main)
+        nonfinite, good = NonFiniteGuard(cfg.max_nonfinite_steps), GoodStates(cfg.good_state_every)
         self.student.train()
+        self.stepping, self.batches = False, None
         try:
+            if preemption.should_stop():
+                raise StopTraining(f"preempted before step {self.step + 1}: nothing new to save; resume with "
+                                   f"--resume auto (exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=False)
+            if self.bad.failed:
+                self.bad.check()  # a resumed run keeps the verdict of the run it continues
             while self.step < last:
                 epoch = self.step // self.steps_per_epoch
-                self.run_epoch(epoch, last, log, bad, nonfinite, preemption)
-                log.log(self.step, {"epoch": epoch, **bad.end_epoch(epoch), "skipped_steps": nonfinite.total})
+                self.run_epoch(epoch, last, log, nonfinite, good, preemption)
+                log.log(self.step, {"epoch": epoch, **self.bad.end_epoch(epoch), "skipped_steps": nonfinite.total})
                 self.save()
-        except StopTraining as stop:
-            self.save()
-            log.write(f"stopped at step {self.step}: {stop}")
-            raise
+        except Exception as stop:  # noqa: BLE001 (anything else is raised again by stop())
+            self.stop(stop, good, log)
         finally:
-            preemption.restore()
             log.close()
         return self.run_dir
 
-    def run_epoch(self, epoch: int, last: int, log: RunLog, bad: BadSamples, nonfinite: NonFiniteGuard,
+    def stop(self, stop: Exception, good: GoodStates, log: RunLog) -> None:
+        """Save what is worth resuming from, then raise StopTraining."""
+        if not isinstance(stop, StopTraining):
+            if not worker_killed(stop, self.batches):
+                raise stop
+            # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
+            # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
+            safe = not self.stepping and not self.dist.enabled
+            stop = StopTraining(f"preempted: a loader worker was killed by a signal; resume with --resume auto "
+                                f"(exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=safe)
+        if isinstance(stop, NonFiniteStop) and good.oldest() is not None:
+            self.save_good(good.oldest())
+            stop = NonFiniteStop(f"{stop}; saved the state of step {good.oldest()['step']}, from before it",
+                                 stop.exit_code)
+        elif stop.save:
+            self.save()
+        log.write(f"stopped at step {self.step}: {stop}")
+        raise stop
+
+    def save_good(self, state: dict) -> None:
+        """The kept state becomes the newest checkpoint: newer ones move to checkpoints/diverged/."""
+        if self.dist.main:
+            for path in files.list_checkpoints(self.run_dir):
+                if int(path.stem.split("-")[1]) > state["step"]:
+                    files.move_aside(path, self.run_dir / "checkpoints" / "diverged")
+        self.save(state)
+
+    def run_epoch(self, epoch: int, last: int, log: RunLog, nonfinite: NonFiniteGuard, good: GoodStates,
                   preemption: Preemption) -> None:
         """The steps of one epoch from where the run stands (mid-epoch after a resume)."""
         accum, start = self.cfg.optim.accum_steps, self.step % self.steps_per_epoch
         self.sampler.set_epoch(epoch, start * accum)
-        batches = iter(self.loader)
+        batches = self.batches = iter(self.loader)
         for _ in range(self.sampler.skip):  # streams only: replay to where the run stopped
             next(batches)
         for _ in range(start, self.steps_per_epoch):
+            good.keep(self.step, nonfinite.in_row, self.state)
             micro = [next(batches) for _ in range(accum)]  # (uint8 images, labels, bad index)
-            bad.update(torch.cat([m[2] for m in micro]))
+            self.stepping = True
             lr = self.lr()
-            parts = train_step(self.model, self.teachers, [self.images(m[0]) for m in micro], self.optimizer,
-                               self.scaler, lr, self.ctx)
+            images = [self.images(m[0]) for m in micro]
+            parts = train_step(self.model, self.teachers, images, self.optimizer, self.scaler, lr, self.ctx)
             self.step += 1
-            nonfinite.update(bool(parts["skipped"]), self.step)
+            self.stepping = False
+            self.bad.update(torch.cat([m[2] for m in micro]), self.step)
+            nonfinite.update(bool(parts["skipped"]), self.step, lambda: describe(parts, self.teachers, images, self.ctx))
             self.after_step(log, parts, lr, epoch)
+            if self.step >= last:
+                return  # the run is complete: a signal now changes nothing (exit 0)
             if preemption.should_stop():
                 raise StopTraining(f"preempted by a signal; resume with --resume auto (exit code {EXIT_PREEMPTED})",
                                    EXIT_PREEMPTED)
-            if self.step >= last:
-                return
 
     def images(self, batch):
         """uint8 images (B, 3, S, S); data.decode=gpu: decoded, cropped and flipped on the device."""
@@ -247,5 +305,10 @@ class Trainer:
 
 
 def train(cfg: DictConfig, resume: str | None = None, **options) -> Path:
-    """options: allow_config_change, init_from (see Trainer)."""
-    return Trainer(cfg, resume, **options).fit()
+    """options: allow_config_change, init_from (see Trainer). Signal handlers first: a preemption
+    during start-up exits 75 too, without a checkpoint."""
+    preemption = Preemption()
+    try:
+        return Trainer(cfg, resume, **options).fit(preemption)
+    finally:
+        preemption.restore()

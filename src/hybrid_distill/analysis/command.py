@@ -17,9 +17,13 @@ from torchvision import transforms
 from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
 from hybrid_distill.analysis.metrics import uniform_distance
+from hybrid_distill.cli_parser import Parser
+from hybrid_distill.config import ConfigError
 from hybrid_distill.evaluation.loading import load_eval_model
-from hybrid_distill.models.load import mean_std, student_with_decoder
+from hybrid_distill.files import student_with_decoder
+from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
+from hybrid_distill.validate import at_least, device, model_spec, writable_dir
 
 
 class AnalyzeError(ValueError):
@@ -27,7 +31,7 @@ class AnalyzeError(ValueError):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hybrid-distill analyze", description=__doc__.splitlines()[0])
+    p = Parser(prog="hybrid-distill analyze", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="timm name, hybrid-distill model file or checkpoint, or run directory")
     p.add_argument("--data", required=True,
@@ -61,6 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
     args.queries = [parse_cell(q, p) for q in args.queries]
     return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Models readable, device valid, sizes in range, output writable: before any image is read."""
+    for spec in args.models:
+        model_spec("MODEL", spec)
+    device("--device", args.device)
+    if args.img_size is not None:
+        at_least("--img-size", args.img_size, 1)
+    at_least("--workers", args.workers, 0)
+    at_least("--seed", args.seed, 0)
+    writable_dir("--out", args.out)
 
 
 def parse_cell(text: str, parser: argparse.ArgumentParser) -> tuple[int | float, int | float]:
@@ -242,8 +258,9 @@ def draw(results: dict, figures: dict, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_args(args)
         return run(args)
-    except (AnalyzeError, FileNotFoundError) as err:
+    except (AnalyzeError, ConfigError, FileNotFoundError) as err:
         print(f"hybrid-distill analyze: error: {err}", file=sys.stderr)
         return 2
 

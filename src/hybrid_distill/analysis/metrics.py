@@ -2,7 +2,7 @@
 
 Pure functions of post-softmax attention (B, H, N, N), vectorised over images, heads, queries
 and keys. Both return one number per image and head, (B, H); averaging over images and heads
-happens afterwards (DESIGN.md section 3), never on the maps themselves.
+happens afterwards, never on the maps themselves.
 """
 import math
 

@@ -20,9 +20,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..build import build_models
-from ..config import ConfigError, load_config, to_dict
+from ..cli_parser import Parser
+from ..config import load_config, to_dict
 from ..provenance import provenance
 from ..runtime import RunContext, pick_device, seed_everything
+from ..validate import at_least, device, writable_dir
 from .phases import Bench, NullClock, Switches, default_switches
 
 GRAPHS = "optimised + CUDA graphs"
@@ -54,7 +56,7 @@ _SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_c
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="hybrid-distill bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="hybrid-distill bench", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teachers.clip.weights=random")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on CPU, 128 on CUDA)")
@@ -73,6 +75,15 @@ def parse(argv):
                    help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)")
     p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
     return p.parse_intermixed_args(argv)
+
+
+def check_args(args) -> None:
+    if args.batch is not None:
+        at_least("--batch", args.batch, 1)
+    at_least("--steps", args.steps, 1)
+    at_least("--warmup", args.warmup, 0)
+    device("--device", args.device)
+    writable_dir("--out", Path(args.out).parent)
 
 
 def synthetic_batches(batch: int, size: int, device: torch.device):
@@ -217,14 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(f"hybrid_distill.bench.{module}").main(argv[1:])
     args = parse(argv)
     overrides = list(args.overrides) + ([f"student.arch={args.student}"] if args.student else [])
+    check_args(args)
     if args.smoke:
         from .harness import smoke_overrides
         overrides = smoke_overrides(load_config(args.config, overrides).teachers) + overrides
     cfg = load_config(args.config, overrides)
     device = pick_device(args.device)
     batch = args.batch or (128 if device.type == "cuda" else 8)
-    if batch < 1 or args.steps < 1:
-        raise ConfigError("--batch and --steps must be >= 1")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     seed_everything(cfg.seed)

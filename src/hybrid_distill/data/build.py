@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..guards import ignore_preemption_signals, kill_workers_at_exit
 from .fashion_mnist import FashionMNIST
 from .sampler import SeededDataset, StepSampler
 from .subset import limit_subset
@@ -64,7 +65,7 @@ def timm_dataset(name: str, path: str, split: str):
     try:
         dataset = create_dataset(name, root=str(root), split=split, is_training=True)
     except (RuntimeError, FileNotFoundError, AssertionError) as err:
-        raise DataError(f"cannot read a dataset at {root}: {str(err).splitlines()[0]} "
+        raise DataError(f"cannot read a dataset at data.path={root}: {str(err).splitlines()[0]} "
                         "(expected one sub-folder per class holding images)") from None
     from timm.data import ImageDataset
     return ReaderImages(dataset.reader) if isinstance(dataset, ImageDataset) else dataset  # wds: iterable
@@ -117,6 +118,7 @@ def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_
         stream, batch_size=micro_batch, num_workers=cfg.num_workers, collate_fn=collate_readable,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+        worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
         generator=torch.Generator().manual_seed(seed))  # iter() must not draw from the global RNG
     return loader, StreamPosition(stream, global_batch)
 
@@ -124,6 +126,8 @@ def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_
 def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
     """A loader that yields uint8 micro-batches in the sampler's resumable step order."""
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale, cfg.hflip, cfg.interpolation)
+    if cfg.num_workers > 0:
+        kill_workers_at_exit()
     collate = None  # torch's default
     if cfg.decode == "gpu":  # JPEG bytes and crop draws; the trainer decodes and crops on the GPU
         from .gpu_decode import encoded_inputs
@@ -140,5 +144,6 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
         num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
         generator=torch.Generator().manual_seed(seed))  # its own: iter() must not draw from the global RNG
     return loader, sampler

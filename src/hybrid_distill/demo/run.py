@@ -8,7 +8,6 @@
    random init, and the paper's attention-distance / NMI figures, in results.json and report.md, with
    config, git SHA and package versions.
 """
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import from_dict, to_dict
+from ..cli_parser import Parser
+from ..config import ConfigError, from_dict, to_dict
+from ..validate import writable_dir
 from ..data.fashion_mnist import FashionMNIST
 from ..data.subset import limit_subset
 from ..analysis.command import main as analyze_main
@@ -24,7 +25,8 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
-from ..models.load import create_vit, load_model
+from ..files import load_model
+from ..models.load import create_vit
 from ..provenance import provenance
 from ..trainer import train
 from .teachers import train_mae_teacher, train_supervised_teacher
@@ -117,7 +119,7 @@ def evaluate(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
 
 
 def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
-    """The Hybrid student against the same recipe from random init (issue: does pre-training help?)."""
+    """The Hybrid student against the same recipe from random init : does pre-training help?."""
     subset = limit_subset(train_ds, demo.train_limit)  # the images data.limit gives the students
     out = {}
     for name in ("hybrid", "random_init"):
@@ -212,12 +214,23 @@ def random_init_vit(demo: DemoConfig):
     return model
 
 
+def check_args(args) -> None:
+    """Output writable and not an earlier demo's (its students' run directories would refuse a fresh
+    run after the teachers were trained), and the data present: before any training."""
+    writable_dir("--out", args.out)
+    students = Path(args.out) / "students"
+    if students.is_dir() and any(students.iterdir()):
+        raise ConfigError(f"--out {args.out} already holds a demo ({students}): choose another --out")
+    FashionMNIST(args.data, "test")  # FileNotFoundError naming the files and the fix
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hybrid-distill demo", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="hybrid-distill demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: Debian's package)")
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke version (tests)")
     args = parser.parse_args(argv)
+    check_args(args)
     demo = DemoConfig.fast(args.out) if args.fast else DemoConfig(out=args.out)
     demo.data_path = args.data
     run_demo(demo)

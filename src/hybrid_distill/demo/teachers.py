@@ -10,7 +10,8 @@ from tqdm import tqdm
 from ..data.build import build_loader
 from ..data.transforms import to_unit
 from ..engine import lr_at, param_groups, set_lr
-from ..models.load import create_vit, save_model_file
+from ..files import save_model_file
+from ..models.load import create_vit
 from ..models.tokens import Normalize
 from .mae import MaskedAutoencoder
 

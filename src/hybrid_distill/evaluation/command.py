@@ -10,7 +10,6 @@ Under torchrun, features are extracted on all ranks and gathered; rank 0 writes 
 """
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,19 +17,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.features import POOLS
 from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
 from hybrid_distill.evaluation.knn import knn_eval
 from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
+from hybrid_distill.cli_parser import Parser
+from hybrid_distill.config import ConfigError
 from hybrid_distill.evaluation.source import model_source, source_tag
 from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hybrid-distill eval", description=__doc__,
+    p = Parser(prog="hybrid-distill eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("model", help="run dir, checkpoint, model file (.pt), official weight file (with --arch) "
@@ -54,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> None:
+    """Every flag in range and the model readable, before data or model are loaded."""
+    model_spec("MODEL", args.model)
+    for flag in ("epochs", "batch_size", "k"):
+        if getattr(args, flag) is not None:
+            at_least(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
+    positive("--temperature", args.temperature)
+    if args.crop_pct is not None:
+        within("--crop-pct", args.crop_pct, 0, 1, open_low=True)
+    if args.device is not None:
+        device("--device", args.device)
+    if args.out is not None:
+        writable_dir("--out", args.out)
+
+
 def load_data(spec: str):
     """(train, test, info) for `fashion_mnist[:PATH]` or an image folder with train/ and val/."""
     if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
@@ -70,7 +88,7 @@ def load_data(spec: str):
     from torchvision.datasets import ImageFolder
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
     if train.classes != test.classes:
-        raise ValueError(f"{root}: train/ and val/ hold different classes ({len(train.classes)} vs {len(test.classes)})")
+        raise ConfigError(f"--data {root}: train/ and val/ hold different classes ({len(train.classes)} vs {len(test.classes)})")
     return train, test, {"name": root.resolve().name, "spec": str(root.resolve()), "crop_pct": 0.875}
 
 
@@ -106,20 +124,10 @@ def result_path(out: Path, args, result: dict, data_name: str) -> Path:
     return out / f"{args.protocol}-{data_name}-{variant}{source_tag(result['source'])}.json"
 
 
-def init_distributed() -> bool:
-    """Join the torchrun process group when launched by torchrun; True if this call created it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    created = init_distributed()
-    try:
+    check_args(args)
+    with process_group("cuda" if torch.cuda.is_available() else "cpu"):
         train, test, info = load_data(args.data)
         model, source = load_eval_model(args.model, args.arch, args.pretrained), model_source(args.model)
         out = args.out or default_out(args.model)
@@ -130,9 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
             print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {path}")
-    finally:
-        if created:
-            dist.destroy_process_group()
     return 0
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hybrid_distill.files import save_atomic
 from hybrid_distill.models.load import mean_std
 
 POOLS = ("cls", "mean")
@@ -209,9 +210,4 @@ def _read_cache(cache_dir: Path, key: dict):
 
 
 def _write_cache(cache_dir: Path, key: dict, feats: torch.Tensor, labels: torch.Tensor) -> Path:
-    path = _cache_path(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "features": feats, "labels": labels}, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic(_cache_path(cache_dir, key), {"key": key, "features": feats, "labels": labels})

@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from ..config import ConfigError
-from ..models.load import create_vit, load_model
+from ..files import load_model
+from ..models.load import create_vit
 from ..weights import build_teacher_backbone
 from ..weights.teachers import resolve_arch
 

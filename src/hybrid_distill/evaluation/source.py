@@ -4,8 +4,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid_distill.checkpoint import sha256_file
-from hybrid_distill.models.load import CHECKPOINT_FORMAT, newest_checkpoint
+from hybrid_distill.files import CHECKPOINT_FORMAT, newest_checkpoint, sha256_file
 
 
 def model_source(spec: str) -> dict | None:

@@ -74,11 +74,11 @@ class Decoder(nn.Module):
 
 def decoder_from_checkpoint(payload: dict, width: int, num_heads: int, grid: tuple[int, int],
                             mlp_ratio: float) -> Decoder:
-    """The trained decoder of one of our run checkpoints (its `extras`), for analysis (paper figure 3a)."""
+    """The trained decoder of one of our run checkpoints (its `decoder.*` entries), for analysis (paper figure 3a)."""
     cfg = payload["config"]["student"]
     if cfg.get("decoder") != "blocks":
         raise ValueError(f"this run's student has no decoder blocks (student.decoder={cfg.get('decoder', 'linear')})")
-    state = {k[len("decoder."):]: v for k, v in payload.get("extras", {}).items() if k.startswith("decoder.")}
+    state = {k[len("decoder."):]: v for k, v in payload["model"].items() if k.startswith("decoder.")}
     decoder = Decoder(width, cfg["decoder_depth"], num_heads, grid, mlp_ratio, mask_token="mask_token" in state)
     decoder.load_state_dict(state, strict=True)
     return decoder

@@ -15,6 +15,8 @@ from torch import nn
 from timm.layers import Attention
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
+from .load import create_vit
+
 FD_MODEL_KWARGS = {"init_values": 0.1, "pos_embed": "none"}
 
 
@@ -81,7 +83,6 @@ def make_fd_encoder(model: nn.Module) -> nn.Module:
 
 def create_student_vit(arch: str, model_kwargs: dict, fd_encoder: bool = False) -> nn.Module:
     """The student's timm ViT as configured (`student.arch`, `model_kwargs`, `fd_encoder`)."""
-    from .load import create_vit  # load reads student checkpoints through this function
     if not fd_encoder:
         return create_vit(arch, **model_kwargs)
     return make_fd_encoder(create_vit(arch, **{**FD_MODEL_KWARGS, **model_kwargs}))

@@ -19,7 +19,7 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
-from ..models.load import load_model
+from ..files import load_model
 from ..provenance import provenance
 from ..trainer import train
 from .spec import StudyError, cell_config

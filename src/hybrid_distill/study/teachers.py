@@ -18,7 +18,7 @@ from ..data.build import build_dataset
 from ..demo.teachers import train_mae_teacher, train_supervised_teacher
 from ..evaluation.features import Transformed, embed_dataset, extract_features
 from ..evaluation.knn import knn_classify
-from ..models.load import load_model
+from ..files import load_model
 from .spec import StudyError, TeacherKind, base_config, shared_teacher_model, teacher_file
 
 

@@ -1,9 +1,10 @@
 """`hybrid-distill teachers list|prefetch` and `hybrid-distill export`."""
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from ..cli_parser import Parser
+from ..validate import timm_arch, weight_file, writable_dir
 from .export import FORMATS, export
 from .offline import known_pretrained
 from .teachers import build_teacher_backbone, resolve_arch, teacher_table
@@ -38,7 +39,7 @@ COPIED_CACHE = ("A --cache folder filled by prefetch can be copied to a machine 
 
 
 def teachers_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hybrid-distill teachers", description=__doc__, epilog=COPIED_CACHE)
+    parser = Parser(prog="hybrid-distill teachers", description=__doc__, epilog=COPIED_CACHE)
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("list", help="supported teachers: normalisation, width, depth, heads, patch, licence")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -46,6 +47,10 @@ def teachers_main(argv: list[str] | None = None) -> int:
     fetch.add_argument("names", nargs="+", help="names from `teachers list` or timm names with a pretrained tag")
     fetch.add_argument("--cache", type=Path, required=True, help="folder to download into")
     args = parser.parse_args(argv)
+    if args.command == "prefetch":
+        for name in args.names:  # before any download
+            timm_arch("NAMES", resolve_arch(name))
+        writable_dir("--cache", args.cache)
     if args.command == "list":
         rows = teacher_table()
         if args.json:
@@ -73,7 +78,7 @@ def teachers_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hybrid-distill export",
+    parser = Parser(prog="hybrid-distill export",
                                      description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain")
     parser.add_argument("run", help="run directory, checkpoint file or hybrid-distill model file")
     parser.add_argument("--format", choices=FORMATS, default="timm")
@@ -81,6 +86,8 @@ def export_main(argv: list[str] | None = None) -> int:
                         "pretrained=True), or FILE.safetensors / FILE.pth; other formats: FILE.pth")
     parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
     args = parser.parse_args(argv)
+    weight_file("RUN", args.run)
+    writable_dir("--out", args.out.parent)
     try:
         result = export(args.run, args.format, args.out, verify=args.verify)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -23,7 +23,8 @@ import timm
 import torch
 from torch import nn
 
-from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
+from ..files import read_model, save_atomic, write_atomic
+from ..models.load import create_vit, mean_std
 from ..provenance import provenance
 from .consumers import mm_backbone, mm_settings, mm_tokens
 from .formats import load_into, to_mm
@@ -33,47 +34,24 @@ FORMATS = ("timm", "mae", "mmseg", "mmpretrain")
 TOLERANCE = 1e-6  # the same arithmetic reloaded (timm, our mapping)
 MM_TOLERANCE = 1e-5  # OpenMMLab's attention (nn.MultiheadAttention in mmseg) sums in another order
 
-# Keys of mae_pretrain_vit_base.pth (DESIGN.md section 6); ViTDet's ViT has a place for each.
+# Keys of mae_pretrain_vit_base.pth; ViTDet's ViT has a place for each.
 _MAE_KEY = re.compile(r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
                       r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
 
 
 def read_student(run: str | Path) -> tuple[nn.Module, str, dict]:
     """(model, arch, model_kwargs) of a run directory, one of its checkpoints, or a model file."""
-    path = Path(run)
-    path = newest_checkpoint(path) if path.is_dir() else path
-    payload = load_weights(path)
-    kind = payload.get("format") if isinstance(payload, dict) else None
-    if kind == CHECKPOINT_FORMAT:
-        cfg = payload["config"]["student"]
-        if cfg.get("fd_encoder"):
-            raise ValueError(f"{path}: FD's encoder (student.fd_encoder) has a relative position bias that timm's "
-                             "VisionTransformer and the MAE / OpenMMLab layouts lack; eval and analyze take the run")
-        arch, kwargs, state, mean, std = (cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"],
-                                          cfg.get("mean"), cfg.get("std"))
-    elif kind == MODEL_FORMAT:
-        arch, kwargs, state, mean, std = (payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"],
-                                          payload["mean"], payload["std"])
-    else:
-        raise ValueError(f"{path} is not a hybrid-distill run, checkpoint or model file")
-    kwargs.pop("drop_path_rate", None)  # training-only; the exported structure does not depend on it
-    kwargs.pop("num_classes", None)
-    model = create_vit(arch, **kwargs)
-    model.load_state_dict(state, strict=True)
-    if mean and std:
-        model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(mean), std=tuple(std))
-    return model.eval(), arch, kwargs
+    own = read_model(run)
+    if own.fd_encoder:
+        raise ValueError(f"{run}: FD's encoder (student.fd_encoder) has a relative position bias that timm's "
+                         "VisionTransformer and the MAE / OpenMMLab layouts lack; eval and analyze take the run")
+    own.model_kwargs.pop("drop_path_rate", None)  # training-only; the exported structure does not depend on it
+    own.model_kwargs.pop("num_classes", None)
+    return own.build().eval(), own.arch, own.model_kwargs
 
 
 def _state(model: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def _save(obj, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(out)
 
 
 def timm_config_path(out: Path) -> Path:
@@ -102,9 +80,9 @@ def write_timm(model: nn.Module, arch: str, kwargs: dict, out: Path) -> list[Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
-        save_file(_state(model), str(out), metadata={"format": "pt", "architecture": arch})
+        write_atomic(out, lambda tmp: save_file(_state(model), str(tmp), metadata={"format": "pt", "architecture": arch}))
     else:
-        _save(_state(model), out)  # timm's load_state_dict reads a plain torch file by its suffix
+        save_atomic(out, _state(model))  # timm's load_state_dict reads a plain torch file by its suffix
     overlay = {"file": out.name, "num_classes": 0, "mean": list(mean), "std": list(std),
                "input_size": [3, *model.patch_embed.img_size], "interpolation": "bicubic"}
     config = {"architecture": arch, "model_kwargs": kwargs, "pretrained_cfg_overlay": overlay,
@@ -133,12 +111,12 @@ def write_mae(model: nn.Module, out: Path) -> list[Path]:
         raise ValueError(f"the student has parts the MAE / ViTDet layout has no place for: {foreign[:6]} "
                          "(MAE layout = CLS token, pos_embed with a CLS entry, pre-LN blocks with qkv bias, "
                          "final norm). Export --format timm instead.")
-    _save({"model": state}, out)
+    save_atomic(out, {"model": state})
     return [out]
 
 
 def write_mm(model: nn.Module, out: Path, layout: str) -> list[Path]:
-    _save({"state_dict": to_mm(_state(model), layout)}, out)
+    save_atomic(out, {"state_dict": to_mm(_state(model), layout)})
     return [out]
 
 

@@ -1,6 +1,6 @@
 """Official checkpoint layouts -> timm VisionTransformer state dicts, and back for export.
 
-Layouts (DESIGN.md section 6 and the sources named at each mapping):
+Layouts (the sources are named at each mapping):
 - timm names, wrapped or not: MAE `{'model': encoder}`, DeiT `{'model'}` with `head.*`,
   DINO raw or its training checkpoint `{'teacher': {'backbone.*', 'head.*'}}`.
 - OpenAI CLIP / open_clip `visual.*` names: converted by timm's own `checkpoint_filter_fn`

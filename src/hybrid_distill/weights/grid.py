@@ -1,7 +1,7 @@
 """Teachers on the student's token grid.
 
 A teacher whose patch size or resolution differs from the student's sees the image resized so that
-its token grid equals the student's (DESIGN.md section 2: a /14 teacher at 196 px for a /16 student
+its token grid equals the student's (a /14 teacher at 196 px for a /16 student
 at 224 px). The teacher is built at that `img_size`; timm's `checkpoint_filter_fn` then resamples its
 absolute position embeddings to the new grid with `resample_abs_pos_embed` (bicubic, antialiased,
 prefix tokens kept as they are).

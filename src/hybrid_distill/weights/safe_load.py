@@ -10,7 +10,6 @@
   `code/*.py` is read as text only for each class's `__parameters__` / `__buffers__` lists.
 """
 import argparse
-import hashlib
 import io
 import pickle
 import re
@@ -34,21 +33,11 @@ class UnsafeCheckpointError(RuntimeError):
     """The file needs arbitrary code to load; we refuse rather than run it."""
 
 
-def conversion_hint(path: Path) -> str:
-    """A one-liner that converts a trusted pickle to safetensors, to be run on a trusted machine."""
-    out = path.with_suffix(".safetensors")
-    return ("python -c \"import torch, safetensors.torch as st; "
-            f"c = torch.load('{path}', map_location='cpu', weights_only=False); "
-            "c = c.get('model', c.get('state_dict', c)); "
-            f"st.save_file({{k: v.contiguous() for k, v in c.items() if torch.is_tensor(v)}}, '{out}')\"")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def conversion_hint() -> str:
+    """How to convert a trusted pickle to safetensors on a trusted machine. Python steps, not a shell
+    line: a file name pasted into a shell command could run as code."""
+    return ("in Python, c = torch.load(PATH, weights_only=False); c = c.get('model', c.get('state_dict', c)); "
+            "safetensors.torch.save_file({k: v.contiguous() for k, v in c.items() if torch.is_tensor(v)}, OUT)")
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -64,6 +53,8 @@ def load_weights(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weight file: {path}")
+    from ..validate import weight_file
+    weight_file("weight file", path)  # empty or not a weight format at all: said as such
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path), device="cpu")
@@ -75,7 +66,7 @@ def load_weights(path: str | Path) -> dict:
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"{path} needs arbitrary code to load and was refused ({_first_line(err)}). "
-            f"If you trust it, convert it once on a trusted machine to safetensors:\n  {conversion_hint(path)}\n"
+            f"If you trust it, convert it once on a trusted machine to safetensors ({conversion_hint()}) "
             "and pass the .safetensors file instead.") from None
 
 

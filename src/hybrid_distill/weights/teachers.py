@@ -11,10 +11,11 @@ import timm
 import torch
 from torch import nn
 
-from ..models.load import CHECKPOINT_FORMAT, MODEL_FORMAT, create_vit, mean_std, newest_checkpoint
+from ..files import CHECKPOINT_FORMAT, MODEL_FORMAT, newest_checkpoint, own_model, sha256_file
+from ..models.load import create_vit, mean_std, set_mean_std
 from .formats import load_into
 from .offline import hub_reachable, unavailable
-from .safe_load import is_torchscript_archive, load_weights, sha256_file
+from .safe_load import is_torchscript_archive, load_weights
 
 OWN_RUN_LICENSE = "derived from a hybrid-distill run: the licences of that run's teachers apply (see its manifest)"
 UNKNOWN_LICENSE = "unknown: check the terms of the weights' source"
@@ -36,26 +37,26 @@ class TeacherSpec:
 
 # Licences: facebookresearch/mae LICENSE (CC BY-NC 4.0), facebookresearch/deit and dino LICENSE
 # (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT).
-TEACHERS = {t.name: t for t in (
-    TeacherSpec("mae_vit_base_patch16", "vit_base_patch16_224.mae", "mim", 768, 12, 12, 16, 224,
-                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_base.pth"),
-    TeacherSpec("mae_vit_large_patch16", "vit_large_patch16_224.mae", "mim", 1024, 24, 16, 16, 224,
-                "CC-BY-NC-4.0 (facebookresearch/mae): non-commercial", "mae_pretrain_vit_large.pth"),
-    TeacherSpec("deit_base_patch16", "deit_base_patch16_224.fb_in1k", "supervised", 768, 12, 12, 16, 224,
-                "Apache-2.0 (facebookresearch/deit)", "deit_base_patch16_224-b5f2ef4d.pth"),
-    TeacherSpec("deit_small_patch16", "deit_small_patch16_224.fb_in1k", "supervised", 384, 12, 6, 16, 224,
-                "Apache-2.0 (facebookresearch/deit)", "deit_small_patch16_224-cd65a155.pth"),
-    TeacherSpec("dino_vit_base_patch16", "vit_base_patch16_224.dino", "self-distillation", 768, 12, 12, 16, 224,
-                "Apache-2.0 (facebookresearch/dino)", "dino_vitbase16_pretrain.pth"),
-    TeacherSpec("dino_vit_small_patch16", "vit_small_patch16_224.dino", "self-distillation", 384, 12, 6, 16, 224,
-                "Apache-2.0 (facebookresearch/dino)", "dino_deitsmall16_pretrain.pth"),
-    TeacherSpec("clip_vit_base_patch16", "vit_base_patch16_clip_quickgelu_224.openai", "contrastive",
-                768, 12, 12, 16, 224, "MIT (openai/CLIP)", "ViT-B-16.pt"),
-    TeacherSpec("clip_vit_large_patch14", "vit_large_patch14_clip_quickgelu_224.openai", "contrastive",
-                1024, 24, 16, 14, 224, "MIT (openai/CLIP)", "ViT-L-14.pt"),
-    TeacherSpec("openclip_vit_base_patch16_laion2b", "vit_base_patch16_clip_224.laion2b", "contrastive",
-                768, 12, 12, 16, 224, "MIT (mlfoundations/open_clip)", "open_clip_pytorch_model.bin"),
-)}
+# name | timm arch | kind | width depth heads patch img_size | licence | official file
+_TABLE = """
+mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth
+mae_vit_large_patch16 | vit_large_patch16_224.mae | mim | 1024 24 16 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_large.pth
+deit_base_patch16 | deit_base_patch16_224.fb_in1k | supervised | 768 12 12 16 224 | Apache-2.0 (facebookresearch/deit) | deit_base_patch16_224-b5f2ef4d.pth
+deit_small_patch16 | deit_small_patch16_224.fb_in1k | supervised | 384 12 6 16 224 | Apache-2.0 (facebookresearch/deit) | deit_small_patch16_224-cd65a155.pth
+dino_vit_base_patch16 | vit_base_patch16_224.dino | self-distillation | 768 12 12 16 224 | Apache-2.0 (facebookresearch/dino) | dino_vitbase16_pretrain.pth
+dino_vit_small_patch16 | vit_small_patch16_224.dino | self-distillation | 384 12 6 16 224 | Apache-2.0 (facebookresearch/dino) | dino_deitsmall16_pretrain.pth
+clip_vit_base_patch16 | vit_base_patch16_clip_quickgelu_224.openai | contrastive | 768 12 12 16 224 | MIT (openai/CLIP) | ViT-B-16.pt
+clip_vit_large_patch14 | vit_large_patch14_clip_quickgelu_224.openai | contrastive | 1024 24 16 14 224 | MIT (openai/CLIP) | ViT-L-14.pt
+openclip_vit_base_patch16_laion2b | vit_base_patch16_clip_224.laion2b | contrastive | 768 12 12 16 224 | MIT (mlfoundations/open_clip) | open_clip_pytorch_model.bin
+"""
+
+
+def _spec(row: str) -> TeacherSpec:
+    name, arch, kind, dims, licence, file = (field.strip() for field in row.split("|"))
+    return TeacherSpec(name, arch, kind, *map(int, dims.split()), licence, file)
+
+
+TEACHERS = {spec.name: spec for spec in map(_spec, _TABLE.strip().splitlines())}
 
 
 def resolve_arch(name: str) -> str:
@@ -93,26 +94,15 @@ def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
             "source": source, "license": license, "arch": arch, "format": fmt}
 
 
-def _set_mean_std(model: nn.Module, mean, std) -> nn.Module:
-    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {}, mean=tuple(mean), std=tuple(std))
-    return model
-
-
 def _from_own_run(path: Path, payload: dict, model_kwargs: dict) -> tuple[nn.Module, dict]:
     """A student of one of our runs (or a model file) as the next stage's teacher (dBOT-style)."""
-    if payload["format"] == CHECKPOINT_FORMAT:
-        cfg = payload["config"]["student"]
-        arch, kwargs, state = cfg["arch"], dict(cfg.get("model_kwargs") or {}), payload["student"]
-        mean, std = cfg.get("mean"), cfg.get("std")
-    else:
-        arch, kwargs, state = payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"]
-        mean, std = payload["mean"], payload["std"]
-    kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
-    model = create_vit(arch, **{**kwargs, **model_kwargs})
-    load_into(model, {"model": state}, source=str(path))
-    if mean and std:
-        _set_mean_std(model, mean, std)
-    return model, _record(path, f"hybrid-distill {payload['format']}", OWN_RUN_LICENSE, arch, payload["format"])
+    own = own_model(payload)
+    own.model_kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
+    model = create_vit(own.arch, **{**own.model_kwargs, **model_kwargs})
+    load_into(model, {"model": own.state_dict}, source=str(path))
+    if own.mean and own.std:
+        set_mean_std(model, own.mean, own.std)
+    return model, _record(path, f"hybrid-distill {own.format}", OWN_RUN_LICENSE, own.arch, own.format)
 
 
 def _from_file(arch: str, file: Path, model_kwargs: dict) -> tuple[nn.Module, dict]:

@@ -1,0 +1,198 @@
+"""The project's own files: run checkpoints and model files, one atomic writer and one reader.
+
+Both formats are plain dicts of tensors and builtins, so `torch.load(weights_only=True)` reads them:
+- model file  {'format': 'hybrid-distill-model', 'arch', 'model_kwargs', 'state_dict', 'mean', 'std'}
+- checkpoint  {'format': 'hybrid-distill-checkpoint', 'model': Student.state_dict() as it is
+              (backbone.* and heads.*: a new submodule is saved and resumed with no renaming),
+              'optimizer', 'scaler', 'step', 'epoch', 'rng', 'config', 'provenance'}
+Checkpoints carry a SHA-256 beside them: one without a matching checksum was cut short (preempted
+while writing, disk full) and is never resumed from. Official teacher formats live in `weights`.
+"""
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .models.fd_encoder import create_student_vit
+from .models.load import create_vit, mean_std, set_mean_std
+
+MODEL_FORMAT = "hybrid-distill-model"
+CHECKPOINT_FORMAT = "hybrid-distill-checkpoint"
+BACKBONE = "backbone."  # the student's timm model inside Student.state_dict()
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(temp path)`, fsync, rename: a crash never leaves a half file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def save_atomic(path: str | Path, payload: dict) -> Path:
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT)) -> dict:
+    """One of our files, checked to be of one of `formats`."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind not in formats:
+        names = " or ".join(f.replace("hybrid-distill-", "") for f in formats)
+        raise ValueError(f"{path} is not a hybrid-distill {names} (official teacher files: hybrid_distill.weights)")
+    if kind == CHECKPOINT_FORMAT and "model" not in payload:
+        raise ValueError(f"{path} is a checkpoint of an earlier hybrid-distill layout (no 'model' entry)")
+    return payload
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- checkpoints
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Atomically, then the SHA-256 beside it."""
+    path = save_atomic(path, {"format": CHECKPOINT_FORMAT, **payload})
+    _checksum_path(path).write_text(sha256_file(path) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return read(path, (CHECKPOINT_FORMAT,))
+
+
+def has_checksum(path: Path) -> bool:
+    return _checksum_path(path).is_file()
+
+
+def is_complete(path: Path) -> bool:
+    checksum = _checksum_path(path)
+    return checksum.is_file() and checksum.read_text().strip() == sha256_file(path)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*.pt"))
+
+
+def newest_complete(run_dir: Path, warn: bool = True) -> Path | None:
+    """The newest checkpoint whose checksum matches; a corrupt newer one is skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        if is_complete(path):
+            return path
+        if warn:
+            warnings.warn(f"checkpoint {path} is truncated or corrupt (checksum mismatch); trying the previous one")
+    return None
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run directory, or an error naming the directory."""
+    found = newest_complete(Path(run_dir))
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoints/checkpoint-*.pt; pass a checkpoint file")
+    return found
+
+
+def move_aside(path: Path, folder: Path) -> None:
+    """A checkpoint and its checksum into `folder`, out of list_checkpoints' sight."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in (path, _checksum_path(path)):
+        if file.exists():
+            file.replace(folder / file.name)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        _checksum_path(old).unlink(missing_ok=True)
+
+
+# ---- models
+
+def save_model_file(model: nn.Module, arch: str, model_kwargs: dict, path: str | Path,
+                    mean=None, std=None) -> Path:
+    """A plain timm model in our own format, atomically."""
+    default_mean, default_std = mean_std(model)
+    return save_atomic(path, {"format": MODEL_FORMAT, "arch": arch, "model_kwargs": dict(model_kwargs),
+                              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                              "mean": list(mean or default_mean), "std": list(std or default_std)})
+
+
+@dataclass
+class OwnModel:
+    """A timm ViT as one of our files holds it (a checkpoint's student backbone, or a model file)."""
+    arch: str
+    model_kwargs: dict
+    state_dict: dict
+    mean: list | None
+    std: list | None
+    format: str
+    fd_encoder: bool = False  # FD's encoder: timm's ViT with a relative position bias (models/fd_encoder.py)
+
+    def build(self, **model_kwargs) -> nn.Module:
+        """The timm model, its weights loaded strictly; `model_kwargs` override the saved ones."""
+        model = create_student_vit(self.arch, {**self.model_kwargs, **model_kwargs}, self.fd_encoder)
+        model.load_state_dict(self.state_dict, strict=True)
+        return set_mean_std(model, self.mean, self.std) if self.mean and self.std else model
+
+
+def own_model(payload: dict) -> OwnModel:
+    """A model file or checkpoint payload -> the plain timm backbone it holds (the checkpoint's
+    `backbone.` prefix stripped here and nowhere else)."""
+    if payload["format"] == CHECKPOINT_FORMAT:
+        cfg = payload["config"]["student"]
+        state = {k[len(BACKBONE):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE)}
+        return OwnModel(cfg["arch"], dict(cfg.get("model_kwargs") or {}), state, cfg.get("mean"), cfg.get("std"),
+                        CHECKPOINT_FORMAT, bool(cfg.get("fd_encoder", False)))
+    return OwnModel(payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"], payload["mean"],
+                    payload["std"], MODEL_FORMAT)
+
+
+def read_model(path: str | Path) -> OwnModel:
+    """A run directory (its newest complete checkpoint), a checkpoint or a model file."""
+    path = Path(path)
+    return own_model(read(newest_checkpoint(path) if path.is_dir() else path))
+
+
+def student_with_decoder(spec: str) -> nn.Module:
+    """The student of a run directory or checkpoint with its trained decoder as `model.decoder`."""
+    from .models.decoder import decoder_from_checkpoint
+    path = Path(spec)
+    payload = read(newest_checkpoint(path) if path.is_dir() else path, (CHECKPOINT_FORMAT,))
+    model = own_model(payload).build()
+    block = model.blocks[0]
+    model.decoder = decoder_from_checkpoint(payload, model.embed_dim, block.attn.num_heads,
+                                            tuple(model.patch_embed.grid_size),
+                                            block.mlp.fc1.out_features / model.embed_dim)
+    return model
+
+
+def load_model(spec: str, pretrained: bool = False, **model_kwargs) -> nn.Module:
+    """A backbone from a timm name, one of our model files or checkpoints, or a run directory."""
+    path = Path(spec)
+    if path.exists():
+        return read_model(path).build()
+    if path.suffix in {".pt", ".pth", ".safetensors", ".bin"} or "/" in spec:
+        raise FileNotFoundError(f"no such model file or run directory: {spec}")
+    return create_vit(spec, pretrained=pretrained, **model_kwargs)

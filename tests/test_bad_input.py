@@ -1,0 +1,193 @@
+"""Bad input to every command ends in one line on stderr naming the key or path, exit code 2, and
+writes nothing into an existing run directory. In-process through `cli.main`: validation runs
+before any model is built, so the whole table takes seconds."""
+import contextlib
+import io
+import os
+
+import pytest
+import yaml
+
+from hybrid_distill import cli
+from hybrid_distill.files import sha256_file
+
+from conftest import tiny_run_config, write_idx
+
+import numpy as np
+
+TRAIN = ["train", "{d}/c.yaml", "--resume", "auto"]  # --resume: the existing run's own config cases
+EVAL = ["eval", "knn", "vit_tiny_patch16_224", "--data", "fashion_mnist:{d}/fmnist"]
+ANALYZE = ["analyze", "vit_tiny_patch16_224", "--data", "fashion_mnist:{d}/fmnist", "--out", "{d}/an"]
+BENCH = ["bench", "{d}/c.yaml", "--device", "cpu", "--out", "{d}/bench/b.json"]
+
+
+def train(*overrides):
+    return TRAIN + list(overrides)
+
+
+CONFIG_CASES = [
+    ("train.epochs=0", "train.epochs"), ("train.epochs=-3", "train.epochs"), ("optim.blr=-1", "optim.blr"),
+    ("optim.blr=0", "optim.blr"), ("data.hflip=2", "data.hflip"), ("data.hflip=-0.1", "data.hflip"),
+    ("student.std=[0,0,0]", "student.std"), ("student.std=[1,1]", "student.std"),
+    ("student.mean=[0.5]", "student.mean"), ("data.crop_scale=[1.5,0.1]", "data.crop_scale"),
+    ("data.crop_scale=[0.5,0.2]", "data.crop_scale"), ("data.crop_scale=[0,1]", "data.crop_scale"),
+    ("data.crop_scale=[0.2]", "data.crop_scale"), ("train.log_every=0", "train.log_every"),
+    ("seed=-1", "seed"), ("seed=4294967296", "seed"), ("train.device=tpu", "train.device"),
+    ("train.device=cuda:99", "train.device"), ("train.device=cuda:x", "train.device"),
+    ("loss.beta=-1", "loss.beta"), ("loss.beta=0", "loss.beta"), ("name=../../escaped", "name"),
+    ("name=a/b", "name"), ("name=..", "name"), ("name=.", "name"), ("name=", "name"),
+    ("optim.batch_size=0", "optim.batch_size"), ("optim.accum_steps=0", "optim.accum_steps"),
+    ("optim.accum_steps=3", "optim.batch_size"), ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.warmup_epochs=-1", "optim.warmup_epochs"), ("optim.min_lr=-1", "optim.min_lr"),
+    ("optim.clip_grad=-1", "optim.clip_grad"), ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.betas=[0.9,1.0]", "optim.betas"), ("optim.betas=[-0.1,0.9]", "optim.betas"),
+    ("data.img_size=0", "data.img_size"), ("data.num_workers=-1", "data.num_workers"),
+    ("data.limit=-5", "data.limit"), ("data.synthetic_size=0", "data.synthetic_size"),
+    ("data.prefetch_factor=0", "data.prefetch_factor"), ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
+    ("data.max_bad_fraction=-0.1", "data.max_bad_fraction"), ("data.bad_check_every=0", "data.bad_check_every"),
+    ("data.interpolation=cubic", "data.interpolation"), ("data.num_samples=-1", "data.num_samples"),
+    ("train.max_steps=-1", "train.max_steps"), ("train.ckpt_every_steps=-1", "train.ckpt_every_steps"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints"), ("train.monitor_every=-1", "train.monitor_every"),
+    ("train.monitor_images=0", "train.monitor_images"), ("train.max_nonfinite_steps=-1", "train.max_nonfinite_steps"),
+    ("train.good_state_every=-1", "train.good_state_every"), ("student.drop_path=1.5", "student.drop_path"),
+    ("student.drop_path=-0.1", "student.drop_path"), ("masking.keep_ratio=0", "masking.keep_ratio"),
+    ("masking.keep_ratio=1.5", "masking.keep_ratio"), ("masking.blocks=[99]", "masking.blocks"),
+    ("masking.blocks=[-1]", "masking.blocks"), ("masking.teacher=nobody", "masking.teacher"),
+    ("student.arch=vit_nonexistent_xyz", "student.arch"), ("teachers.sup.arch=not_a_model", "teachers.sup.arch"),
+    ("student.arch=resnet18", "resnet18"), ("teachers.mim.relation_blocks=[12]", "teachers.mim.relation_blocks"),
+    ("teachers.mim.relation_blocks=[-7]", "teachers.mim.relation_blocks"),
+    ("teachers.sup.feature_block=6", "teachers.sup.feature_block"),
+    ("teachers.sup.feature_block=-99", "teachers.sup.feature_block"), ("teachers.sup.weight=-1", "teachers.sup.weight"),
+    ("student.model_kwargs.embed_dim=50", "student.model_kwargs"),
+    ("teachers.sup.model_kwargs.bogus_kw=1", "teachers.sup.model_kwargs"), ("optim.blr=abc", "optim.blr"),
+    ("train.epochs=1.5", "train.epochs"), ("unknown.key=1", "unknown"), ("train.amp=fp8", "train.amp"),
+    ("masking.strategy=sometimes", "masking.strategy"), ("teachers.mim.relation_kind=cosine", "relation_kind"),
+    ("optim.blr", "optim.blr"), ("train.compile=true train.fsdp=true", "train.compile"),
+    ("teachers.new.features=true", "teachers.new.arch"), ("teachers.sup.features=false", "teachers.sup"),
+    ("optim.batch_size=512", "optim.batch_size"), ("data.dataset=folder", "data.path"),
+    ("student.mask_recon.patch=0", "student.mask_recon.patch"),
+    ("student.decoder=blocks student.decoder_depth=0", "student.decoder_depth"),
+    ("student.mask_recon.style=simmim student.mask_recon.ratio=1.5", "student.mask_recon"),
+]
+
+CASES = [(train(*o.split()), key) for o, key in CONFIG_CASES] + [
+    (train("teachers.sup.weights={d}/garbage.pt"), "{d}/garbage.pt"),
+    (train("teachers.sup.weights={d}/empty.pt"), "{d}/empty.pt"),
+    (train("teachers.sup.weights={d}/missing.pt"), "{d}/missing.pt"),
+    (train("teachers.sup.weights={d}/nockpt"), "{d}/nockpt"),
+    (train("output_dir={d}/afile/sub"), "output_dir"), (train("output_dir={d}/afile"), "output_dir"),
+    (train("data.path={d}/missing"), "{d}/missing"),
+    (train("data.dataset=folder", "data.path={d}/missing"), "{d}/missing"),
+    (["train", "{d}/missing.yaml"], "{d}/missing.yaml"), (["train", "{d}/notyaml.yaml"], "{d}/notyaml.yaml"),
+    (["train", "{d}/list.yaml"], "{d}/list.yaml"), (["train", "{d}/scalar.yaml"], "{d}/scalar.yaml"),
+    (["train", "{d}/binary.yaml"], "{d}/binary.yaml"), (["train", "{d}/unknown.yaml"], "bogus"),
+    (["train", "{d}/c.yaml"], "--resume auto"),  # a fresh run into the existing run directory
+    (["train", "{d}/c.yaml", "--resume", "{d}/missing.pt"], "{d}/missing.pt"),
+    (["train", "{d}/c.yaml", "--resume", "{d}/garbage.pt"], "{d}/garbage.pt"),
+    (["train", "{d}/c.yaml", "--resume", "{d}/nockpt"], "{d}/nockpt"),
+    (["train", "{d}/c.yaml", "--resume", "auto", "name=corrupt"], "--resume auto"),
+    (["train"], "config"), (["train", "{d}/c.yaml", "--bogus"], "--bogus"),
+    (EVAL + ["--batch-size", "0"], "--batch-size"), (EVAL + ["--k", "0"], "--k"),
+    (EVAL + ["--temperature", "0"], "--temperature"), (EVAL + ["--epochs", "0"], "--epochs"),
+    (EVAL + ["--crop-pct", "0"], "--crop-pct"), (EVAL + ["--crop-pct", "1.5"], "--crop-pct"),
+    (EVAL + ["--device", "tpu"], "--device"), (EVAL + ["--out", "{d}/afile/x"], "--out"),
+    (EVAL + ["--pool", "max"], "--pool"), (EVAL + ["--batch-size", "abc"], "--batch-size"),
+    (["eval", "knn", "{d}/garbage.pt", "--data", "fashion_mnist"], "{d}/garbage.pt"),
+    (["eval", "knn", "{d}/empty.pt", "--data", "fashion_mnist"], "{d}/empty.pt"),
+    (["eval", "knn", "{d}/missing.pt", "--data", "fashion_mnist"], "{d}/missing.pt"),
+    (["eval", "knn", "{d}/nockpt", "--data", "fashion_mnist"], "{d}/nockpt"),
+    (["eval", "knn", "not_a_model_xyz", "--data", "fashion_mnist"], "not_a_model_xyz"),
+    (["eval", "knn", "vit_tiny_patch16_224", "--data", "{d}/missing"], "{d}/missing"),
+    (["eval", "badprotocol", "vit_tiny_patch16_224", "--data", "x"], "protocol"),
+    (["eval", "knn", "vit_tiny_patch16_224"], "--data"),
+    (ANALYZE[:1] + ["{d}/garbage.pt"] + ANALYZE[2:], "{d}/garbage.pt"),
+    (ANALYZE[:1] + ["not_a_model_xyz"] + ANALYZE[2:], "not_a_model_xyz"),
+    (ANALYZE + ["--num-images", "0"], "--num-images"), (ANALYZE + ["--batch-size", "0"], "--batch-size"),
+    (ANALYZE + ["--map-images", "-1"], "--map-images"), (ANALYZE + ["--layers", "0"], "--layers"),
+    (ANALYZE + ["--queries", "abc"], "--queries"), (ANALYZE + ["--queries", "1.5,0.5"], "--queries"),
+    (ANALYZE + ["--device", "tpu"], "--device"), (ANALYZE[:-1] + ["{d}/afile/x"], "--out"),
+    (ANALYZE + ["--img-size", "0"], "--img-size"), (ANALYZE + ["--workers", "-1"], "--workers"),
+    (ANALYZE + ["--num-images", "100000"], "--num-images"),
+    (["analyze", "vit_tiny_patch16_224", "--data", "{d}/missing", "--out", "{d}/an"], "{d}/missing"),
+    (["export", "{d}/garbage.pt", "--out", "{d}/x.safetensors"], "{d}/garbage.pt"),
+    (["export", "{d}/empty.pt", "--out", "{d}/x.safetensors"], "{d}/empty.pt"),
+    (["export", "{d}/missing.pt", "--out", "{d}/x.safetensors"], "{d}/missing.pt"),
+    (["export", "vit_tiny_patch16_224", "--out", "{d}/x.safetensors"], "vit_tiny_patch16_224"),
+    (["export", "{d}/nockpt", "--out", "{d}/x.safetensors"], "{d}/nockpt"),
+    (["export", "{d}/runs/tiny", "--out", "{d}/afile/x.safetensors"], "--out"),
+    (["export", "{d}/runs/tiny", "--format", "onnx", "--out", "{d}/x"], "--format"),
+    (["export", "{d}/runs/tiny"], "--out"),
+    (["teachers", "prefetch", "not_a_model_xyz", "--cache", "{d}/cache"], "not_a_model_xyz"),
+    (["teachers", "prefetch", "vit_base_patch16_224.mae", "--cache", "{d}/afile/c"], "--cache"),
+    (["teachers", "bogus"], "bogus"), (["teachers", "prefetch", "--cache", "{d}/c"], "names"),
+    (BENCH + ["--batch", "0"], "--batch"), (BENCH + ["--steps", "0"], "--steps"),
+    (BENCH + ["--warmup", "-1"], "--warmup"), (BENCH + ["--device", "tpu"], "--device"),
+    (BENCH[:-1] + ["{d}/afile/b.json"], "--out"), (BENCH + ["train.epochs=0"], "train.epochs"),
+    (["bench", "{d}/missing.yaml"], "{d}/missing.yaml"), (BENCH + ["--precision", "fp8"], "--precision"),
+    (BENCH + ["--student", "not_a_model_xyz"], "student.arch"),
+    (["demo", "--out", "{d}/afile/x"], "--out"), (["demo", "--out", "{d}/demo2", "--data", "{d}/missing"], "{d}/missing"),
+    (["demo", "--out", "{d}/olddemo"], "--out"), (["demo", "--bogus"], "--bogus"),
+    (["bogus-command"], "bogus-command"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        write_idx(d / "fmnist", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
+    (d / "c.yaml").write_text(yaml.safe_dump(tiny_run_config(d / "fmnist", d / "runs")))
+    (d / "notyaml.yaml").write_text("optim: {blr: [1e-4\n  - :")
+    (d / "list.yaml").write_text("- a\n- b\n")
+    (d / "scalar.yaml").write_text("hello\n")
+    (d / "binary.yaml").write_bytes(bytes(range(256)))
+    (d / "unknown.yaml").write_text("bogus: 1\n")
+    (d / "garbage.pt").write_bytes(os.urandom(2000).replace(b"PK", b"pk"))
+    (d / "empty.pt").write_bytes(b"")
+    (d / "afile").write_text("a file, not a folder")
+    (d / "nockpt").mkdir()
+    (d / "olddemo" / "students" / "hybrid").mkdir(parents=True)
+    for name in ("tiny", "corrupt"):  # existing runs: config, metrics, a checkpoint with its checksum
+        run = d / "runs" / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("old\n")
+        (run / "metrics.jsonl").write_text('{"step": 1}\n')
+        saved = run / "checkpoints" / "checkpoint-00000001.pt"
+        saved.write_bytes(b"PK\x03\x04 not really")
+        (run / "checkpoints" / "checkpoint-00000001.pt.sha256").write_text(
+            ("0" * 64 if name == "corrupt" else sha256_file(saved)) + "\n")
+    return d
+
+
+def snapshot(root):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("argv,named", CASES, ids=[" ".join(a[:1] + a[2:] if a[0] == "train" else a)[:80]
+                                                   for a, _ in CASES])
+def test_bad_input_ends_in_one_line_naming_it(world, argv, named, monkeypatch):
+    monkeypatch.chdir(world)
+    runs = snapshot(world / "runs")
+    code, err = run_cli([a.format(d=world) for a in argv])
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert named.format(d=world) in err, err
+    assert snapshot(world / "runs") == runs
+    assert not (world / "escaped").exists()
+
+
+def test_the_table_covers_every_command_and_100_inputs():
+    commands = {argv[0] for argv, _ in CASES}
+    assert {"train", "eval", "analyze", "export", "teachers", "bench", "demo"} <= commands
+    assert len(CASES) >= 100
