@@ -19,7 +19,8 @@ from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers
 from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
-from hybrid_distill.files import load_model, student_with_decoder
+from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.files import student_with_decoder
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
 from hybrid_distill.validate import at_least, device, model_spec, writable_dir
@@ -46,7 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Default: the image centre")
     p.add_argument("--map-images", type=int, default=2, help="images shown in the attention-map figures")
     p.add_argument("--img-size", type=int, default=None, help="input size for timm names (their img_size)")
-    p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names")
+    p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names "
+                                                             "(without it their weights are random)")
+    p.add_argument("--arch", help="timm name of an official weight file's architecture (MAE, DeiT, DINO, CLIP)")
     p.add_argument("--decoder", action="store_true",
                    help="run directories and checkpoints (trained with student.decoder=blocks): the decoder's "
                         "blocks too, as layers after the encoder's (paper figure 3a); timm names as usual")
@@ -154,11 +157,11 @@ def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
             return student_with_decoder(spec)
         except (ValueError, KeyError) as err:
             raise AnalyzeError(f"--decoder: {err}") from err
-    if Path(spec).exists() and (kwargs or args.pretrained):
+    if Path(spec).exists() and (kwargs or args.pretrained) and not args.arch:
         print(f"note: --img-size/--pretrained apply to timm names only; {spec} keeps its own")
         kwargs = {}
     try:
-        return load_model(spec, pretrained=args.pretrained, **kwargs)
+        return load_eval_model(spec, args.arch if Path(spec).exists() else None, args.pretrained, **kwargs)
     except ValueError as err:  # unknown timm name, or a file that is not ours
         raise AnalyzeError(str(err)) from err
 

@@ -31,7 +31,7 @@ def check_vit(model: nn.Module) -> None:
     for name in ("patch_embed", "_pos_embed", "blocks", "num_prefix_tokens"):
         if not hasattr(model, name):
             raise TypeError(f"attention analysis needs a timm VisionTransformer; {type(model).__name__} "
-                            f"has no `{name}`. Load the model with hybrid_distill.models.load.load_model.")
+                            f"has no `{name}`. Load the model with hybrid_distill.files.load_model.")
     for block in model.blocks:
         check_block(block)
     if getattr(model, "decoder", None) is not None and model.num_prefix_tokens != 1:

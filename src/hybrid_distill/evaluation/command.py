@@ -1,8 +1,11 @@
 """`hybrid-distill eval knn|linear|finetune MODEL --data ...`: one protocol, one JSON result.
 
-MODEL: a run directory or checkpoint of ours, one of our model files, or a timm name.
---data: an image folder with train/ and val/ subfolders (torchvision ImageFolder layout), or
-`fashion_mnist` / `fashion_mnist:PATH` (IDX files; default the Debian package path).
+MODEL: a run directory or checkpoint of ours, one of our model files, an official weight file with
+--arch (MAE, DeiT, DINO, CLIP formats), or a timm name (--pretrained: its released weights; without
+it the weights are random, and the command says so).
+--data: an image folder with train/ and val/ subfolders (torchvision ImageFolder layout),
+`fashion_mnist[:PATH]` (IDX files; default the Debian package path), or `cifar100:PATH`, `cars:PATH`,
+`inat19:PATH` (torchvision's readers; paper Table 2).
 Under torchrun, features are extracted on all ranks and gathered; rank 0 writes the JSON.
 """
 import argparse
@@ -22,7 +25,8 @@ from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
 from hybrid_distill.evaluation.source import model_source, source_tag
-from hybrid_distill.files import load_model
+from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
+from hybrid_distill.evaluation.loading import load_eval_model
 from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
 
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -32,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hybrid-distill eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=PROTOCOLS)
-    p.add_argument("model", help="run dir, checkpoint, model file (.pt) or timm name")
-    p.add_argument("--data", required=True, help="image folder with train/ and val/, or fashion_mnist[:PATH]")
+    p.add_argument("model", help="run dir, checkpoint, model file (.pt), official weight file (with --arch) "
+                                 "or timm name")
+    p.add_argument("--pretrained", action="store_true", help="a timm name's released weights (else random)")
+    p.add_argument("--arch", help="timm name of an official weight file's architecture, e.g. vit_base_patch16_224.mae")
+    p.add_argument("--data", required=True, help="image folder with train/ and val/, fashion_mnist[:PATH], "
+                                                 "cifar100:PATH, cars:PATH or inat19:PATH")
     p.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, the model file's "
                                             "folder/eval, or ./eval/TIMM_NAME)")
     p.add_argument("--pool", choices=POOLS, default="cls", help="frozen features: CLS token or mean of patch tokens")
@@ -71,10 +79,12 @@ def load_data(spec: str):
         root = spec.partition(":")[2] or None
         info = {"name": "fashion_mnist", "spec": spec, "crop_pct": 1.0}
         return FashionMNIST(root, "train"), FashionMNIST(root, "test"), info
+    if spec.partition(":")[0] in TORCHVISION_DATA:
+        return torchvision_data(*spec.split(":", 1))
     root = Path(spec)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise FileNotFoundError(f"--data {spec}: expected an image folder with train/ and val/ subfolders "
-                                "(one folder per class inside each), or fashion_mnist[:PATH]")
+                                "(one folder per class inside each), fashion_mnist[:PATH], cifar100:PATH, cars:PATH or inat19:PATH")
     from torchvision.datasets import ImageFolder
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
     if train.classes != test.classes:
@@ -95,7 +105,7 @@ def run_protocol(args, model, train, test, info: dict, out: Path, source: dict |
     crop = args.crop_pct if args.crop_pct is not None else info["crop_pct"]
     common = dict(device=args.device)
     if args.protocol == "finetune":
-        name = args.preset or ("fashion_mnist" if info["name"] == "fashion_mnist" else "imagenet")
+        name = args.preset or (info["name"] if info["name"] in PRESETS else "imagenet")
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                        ("crop_pct", args.crop_pct)) if v is not None}
         weights = out / f"finetune-{info['name']}-{name}{source_tag(source)}"  # a timm folder beside the JSON
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     with process_group("cuda" if torch.cuda.is_available() else "cpu"):
         train, test, info = load_data(args.data)
-        model, source = load_model(args.model), model_source(args.model)
+        model, source = load_eval_model(args.model, args.arch, args.pretrained), model_source(args.model)
         out = args.out or default_out(args.model)
         result = run_protocol(args, model, train, test, info, out, source)
         if not dist.is_initialized() or dist.get_rank() == 0:

@@ -1,0 +1,46 @@
+"""The model that `eval` and `analyze` read, from what the user names.
+
+- a run directory, checkpoint or model file of ours;
+- an official weight file (MAE `{'model': ...}`, DeiT with its head, DINO, OpenAI CLIP, open_clip, ...)
+  with `--arch TIMM_NAME`, loaded through `hybrid_distill.weights` as the teachers are;
+- a timm name: with `--pretrained` its released weights, read as a teacher's are (offline: from the
+  cache `hybrid-distill teachers prefetch` fills, or one line saying so); without it a random init,
+  said loudly on stderr.
+"""
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..config import ConfigError
+from ..files import load_model
+from ..models.load import create_vit
+from ..weights import build_teacher_backbone
+from ..weights.teachers import resolve_arch
+
+
+def random_weights_warning(name: str) -> str:
+    return (f"WARNING: {name} has RANDOM weights (a timm name without --pretrained): the numbers below "
+            "measure a random init; add --pretrained for its released weights")
+
+
+def load_eval_model(spec: str, arch: str | None = None, pretrained: bool = False, warn=None,
+                    **model_kwargs) -> nn.Module:
+    """A timm ViT (no classifier) from a file, a run directory or a timm name; see the module doc."""
+    warn = warn or (lambda text: print(text, file=sys.stderr))
+    path = Path(spec)
+    if path.exists():
+        if arch:
+            return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
+        try:
+            return load_model(spec)
+        except ValueError:
+            raise ConfigError(f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
+                              "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae") from None
+    if path.suffix in {".pt", ".pth", ".safetensors", ".bin"} or "/" in spec:
+        raise FileNotFoundError(f"no such model file or run directory: {spec}")
+    name = resolve_arch(spec)
+    if pretrained:
+        return build_teacher_backbone(name, pretrained=True, model_kwargs=model_kwargs)[0]
+    warn(random_weights_warning(name))
+    return create_vit(name, **model_kwargs)
