@@ -30,6 +30,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux); bf16 speed
+    differs several-fold between CPU models, so every figure names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance() -> dict:
     import torch
     return {
@@ -38,5 +50,6 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
+        "cpu": cpu_model(),
     }
