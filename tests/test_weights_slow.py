@@ -64,4 +64,8 @@ def test_export_round_trips_at_vit_b16(tmp_path):
     save_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt",
                     {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config})
     for fmt, name in (("timm", "s.safetensors"), ("mae", "s-mae.pth"), ("mmseg", "s-seg.pth"), ("mmpretrain", "s-pre.pth")):
-        assert export(tmp_path / "run", fmt, tmp_path / name, verify=True)["max_feature_diff"] < 1e-6
+        result = export(tmp_path / "run", fmt, tmp_path / name, verify=True)
+        # our own reverse mapping reloads the same arithmetic; OpenMMLab's classes (when installed) sum
+        # attention in another order: their error is judged relative to the features' size
+        assert result.get("relative_feature_diff", result["max_feature_diff"]) < (1e-5 if "relative_feature_diff"
+                                                                                 in result else 1e-6)
