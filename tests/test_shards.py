@@ -19,15 +19,9 @@ wds = pytest.importorskip("webdataset")
 @pytest.fixture
 def shards(tmp_path):
     """4 shards x 24 PNGs with .cls; sample 5 of shard 0 is broken bytes."""
-    rng = np.random.default_rng(0)
-    for s in range(4):
-        with wds.TarWriter(str(tmp_path / f"train-{s:03d}.tar")) as sink:
-            for i in range(24):
-                buffer = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
-                png = b"not a png" if (s, i) == (0, 5) else buffer.getvalue()
-                sink.write({"__key__": f"{s:03d}_{i:03d}", "png": png, "cls": str(i % 10).encode()})
-    return str(tmp_path / "train-{000..003}.tar")
+    def entries(s, i, png):
+        return {"png": b"not a png" if (s, i) == (0, 5) else png, "cls": str(i % 10).encode()}
+    return write_shards(tmp_path, entries, count=4, fmt="PNG", seed=0, prefix="train")
 
 
 def stream_config(idx_folder, out, urls, **extra):
@@ -61,16 +55,17 @@ def test_missing_shards_and_missing_sample_count_fail_clearly(idx_folder, tmp_pa
         build_dataset(cfg.data)
 
 
-def write_shards(folder, entries) -> str:
-    """2 shards x 24 samples; entries(shard, i, png_bytes) -> the sample's dict without __key__."""
-    rng = np.random.default_rng(1)
-    for s in range(2):
-        with wds.TarWriter(str(folder / f"web-{s:03d}.tar")) as sink:
+def write_shards(folder, entries, count=2, fmt="JPEG", seed=1, prefix="web") -> str:
+    """`count` shards x 24 random 28x28 images; entries(shard, i, image_bytes) -> the sample's dict
+    without __key__."""
+    rng = np.random.default_rng(seed)
+    for s in range(count):
+        with wds.TarWriter(str(folder / f"{prefix}-{s:03d}.tar")) as sink:
             for i in range(24):
                 buffer = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="JPEG")
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format=fmt)
                 sink.write({"__key__": f"{s:03d}_{i:03d}", **entries(s, i, buffer.getvalue())})
-    return str(folder / "web-{000..001}.tar")
+    return str(folder / f"{prefix}-{{000..{count - 1:03d}}}.tar")
 
 
 def test_shards_without_labels_train(idx_folder, tmp_path):
