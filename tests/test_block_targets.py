@@ -8,7 +8,6 @@ from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.masking import least_redundant
 from hybrid_distill.matching import same_relative_depth
-from hybrid_distill.models.tokens import cls_and_patches
 
 from conftest import TINY, tiny_run_config
 

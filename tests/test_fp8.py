@@ -1,7 +1,5 @@
 """FP8 teachers (train.teacher_precision=fp8): the rowwise e4m3 product against bf16, within e4m3's
 rounding (3 mantissa bits: about 2^-4 relative per element); refusals in one line."""
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -10,7 +8,7 @@ from hybrid_distill.bench.fp8_check import targets_at
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, TeacherPrecision, from_dict
 from hybrid_distill.models.fp8 import E4M3_MAX, Float8Linear, fp8_unsupported, quantize_rows, to_float8
-from hybrid_distill.models.precision import resolve_teacher_precision, set_teacher_precision
+from hybrid_distill.models.precision import resolve_teacher_precision
 
 from conftest import tiny_run_config
 
@@ -47,10 +45,12 @@ def test_float8_linear_matches_bf16_within_e4m3_rounding():
 def test_fp8_teachers_give_targets_near_bf16_ones():
     cfg = from_dict(tiny_run_config("/unused", "/unused", **{"train.amp": "bf16"}))
     torch.manual_seed(0)
-    _, teachers, _ = build_models(cfg)
-    set_teacher_precision(teachers, "bf16", torch.bfloat16, CPU)
-    bf16, fp8 = teachers, copy.deepcopy(teachers)
-    assert set_teacher_precision(fp8, "fp8", torch.bfloat16, CPU) is TeacherPrecision.fp8
+    _, teachers, _ = build_models(cfg, teacher_precision="fp32")
+    bf16, fp8 = teachers.copy(precision=TeacherPrecision.bf16), teachers.copy(precision=TeacherPrecision.fp8)
+    assert fp8.precision is TeacherPrecision.fp8 and bf16.precision is TeacherPrecision.bf16
+    _, built, _ = build_models(cfg, amp_dtype=torch.bfloat16, teacher_precision="fp8")  # the trainer's way
+    assert built.precision is TeacherPrecision.fp8
+    assert all(p.dtype == torch.bfloat16 for p in built.parameters() if p.dtype != torch.float8_e4m3fn)
     linears = [m for m in fp8.modules() if isinstance(m, Float8Linear)]
     assert len(linears) == 2 * 6 * 4  # qkv, proj, fc1, fc2 of every block of both teachers
     pixels = torch.rand(4, 3, 28, 28)
@@ -69,10 +69,9 @@ def test_auto_precision_is_the_trainers_old_choice():
 
 
 def test_fp8_is_refused_in_one_line_without_bf16_or_a_capable_device():
-    cfg = from_dict(tiny_run_config("/unused", "/unused"))
-    _, teachers, _ = build_models(cfg)
+    cfg = from_dict(tiny_run_config("/unused", "/unused", **{"train.teacher_precision": "fp8"}))
     with pytest.raises(ConfigError, match="train.amp=bf16") as err:
-        set_teacher_precision(teachers, "fp8", None, CPU)
+        build_models(cfg)  # fp8 teachers without bf16 autocast
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="compute capability 8.9") as err:
         to_float8(nn.Linear(16, 16), torch.device("meta"))

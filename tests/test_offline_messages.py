@@ -6,7 +6,6 @@ import time
 import pytest
 
 from hybrid_distill.cli import main
-from hybrid_distill.config import from_dict
 from hybrid_distill.weights import build_teacher_backbone
 
 from conftest import tiny_run_config

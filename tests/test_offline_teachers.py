@@ -10,7 +10,7 @@ import torch
 from hybrid_distill.config import from_dict
 from hybrid_distill.trainer import Trainer
 
-from conftest import TINY, tiny_run_config, tiny_vit
+from conftest import tiny_run_config, tiny_vit
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
 """What a run says before it starts: summary, --print-config, --dry-run, --version, config `base:`."""
+import subprocess
+import sys
+
 import yaml
 
 from hybrid_distill import __version__
@@ -27,6 +30,11 @@ def test_print_config_and_version(idx_folder, tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["optim"]["blr"] == 3e-4 and printed["train"]["epochs"] == 2
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"hybrid-distill {__version__}"
+
+
+def test_python_dash_m_runs_the_command():
+    out = subprocess.run([sys.executable, "-m", "hybrid_distill", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"hybrid-distill {__version__}"
 
 
 def test_a_config_builds_on_a_shipped_one_with_base(tmp_path):

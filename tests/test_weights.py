@@ -7,7 +7,6 @@ original architecture (OpenAI CLIP).
 """
 import argparse
 import hashlib
-import io
 import json
 import os
 import pickle

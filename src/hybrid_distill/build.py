@@ -1,14 +1,17 @@
 """Config -> student and teachers, with the checks that must fail before training starts."""
+import torch
 from omegaconf import DictConfig
 
-from .config import ConfigError, Decoder, MaskStyle, RelationKind
+from .config import ConfigError, Decoder, MaskStyle, TeacherPrecision
 from .matching import block_matches, check_can_match
 from .models.decoder import Decoder as DecoderBlocks
 from .models.fd_encoder import create_student_vit
 from .models.mask_recon import MaskRecon
+from .models.precision import resolve_teacher_precision
 from .models.student import RelationSpec, Student, block_head_name
 from .models.teacher import Teacher, build_teacher_model
 from .models.tokens import grid_size
+from .relations import form
 from .targets import TeacherSet
 
 
@@ -18,15 +21,17 @@ def build_backbone(cfg: DictConfig):
     return create_student_vit(cfg.student.arch, kwargs, cfg.student.fd_encoder)
 
 
-def build_teachers(cfg: DictConfig, student_grid) -> tuple[TeacherSet, dict]:
-    """The frozen teachers and their manifest records (file, sha256, source, licence)."""
+def build_teachers(cfg: DictConfig, student_grid, device=None,
+                   precision: TeacherPrecision = TeacherPrecision.fp32) -> tuple[TeacherSet, dict]:
+    """The frozen teachers on `device` in `precision` (resolved) and their manifest records (file,
+    sha256, source, licence)."""
     if not cfg.teachers:
         raise ConfigError("no teachers configured: add teachers.<name>.arch=... (see configs/)")
     teachers, records = {}, {}
     for name, tcfg in cfg.teachers.items():
         model, records[name] = build_teacher_model(name, tcfg, student_grid)
         check_finite(name, tcfg, model)
-        teachers[name] = Teacher(name, tcfg, model, student_grid)
+        teachers[name] = Teacher(name, tcfg, model, student_grid, precision=precision, device=device)
     grid = tuple(student_grid)
     return TeacherSet(teachers, cfg.masking, grid[0] * grid[1]), records
 
@@ -53,7 +58,7 @@ def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_at
                 feature_at[name] = match[teacher.feature_block]
         for b in teacher.relation_blocks:
             specs.append(RelationSpec(name, match[b], tcfg.relation_kind, tcfg.relation_heads, key=b))
-            if RelationKind(tcfg.relation_kind) is RelationKind.features:
+            if form(tcfg.relation_kind).tokens:  # T^i through the student's own head
                 heads[block_head_name(name, b)] = teacher.model.embed_dim
     identity = Decoder(cfg.student.decoder) is Decoder.none
     if identity:
@@ -92,9 +97,12 @@ def build_recon(student_cfg, backbone) -> MaskRecon | None:
         raise ConfigError(str(err)) from None
 
 
-def build_models(cfg: DictConfig, student_fused_attention: bool = True):
-    """Student, teachers and the teachers' manifest records; `student_fused_attention`: SDPA in the
-    student (models/attention.py, student_fused_attention picks it per device)."""
+def build_models(cfg: DictConfig, student_fused_attention: bool = True, device=None,
+                 amp_dtype: torch.dtype | None = None, teacher_precision=None):
+    """Student, teachers (on `device`, in `teacher_precision` or the config's, resolved against the
+    student's autocast `amp_dtype`) and the teachers' manifest records; `student_fused_attention`: SDPA
+    in the student (models/attention.py, student_fused_attention picks it per device)."""
     backbone = build_backbone(cfg)
-    teachers, records = build_teachers(cfg, grid_size(backbone))
+    precision = resolve_teacher_precision(teacher_precision or cfg.train.teacher_precision, amp_dtype)
+    teachers, records = build_teachers(cfg, grid_size(backbone), device, precision)
     return build_student(cfg, teachers, backbone, student_fused_attention), teachers, records

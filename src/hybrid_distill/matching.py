@@ -7,7 +7,7 @@ the identity when student and teacher are equally deep, e.g. teacher block 9 of 
 Every refusal is one line naming the config key to change.
 """
 from .config import ConfigError, RelationHeads, RelationKind
-from .relations import PER_HEAD, resolve_block
+from .relations import form, resolve_block
 
 
 def same_relative_depth(block: int, teacher_depth: int, student_depth: int) -> int:
@@ -38,14 +38,14 @@ def block_matches(name: str, tcfg, teacher_depth: int, student_depth: int) -> di
 def check_can_match(name: str, tcfg, teacher_attn, student_attn) -> None:
     """Per-head relations and MSA need the teacher's head count; MSA (no head of its own) its head width."""
     kind, heads = RelationKind(tcfg.relation_kind), RelationHeads(tcfg.relation_heads)
-    if not tcfg.relation_blocks or kind not in PER_HEAD:
+    if not tcfg.relation_blocks or not form(kind).per_head:
         return
     if heads is RelationHeads.per_head and teacher_attn.num_heads != student_attn.num_heads:
         raise ConfigError(
             f"teacher '{name}' has {teacher_attn.num_heads} heads but the student has {student_attn.num_heads}: "
             f"per-head relations need equal counts; set teachers.{name}.relation_heads=head_mean or change the student")
-    if kind is RelationKind.msa and teacher_attn.head_dim != student_attn.head_dim:
+    if form(kind).head_width and teacher_attn.head_dim != student_attn.head_dim:
         raise ConfigError(
-            f"teachers.{name}.relation_kind=msa compares head outputs of width {teacher_attn.head_dim} (teacher) and "
-            f"{student_attn.head_dim} (student) with no head between them: use a student of head width "
+            f"teachers.{name}.relation_kind={kind.value} compares head outputs of width {teacher_attn.head_dim} "
+            f"(teacher) and {student_attn.head_dim} (student) with no head between them: use a student of head width "
             f"{teacher_attn.head_dim} or relation_kind=features")

@@ -1,4 +1,5 @@
 """All teachers together: the token picker runs first, the others follow on its keep set."""
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 from .config import Strategy
 from .masking import KeepGiven, KeepLeastRedundant, KeepRandom, all_indices, schedule_counts, selection_blocks
 from .models.teacher import Teacher
+from .models.tokens import grid_size
 
 
 @dataclass
@@ -62,12 +64,19 @@ class TeacherSet(nn.Module):
     def train(self, mode: bool = True) -> "TeacherSet":
         return super().train(False)
 
-    def cast(self, dtype: torch.dtype) -> "TeacherSet":
-        """Teacher weights in `dtype` (bf16 on CUDA halves their time and memory); normalisation and
-        targets stay fp32. A config-free switch: targets differ from fp32 ones by bf16 rounding."""
-        for teacher in self.teachers.values():
-            teacher.model.to(dtype)
-        return self
+    @property
+    def precision(self):
+        """The teachers' precision (models/precision.py), the same for all of them."""
+        return next(iter(self.teachers.values())).precision
+
+    def copy(self, fused_attention: bool | None = None, precision=None) -> "TeacherSet":
+        """New teachers on copies of these weights with another attention path or precision (constructor
+        arguments: nothing is switched in place), on the same device. Copy fp32 teachers: a cast rounds."""
+        built = {n: Teacher(n, t.cfg, copy.deepcopy(t.model), grid_size(t.model),
+                            t.fused_attention if fused_attention is None else fused_attention,
+                            t.precision if precision is None else precision)
+                 for n, t in self.teachers.items()}
+        return TeacherSet(built, self.masking, self.num_patches)
 
     def compile(self, **kwargs) -> "TeacherSet":
         """torch.compile each teacher's forward in place (its state_dict keeps its keys)."""

@@ -19,7 +19,6 @@ from .data.shards import ShardStream
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
 from .models.attention import student_fused_attention
-from .models.precision import set_teacher_precision
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
 from .resume import check_fits, load as load_resume, resolve as resolve_resume
@@ -61,13 +60,12 @@ class Trainer:
         self.micro_batch = self.micro_batch_size()
         self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
                                                  self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
-        self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device))
-        seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
-        self.student.to(self.device)
-        self.teachers.to(self.device)
         dtype = amp_dtype(cfg.train.amp, self.device)
         # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
-        set_teacher_precision(self.teachers, cfg.train.teacher_precision, dtype, self.device)
+        self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device),
+                                                                 self.device, dtype)
+        seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
+        self.student.to(self.device)
         if cfg.train.compile:  # in place, before DDP: parameter names and checkpoints stay the same
             self.student.compile()
             self.teachers.compile()

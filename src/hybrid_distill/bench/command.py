@@ -5,7 +5,6 @@ warm-up, medians over repeats, their ratio, and each optimisation switched off o
     hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
         teachers.clip.weights=random teachers.mim.weights=random
 """
-import argparse
 import importlib
 import json
 import resource

@@ -8,11 +8,10 @@ ratio of the teachers alone and of the whole training step (engine.train_step), 
     hybrid-distill bench --fp8 --device cuda --batch 256
 """
 import argparse
-import copy
 
 import torch
 
-from ..models.precision import set_teacher_precision
+from ..models.precision import resolve_teacher_precision
 from .harness import RANDOM_VITB, StepRig, common_args, device_from, median, paper_config, time_interleaved, \
     write_result
 from ..build import build_models
@@ -31,12 +30,10 @@ def parse(argv):
     return p.parse_intermixed_args(argv)
 
 
-def teacher_copies(teachers, device: torch.device) -> dict:
-    out = {}
-    for precision in PRECISIONS:
-        out[precision] = copy.deepcopy(teachers)
-        set_teacher_precision(out[precision], precision, torch.bfloat16, device)
-    return out
+def teacher_copies(teachers) -> dict:
+    """fp32 teachers -> the same weights in each precision."""
+    return {precision: teachers.copy(precision=resolve_teacher_precision(precision, torch.bfloat16))
+            for precision in PRECISIONS}
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,8 +77,8 @@ def main(argv=None) -> int:
     batch = args.batch or (256 if device.type == "cuda" else 4)
     cfg = paper_config("hybrid_vitb_mae_clip", RANDOM_VITB, ["train.amp=bf16", *args.overrides], args.smoke)
     seed_everything(cfg.seed)
-    _, teachers, _ = build_models(cfg)
-    copies = teacher_copies(teachers.to(device), device)
+    _, teachers, _ = build_models(cfg, device=device, teacher_precision="fp32")
+    copies = teacher_copies(teachers)
     images = torch.randint(0, 256, (batch, 3, cfg.data.img_size, cfg.data.img_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     pixels = to_unit(images.to(device))

@@ -15,7 +15,6 @@ from ..build import build_models
 from ..config import load_config
 from ..engine import build_optimizer, train_step
 from ..models.attention import student_fused_attention
-from ..models.precision import set_teacher_precision
 from ..provenance import provenance
 from ..runtime import RunContext, amp_dtype, pick_device, seed_everything
 
@@ -58,12 +57,11 @@ class StepRig:
 
     def __init__(self, cfg, device: torch.device, batch: int, teacher_precision: str | None = None):
         seed_everything(cfg.seed)
-        self.student, self.teachers, _ = build_models(cfg, student_fused_attention(device))  # as the trainer
-        self.student.to(device).train()
-        self.teachers.to(device)
         dtype = amp_dtype(cfg.train.amp, device)
-        self.precision = set_teacher_precision(self.teachers, teacher_precision or cfg.train.teacher_precision,
-                                               dtype, device)
+        self.student, self.teachers, _ = build_models(cfg, student_fused_attention(device), device, dtype,
+                                                      teacher_precision)  # as the trainer
+        self.student.to(device).train()
+        self.precision = self.teachers.precision
         self.optimizer = build_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
         self.run = RunContext(device, dtype, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,

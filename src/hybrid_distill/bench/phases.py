@@ -11,12 +11,11 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from ..config import TeacherPrecision
 from ..data.transforms import to_unit
 from ..engine import build_optimizer, forward_backward, optimizer_step, param_groups, set_lr
 from ..models.attention import student_fused_attention
 from ..models.student import Student
-from ..models.teacher import Teacher
-from ..models.tokens import grid_size
 from ..targets import TeacherSet
 from .plain import plain_forward_backward
 
@@ -85,14 +84,6 @@ def student_variant(student: Student, fused_attention: bool) -> Student:
     return new.to(next(student.parameters()).device).train(student.training)
 
 
-def teachers_variant(teachers: TeacherSet, fused_attention: bool) -> TeacherSet:
-    """The same teachers (copies of their weights) built with the other attention path."""
-    built = {name: Teacher(name, t.cfg, copy.deepcopy(t.model), grid_size(t.model), fused_attention)
-             for name, t in teachers.teachers.items()}
-    device = next(teachers.parameters()).device
-    return TeacherSet(built, teachers.masking, teachers.num_patches).to(device)
-
-
 class Bench:
     """The student, teachers (fp32 and a bf16 copy) and optimisers behind the plain and optimised steps."""
 
@@ -110,9 +101,8 @@ class Bench:
         weights and an in-place compile would reach the eager variants too."""
         key = (sw.fused_attention, sw.bf16_teachers, sw.compile_teachers)
         if key not in self.teacher_copies:
-            teachers = teachers_variant(self.teachers, sw.fused_attention)
-            if sw.bf16_teachers:
-                teachers.cast(torch.bfloat16)
+            teachers = self.teachers.copy(sw.fused_attention, TeacherPrecision.bf16 if sw.bf16_teachers
+                                          else TeacherPrecision.fp32)
             if sw.compile_teachers:
                 teachers.compile()
             self.teacher_copies[key] = teachers

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..cli_parser import Parser
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError, from_dict
 from ..validate import writable_dir
 from ..data.fashion_mnist import FashionMNIST
 from ..data.subset import limit_subset

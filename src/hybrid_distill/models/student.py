@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import MaskStyle, RelationHeads, RelationKind
 from ..masking import all_indices, gather_tokens
-from ..relations import head_form, relation_form, resolve_block
+from ..relations import form, resolve_block, student_target
 from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
 from .mask_recon import MaskRecon, visible_indices
@@ -80,7 +80,7 @@ class Student(nn.Module):
                                                                 for r, b in self.relation_specs}]
         # blocks whose output tokens a head reads (intermediate features, T^i)
         self.output_blocks = set(self.feature_at.values()) | {b for r, b in self.relation_specs
-                                                              if r.kind is RelationKind.features}
+                                                              if not form(r.kind).reads_input}
 
     @staticmethod
     def key(spec: RelationSpec, block: int) -> int:
@@ -161,13 +161,9 @@ class Student(nn.Module):
         return out
 
     def block_target(self, r: RelationSpec, block: int, tap, P: int) -> torch.Tensor:
-        logits, heads, x = tap
-        if r.kind is RelationKind.features:
-            return self.heads[block_head_name(r.teacher, self.key(r, block))](cls_and_patches(x, P))
-        if r.kind is RelationKind.msa:
-            return head_form(cls_and_patches(heads, P, 2), r.heads)  # (B, H, 1 + K, hd)
-        lg = cls_and_patches(cls_and_patches(logits, P, 2), P, 3)  # (B, H, 1 + K, 1 + K)
-        return relation_form(lg, self.backbone.blocks[block].attn.scale, r.kind, r.heads)
+        head = self.heads[block_head_name(r.teacher, self.key(r, block))] if form(r.kind).tokens else None
+        return student_target(r.kind, r.heads, self.backbone.blocks[block].attn, tap,
+                              lambda t, dim: cls_and_patches(t, P, dim), head)
 
     def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
         """Every token kept: equals timm's forward_features on CLS + patches."""

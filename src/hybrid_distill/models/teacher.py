@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, RelationKind, TeacherConfig
+from ..config import ConfigError, RelationKind, TeacherConfig, TeacherPrecision
 from ..masking import all_indices, gather_tokens, positions_within
-from ..relations import FROM_INPUT, head_form, msa_heads, relation_form, resolve_block
-from .attention import attention_logits, check_block, choose_attention
+from ..relations import form, resolve_block, teacher_target
+from .attention import check_block, choose_attention
 from .load import mean_std
+from .precision import apply_precision
 from .tokens import (Normalize, check_class_token, cls_and_patches, embed_tokens, grid_size, image_size,
                      keep_with_prefix)
 
@@ -43,10 +44,12 @@ def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tup
 
 class Teacher(nn.Module):
     """Frozen ViT teacher; `.train()` never takes it out of eval mode. `fused_attention`: SDPA in its
-    blocks (relations are read from q and k apart, so every block may use it)."""
+    blocks (relations are read from q and k apart, so every block may use it). `precision` (resolved,
+    models/precision.py) is applied on `device` (None: where the model is) when it is built."""
 
     def __init__(self, name: str, cfg: TeacherConfig, model: nn.Module, student_grid: tuple[int, int],
-                 fused_attention: bool = True):
+                 fused_attention: bool = True, precision: TeacherPrecision = TeacherPrecision.fp32,
+                 device: torch.device | None = None):
         super().__init__()
         for block in model.blocks:
             check_block(block)
@@ -57,7 +60,10 @@ class Teacher(nn.Module):
                 f"teacher '{name}' has a {grid_size(model)} token grid but the student has {tuple(student_grid)}; "
                 f"set teachers.{name}.match_grid=true or "
                 f"teachers.{name}.model_kwargs.img_size={student_grid[0] * patch}")
-        self.name, self.cfg, self.model = name, cfg, model.requires_grad_(False)
+        device = device if device is not None else next(model.parameters()).device
+        self.precision = TeacherPrecision(precision)
+        self.name, self.cfg = name, cfg
+        self.model = apply_precision(model.requires_grad_(False).to(device), self.precision, device)
         self.fused_attention = fused_attention
         choose_attention(model, fused_attention)
         self.normalize = Normalize(*mean_std(model))
@@ -69,7 +75,7 @@ class Teacher(nn.Module):
         self.kind = RelationKind(cfg.relation_kind)
         # blocks to run: through the feature block; up to (not through) a relation block whose q and k
         # come from its input, through one whose output is the target
-        through = 0 if self.kind in FROM_INPUT else 1
+        through = 0 if form(self.kind).reads_input else 1
         self.blocks_needed = max(([self.feature_block + 1] if cfg.features else [])
                                  + [b + through for b in self.relation_blocks])
         self.eval()
@@ -90,7 +96,7 @@ class Teacher(nn.Module):
         size = image_size(self.model)
         if tuple(pixels.shape[-2:]) != size:
             pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
-        dtype = self.model.patch_embed.proj.weight.dtype  # bf16 once TeacherSet.cast(torch.bfloat16)
+        dtype = self.model.patch_embed.proj.weight.dtype  # bf16 for bf16 and fp8 teachers
         return embed_tokens(self.model, self.normalize(pixels).to(dtype))
 
     @torch.no_grad()
@@ -104,7 +110,7 @@ class Teacher(nn.Module):
         rows = all_indices(B, L, x.device)  # (B, n) the patch index of each patch row of x
         normed, features = {}, None
         stop = max([self.blocks_needed] + [b + 1 for b in select.blocks])  # blocks to run
-        from_input = self.kind in FROM_INPUT
+        from_input = form(self.kind).reads_input
         for i, block in enumerate(self.model.blocks):
             if i in self.relation_blocks and from_input:
                 normed[i] = (block.norm1(x), rows)  # the block's q and k are read from its normed input
@@ -129,32 +135,22 @@ class Teacher(nn.Module):
         return cls_and_patches(keep_with_prefix(x, positions_within(rows, keep), P), P)
 
     def feature_target(self, features, keep: torch.Tensor, block: int) -> torch.Tensor | None:
-        """Block output -> final norm -> per-token LayerNorm without affine (FD), at CLS + kept. The final
-        norm belongs to the last block's output (FD reads it there); an earlier block's target is its
-        output, as eq. 2 writes T^i."""
-        if features is None:
-            return None
-        x = self.read(*features, keep)
+        """Block output at CLS + kept -> final norm -> per-token LayerNorm without affine (FD)."""
+        return None if features is None else self.finish_tokens(self.read(*features, keep), block)
+
+    def finish_tokens(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """The final norm belongs to the last block's output (FD reads it there); an earlier block's
+        target is its output, as eq. 2 writes T^i. fp32 whatever the teacher's dtype."""
         if self.cfg.final_norm and block == self.depth - 1:
             x = self.model.norm(x)
-        x = x.float()  # targets in fp32 whatever the teacher's dtype
+        x = x.float()
         return F.layer_norm(x, x.shape[-1:]) if self.cfg.whiten else x
 
     def relation_targets(self, normed: dict, keep: torch.Tensor) -> dict[int, torch.Tensor]:
-        """The target of each relation block (config relation_kind), at CLS + kept tokens."""
-        return {i: self.block_target(i, x, rows, keep) for i, (x, rows) in normed.items()}
-
-    def block_target(self, i: int, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Relations: q k^T from block i's own projection at CLS + kept rows and columns (q and k are per
-        token, so these equal the rows and columns of the full N x N logits). MSA: every token present
-        is a key (eq. 1 masks the output, T(x) ⊙ M), read at CLS + kept rows. Features: T^i at CLS + kept."""
-        attn = self.model.blocks[i].attn
-        if self.kind is RelationKind.features:
-            return self.feature_target((x, rows), keep, i)
-        if self.kind is RelationKind.msa:
-            heads = msa_heads(attn, x)  # (B, H, P + n, hd)
-            B, H, N, hd = heads.shape
-            flat = self.read(heads.transpose(1, 2).reshape(B, N, H * hd), rows, keep)  # (B, 1 + K, H * hd)
-            return head_form(flat.view(B, -1, H, hd).transpose(1, 2).float(), self.cfg.relation_heads)
-        logits = attention_logits(attn, self.read(x, rows, keep))  # (B, H, 1 + K, 1 + K)
-        return relation_form(logits.float(), attn.scale, self.kind, self.cfg.relation_heads)
+        """The target of each relation block (config relation_kind, relations.py), at CLS + kept tokens."""
+        out = {}
+        for i, (x, rows) in normed.items():
+            target = teacher_target(self.kind, self.cfg.relation_heads, self.model.blocks[i].attn, x,
+                                    lambda t: self.read(t, rows, keep))
+            out[i] = self.finish_tokens(target, i) if form(self.kind).tokens else target
+        return out

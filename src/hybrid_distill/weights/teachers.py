@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from ..files import CHECKPOINT_FORMAT, MODEL_FORMAT, newest_checkpoint, own_model, sha256_file
