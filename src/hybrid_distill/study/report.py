@@ -1,11 +1,13 @@
 """Finished cells -> study.json (every number) and study.md (the tables), and the per-layer figures."""
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..provenance import provenance
+from . import claims as paper_claims
 from .figures import layer_figure
 from .spec import reference_row, run_rows
 from .stats import LEVEL, paired, summary
@@ -98,6 +100,8 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
         names = sorted({m for r in rows.values() for m in r if m.startswith(f"{metric}/L")},
                        key=lambda m: int(m.split("L")[-1]))
         lines += table(f"{metric} per layer", rows, names, digits)
+    if result.get("claims"):
+        lines += paper_claims.markdown([paper_claims.Claim(**c) for c in result["claims"]])
     lines += ["Figures: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in figures), "",
               "Every cell's numbers, config and provenance: study.json and cells/ROW/seedN/cell.json.", ""]
     return "\n".join(lines)
@@ -109,6 +113,11 @@ def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_an
     result = {**aggregate(spec, cells), "interval": INTERVAL_NOTE, "provenance": provenance(),
               "cells": {row: {str(c["seed"]): c["run_dir"] for c in cells if c["row"] == row} for row in run_rows(spec)},
               "teachers": teachers, "study": OmegaConf.to_container(spec, enum_to_str=True)}
+    if spec.claims is not None and teacher_analysis:
+        roles = paper_claims.ClaimRoles(**OmegaConf.to_container(spec.claims))
+        per_layer = {name: {m: teacher_layers(teacher_analysis, m)[name] for m in ("distance", "nmi")}
+                     for name in teacher_analysis["models"]}
+        result["claims"] = [asdict(c) for c in paper_claims.judge_claims(result, per_layer, roles)]
     names = [str(out / f"{metric}.png") for metric in LAYER_FIGURES]
     result["figures"] = draw(spec, result, teacher_analysis, out) if figures else [p for p in names if Path(p).is_file()]
     (out / "study.json").write_text(json.dumps(result, indent=2))

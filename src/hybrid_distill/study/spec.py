@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, from_dict, merge
+from .claims import ClaimRoles
 
 TEACHER_REF = "teacher:"
 
@@ -82,6 +83,7 @@ class StudySpec:
     rows: Dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    claims: Optional[ClaimRoles] = None  # the paper's claims judged in study.md (claims.py)
     smoke: List[str] = field(default_factory=list)
 
 
@@ -130,6 +132,21 @@ def check_study(spec: DictConfig) -> None:
         if not isinstance(row, DictConfig):
             raise StudyError(f"rows.{name} must be a mapping (a config diff), got {row!r}")
     check_finetune(spec.evaluate.finetune)
+    check_claims(spec)
+
+
+def check_claims(spec: DictConfig) -> None:
+    """Every row a claim names is a row of the study."""
+    if spec.claims is None:
+        return
+    c = spec.claims
+    named = [c.hybrid, *c.single, c.sup_student, *c.masking.values(), c.decoder, c.mask_recon]
+    unknown = [r for r in named if r is not None and r not in spec.rows]
+    if unknown:
+        raise StudyError(f"claims: row '{unknown[0]}' is not a row; rows: {', '.join(spec.rows)}")
+    teachers = [t for t in (c.sup_teacher, c.mae_teacher) if t not in spec.teachers]
+    if teachers:
+        raise StudyError(f"claims: teacher '{teachers[0]}' is not a shared teacher; teachers: {', '.join(spec.teachers)}")
 
 
 def check_finetune(options) -> None:
