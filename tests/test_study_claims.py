@@ -72,3 +72,22 @@ def test_a_claim_naming_a_missing_row_is_refused():
             "claims": {"single": ["distill_sup", "nope"]}}
     with pytest.raises(StudyError, match="claims: row 'nope' is not a row"):
         load_study(spec)
+
+
+def test_the_demo_quotes_the_study_headline_as_recorded(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hybrid_distill.demo.replication import replication_lines
+    from hybrid_distill.study.report import headline
+    res = result()
+    res["rows"]["hybrid"]["finetune/top1"].update(ci95=[78.0, 84.0], n=3)
+    res["rows"] = {"hybrid": {"finetune/top1": res["rows"]["hybrid"]["finetune/top1"]}}
+    res["provenance"] = {"git_sha": "abc1234", "device": "cpu", "cpu": "Some CPU"}
+    res["claims"] = [{"name": "a", "text": "Hybrid >= best single", "held": False, "lines": []}]
+    cells = [{"seconds": 1800.0}, {"seconds": 1800.0}]
+    path = tmp_path / "replication.json"
+    path.write_text(__import__("json").dumps(headline(OmegaConf.create({"name": "s196"}), res, cells, 27)))
+    text = "\n".join(replication_lines(path))
+    assert "study s196" in text and "git abc1234, Some CPU, 2 of 27 cells, 1.0 h" in text
+    assert "| hybrid | 81.00 [78.00, 84.00] |  |  |" in text and "- (a) Hybrid >= best single: not held" in text
+    assert "No replication is recorded" in replication_lines(tmp_path / "absent.json")[0]

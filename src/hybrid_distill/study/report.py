@@ -107,6 +107,18 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
     return "\n".join(lines)
 
 
+def headline(spec: DictConfig, result: dict, cells: list[dict], cells_total: int) -> dict:
+    """The few numbers a reader (and the demo) quotes: per row the test top-1 means with their 95%
+    intervals, the claims' verdicts, and where and how long it ran."""
+    prov = result["provenance"]
+    rows = {row: {m: [r[m]["mean"], *(r[m]["ci95"] or [None, None]), r[m]["n"]] for m in ACCURACY if m in r}
+            for row, r in result["rows"].items()}
+    return {"study": spec.name, "git_sha": prov["git_sha"], "device": prov["device"], "cpu": prov.get("cpu"),
+            "cells": f"{len(cells)} of {cells_total}", "cell_hours": sum(c["seconds"] for c in cells) / 3600,
+            "rows": rows, "columns": "mean, 95% interval low, high, seeds",
+            "claims": [{k: c[k] for k in ("name", "text", "held")} for c in result.get("claims", [])]}
+
+
 def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_analysis: dict | None,
                  cells_total: int, figures: bool = True) -> dict:
     out = Path(spec.out)
@@ -122,4 +134,5 @@ def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_an
     result["figures"] = draw(spec, result, teacher_analysis, out) if figures else [p for p in names if Path(p).is_file()]
     (out / "study.json").write_text(json.dumps(result, indent=2))
     (out / "study.md").write_text(markdown(spec, result, teachers, cells_total, result["figures"]))
+    (out / "headline.json").write_text(json.dumps(headline(spec, result, cells, cells_total), indent=2))
     return result
