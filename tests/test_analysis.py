@@ -258,3 +258,13 @@ def test_analyze_reads_an_image_folder(tmp_path):
     report = json.loads((out / "analysis.json").read_text())
     assert report["models"]["m"]["grid_size"] == [4, 4] and "query_maps" not in report["models"]["m"]
     assert sorted(p.rsplit("/", 1)[1] for p in report["figures"]) == ["distance.png", "distance_plain.png", "nmi.png"]
+
+
+def test_model_labels_tell_run_directories_of_the_same_name_apart(tmp_path):
+    from hybrid_distill.analysis.command import model_labels
+    for row in ("hybrid", "distill_sup"):
+        (tmp_path / "cells" / row / "seed0").mkdir(parents=True)
+    (tmp_path / "sup.pt").write_bytes(b"")
+    specs = [str(tmp_path / "cells" / r / "seed0") for r in ("hybrid", "distill_sup")]
+    assert model_labels([*specs, str(tmp_path / "sup.pt"), "vit_tiny_patch16_224", "vit_tiny_patch16_224"]) == \
+        ["hybrid-seed0", "distill_sup-seed0", "sup", "vit_tiny_patch16_224", "vit_tiny_patch16_224-2"]

@@ -131,17 +131,34 @@ def choose_indices(size: int, count: int, seed: int) -> list[int]:
     return sorted(torch.randperm(size, generator=g)[:count].tolist())
 
 
+def label_parts(spec: str) -> list[str]:
+    """A file's stem or a directory's name, after the folders above it; a timm name as it is."""
+    path = Path(spec)
+    if not path.exists():
+        return [spec]
+    return [*path.parent.parts, path.name if path.is_dir() else path.stem]
+
+
 def model_labels(specs: list[str]) -> list[str]:
-    labels = []
-    for spec in specs:
-        path = Path(spec)
-        base = path.name if path.is_dir() else path.stem if path.is_file() else spec
-        label, n = base, 1
-        while label in labels:
+    """Short unique labels (they name figure files too): the last path part, with as many parent folders
+    as tell two apart (runs/a/seed0 and runs/b/seed0 -> a-seed0, b-seed0); what is still equal gets -2."""
+    parts = [label_parts(s) for s in specs]
+    depth = [1] * len(specs)
+    while True:
+        labels = ["-".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            break
+        for i in clash:
+            depth[i] += 1
+    out = []
+    for label in labels:
+        unique, n = label, 1
+        while unique in out:
             n += 1
-            label = f"{base}-{n}"
-        labels.append(label)
-    return labels
+            unique = f"{label}-{n}"
+        out.append(unique)
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
