@@ -17,6 +17,10 @@
 # then one summary table (the end of stdout). Writes $OUT/log.txt (everything) and one JSON per part.
 #   bash scripts/gpu_check.sh            # PY=python3 to use another interpreter, BUDGET=seconds (420)
 #   bash scripts/gpu_check.sh --smoke    # every part on the CPU with tiny models: the code paths, in minutes
+#   ONLY=bench_compiled COMPILED_CAP=480 BUDGET=520 bash scripts/gpu_check.sh   # the compiled part alone
+# ONLY: the parts to run (comma-separated; env always runs). The compiled bench stops starting steps
+# COMPILED_CAP - 30 s in (`bench --deadline`), so it reports before `timeout` ends it, and writes its raw
+# repeats to bench_compiled.partial.json after each repeat.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -46,6 +50,9 @@ BENCH=("$PY" -m hybrid_distill.cli bench)
 part() {
     local name=$1 cap=$2; shift 2
     local left=$((BUDGET - SECONDS)) start=$SECONDS rc
+    if [[ -n "${ONLY:-}" && $name != env && ",$ONLY," != *",$name,"* ]]; then
+        return
+    fi
     cap=$((cap * ${CAPX:-1}))
     local limit=$((cap < left ? cap : left))
     if ((limit < 15)); then
@@ -64,8 +71,10 @@ part env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cuda available', torch.cuda.is_available()); \
     print('capability', torch.cuda.get_device_capability() if torch.cuda.is_available() else None)\"; \
     git log -1 --format='commit %h %s' 2>/dev/null || true"
-part bench_compiled 210 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
-    "${COMPILE[@]}" --cuda-graphs --no-ablation --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
+COMPILED_CAP=${COMPILED_CAP:-210}
+part bench_compiled "$COMPILED_CAP" "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
+    "${COMPILE[@]}" --cuda-graphs --no-ablation --deadline $((COMPILED_CAP * ${CAPX:-1} - 30)) \
+    --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
 part bench_eager 60 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
     --compile off --out "$OUT/bench_eager.json" "${RANDOM_TEACHERS[@]}"
 part input 40 "${BENCH[@]}" --input-pipeline "$PARTS/jpegs" --make 512 --seconds "$SECONDS_PER_PATH" \

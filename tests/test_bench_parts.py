@@ -6,7 +6,8 @@ import signal
 import pytest
 import torch
 
-from hybrid_distill.bench.command import GRAPHS, _time_up, main as bench_main, measure, variants
+from hybrid_distill.bench.command import GRAPHS, main as bench_main, measure, variants
+from hybrid_distill.bench.stop import Stop
 from hybrid_distill.bench.phases import Switches
 from hybrid_distill.bench.report import main as report_main
 
@@ -78,12 +79,22 @@ class TimedOutBench:
         return {"student": 0.1}
 
 
-def test_sigterm_reports_the_timed_repeats_done(capsys):
-    previous = signal.signal(signal.SIGTERM, _time_up)
-    try:
-        runs = {"plain": None, "optimised": "ok"}
-        records = measure(TimedOutBench(), runs, iter(lambda: torch.zeros(1), None), warmup=1, steps=5)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert {n: len(r) for n, r in records.items()} == {"plain": 1, "optimised": 1}  # warm-up, one timed repeat, then stopped
-    assert "stopped by SIGTERM" in capsys.readouterr().err
+def test_sigterm_lets_the_step_in_flight_finish_and_reports_the_repeats_done(capsys):
+    runs = {"plain": None, "optimised": "ok"}
+    with Stop().watching() as stop:
+        records = measure(TimedOutBench(), runs, iter(lambda: torch.zeros(1), None), warmup=1, steps=5, stop=stop)
+    # warm-up: plain, optimised; repeat 2: optimised, plain; repeat 3: plain gets SIGTERM, finishes, is kept
+    assert {n: len(r) for n, r in records.items()} == {"plain": 2, "optimised": 1}
+    err = capsys.readouterr().err
+    assert "stopped (SIGTERM)" in err and "plain: " in err  # warm-up steps say how long they took (compiling)
+    assert signal.getsignal(signal.SIGTERM) is not stop.signalled  # the handler is restored
+
+
+def test_a_deadline_stops_before_the_next_step_and_partial_repeats_are_written(capsys, tmp_path):
+    seen = []
+    records = measure(FailingBench(), {"plain": None, "optimised": "ok"}, iter(lambda: torch.zeros(1), None),
+                      warmup=1, steps=3, stop=Stop(deadline_s=0.0), on_repeat=seen.append)
+    assert records == {} and seen == [] and "stopped (deadline)" in capsys.readouterr().err
+    records = measure(FailingBench(), {"plain": None, "optimised": "ok"}, iter(lambda: torch.zeros(1), None),
+                      warmup=1, steps=2, on_repeat=lambda r: seen.append({n: len(v) for n, v in r.items()}))
+    assert seen == [{"plain": 0, "optimised": 0}, {"plain": 1, "optimised": 1}, {"plain": 2, "optimised": 2}]

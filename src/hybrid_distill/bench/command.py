@@ -8,7 +8,6 @@ warm-up, medians over repeats, their ratio, and each optimisation switched off o
 import importlib
 import json
 import resource
-import signal
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from ..provenance import provenance
 from ..runtime import RunContext, pick_device, seed_everything
 from ..validate import at_least, device, writable_dir
 from .phases import Bench, NullClock, Switches, default_switches
+from .stop import Stop
 
 GRAPHS = "optimised + CUDA graphs"
 
@@ -72,6 +72,9 @@ def parse(argv):
     p.add_argument("--smoke", action="store_true", help="tiny models at 32 px: checks the code path in seconds")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds after which no new step starts; the repeats done are reported (stops cleanly "
+                        "between steps, as SIGTERM does)")
     p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
     return p.parse_intermixed_args(argv)
 
@@ -146,43 +149,51 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if all(w in name for w in k.split())), None)
 
 
-def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int) -> dict[str, list[dict]]:
-    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped."""
+def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: Stop | None = None,
+            on_repeat=None) -> dict[str, list[dict]]:
+    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped. Stops
+    between steps when `stop` says so (deadline, SIGTERM) with the repeats done; `on_repeat(records)`
+    after each repeat (the partial result file)."""
     names, records = list(runs), {n: [] for n in runs}
-    try:
-        repeat(bench, runs, batches, warmup, steps, names, records)
-    except TimeUp:  # `timeout` (scripts/gpu_check.sh) ran out: report the repeats done
-        print("stopped by SIGTERM: reporting the timed repeats done so far", file=sys.stderr, flush=True)
-    return {n: r for n, r in records.items() if r}
-
-
-class TimeUp(BaseException):
-    """SIGTERM, as KeyboardInterrupt is SIGINT: no `except Exception` (a variant's, compilers') catches it."""
-
-
-def _time_up(signum, frame):
-    raise TimeUp()
-
-
-def repeat(bench: Bench, runs: dict, batches, warmup: int, steps: int, names: list, records: dict) -> None:
+    stop = stop or Stop()
     for r in range(warmup + steps):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            if stop():
+                print(f"stopped ({stop.reason}): reporting the timed repeats done so far", file=sys.stderr, flush=True)
+                return {n: v for n, v in records.items() if v}
             start = time.perf_counter()
             images = next(batches)  # with --data: the wait for the loader's workers (0 when overlapped)
-            try:
-                times = {"data": time.perf_counter() - start, **bench.step(runs[name], images)}
-            except Exception as err:  # an experimental variant (CUDA graphs) must not take the others down
-                if name in ("plain", "optimised"):
-                    raise
-                print(f"variant '{name}' failed and is dropped: {type(err).__name__}: {str(err)[:300]}",
-                      file=sys.stderr, flush=True)
-                names.remove(name)
-                del records[name]
-                continue
-            if r >= warmup:
-                records[name].append(times)
+            step_variant(bench, runs, name, images, time.perf_counter() - start, r, warmup, names, records)
         kind = "warm-up" if r < warmup else "timed"
         print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
+        if on_repeat is not None:
+            on_repeat(records)
+    return {n: v for n, v in records.items() if v}
+
+
+def step_variant(bench: Bench, runs: dict, name: str, images, data_s: float, r: int, warmup: int, names: list,
+                 records: dict) -> None:
+    """One step of one variant, recorded after warm-up; an extra variant that fails is dropped."""
+    start = time.perf_counter()
+    try:
+        times = {"data": data_s, **bench.step(runs[name], images)}
+    except Exception as err:  # an experimental variant (CUDA graphs) must not take the others down
+        if name in ("plain", "optimised"):
+            raise
+        print(f"variant '{name}' failed and is dropped: {type(err).__name__}: {str(err)[:300]}",
+              file=sys.stderr, flush=True)
+        names.remove(name)
+        del records[name]
+        return
+    if r < warmup:  # the first calls compile: say how long they took
+        print(f"  {name}: {time.perf_counter() - start:.1f} s (warm-up {r + 1})", file=sys.stderr, flush=True)
+    else:
+        records[name].append(times)
+
+
+def write_partial(path: Path, records: dict, batch: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"batch": batch, "partial": True, "step_records": records}))
 
 
 def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None) -> dict:
@@ -250,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
     for name in (n for n in runs if n.startswith("optimised fp32") or n == GRAPHS):
         flops[name] = flops["optimised"]  # the same work in another precision or launch mode
-    signal.signal(signal.SIGTERM, _time_up)
-    records = measure(bench, runs, batches, args.warmup, args.steps)
+    partial = Path(args.out).with_suffix(".partial.json")  # the raw repeats so far, should the bench be killed
+    with Stop(args.deadline).watching() as stop:
+        records = measure(bench, runs, batches, args.warmup, args.steps, stop,
+                          lambda done: write_partial(partial, done, batch))
     if not {"plain", "optimised"} <= set(records):
         print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
         return 1

@@ -5,13 +5,13 @@ the fraction of dense bf16 peak per batch, to find the largest batch per GPU and
     hybrid-distill bench --batch-sweep --device cuda --batches 128,256,512,1024
 """
 import argparse
-import signal
 import sys
 
 import torch
 
 from .harness import RANDOM_VITB, StepRig, common_args, device_from, median, paper_config, peak_gib, \
     synthetic_images, time_interleaved, write_result
+from .stop import Stop
 
 
 def parse(argv, prog="hybrid-distill bench --batch-sweep", doc=__doc__, batches="128,256,512,1024"):
@@ -42,7 +42,7 @@ def try_batch(rig: StepRig, batch: int, warmup: int, steps: int) -> dict:
 
 
 def sweep(cfg, args, title: str) -> dict:
-    from .command import TimeUp, _time_up, bf16_peak_tflops
+    from .command import bf16_peak_tflops
     device = device_from(args)
     batches = [int(b) for b in args.batches.split(",")]
     rig = StepRig(cfg, device, 2)
@@ -52,15 +52,14 @@ def sweep(cfg, args, title: str) -> dict:
     gflop = rig.gflop_per_image()  # eager or compiled: the same FLOPs
     peak = bf16_peak_tflops(device)
     rows = []
-    signal.signal(signal.SIGTERM, _time_up)  # `timeout` ran out: report the batches done
-    for batch in batches:
-        try:
+    with Stop().watching() as stop:  # `timeout` ran out: report the batches done
+        for batch in batches:
+            if stop():
+                print(f"stopped ({stop.reason}) before batch {batch}", file=sys.stderr)
+                break
             rows.append(try_batch(rig, batch, args.warmup, args.steps))
-        except TimeUp:
-            print(f"stopped by SIGTERM at batch {batch}", file=sys.stderr)
-            break
-        if "error" in rows[-1]:
-            break
+            if "error" in rows[-1]:
+                break
     print(f"{title}; device: {device}; GFLOP/img {gflop:.1f}; medians of {args.steps}")
     print(f"{'batch':>7}{'img/s':>10}{'ms/step':>10}{'peak GiB':>10}{'% bf16 peak':>13}")
     for r in rows:
