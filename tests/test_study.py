@@ -203,3 +203,18 @@ def test_a_teacher_weaker_than_pixels_stops_the_study(tmp_path):
     require_beats_pixels("sup", {"knn_top1": 81.0, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
     with pytest.raises(StudyError, match="does not beat raw pixels"):
         require_beats_pixels("sup", {"knn_top1": 74.8, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
+
+
+def test_a_shared_teacher_of_another_recipe_is_refused_not_reused(idx_folder, tmp_path):
+    from hybrid_distill.study.spec import base_config
+    from hybrid_distill.study.teachers import build_teacher, recipe_record
+    spec = load_study(tiny_study(idx_folder, tmp_path / "out"))
+    path = tmp_path / "out" / "teachers" / "sup.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"weights")  # a finished teacher file ...
+    record = recipe_record(spec, "sup", base_config(spec))
+    path.with_suffix(".recipe.json").write_text(json.dumps(record))
+    assert build_teacher(spec, "sup", base_config(spec), log=lambda line: None) == path  # ... same recipe: reused
+    changed = load_study(tiny_study(idx_folder, tmp_path / "out"), ["teachers.sup.epochs=3"])
+    with pytest.raises(StudyError, match="teacher sup: .*sup.pt was trained with another recipe"):
+        build_teacher(changed, "sup", base_config(changed))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from ..config import to_dict
 from ..data.build import build_dataset
 from ..demo.teachers import train_mae_teacher, train_supervised_teacher
 from ..evaluation.features import Transformed, embed_dataset, extract_features
@@ -39,12 +40,29 @@ def teacher_images(t: DictConfig, base: DictConfig) -> int:
     return t.images or base.data.limit
 
 
+def recipe_record(spec: DictConfig, name: str, base: DictConfig) -> dict:
+    """What decides a shared teacher's weights: its recipe and the data config of its loader."""
+    demo, data = recipe(spec, name, base)
+    return json.loads(json.dumps({"teacher": OmegaConf.to_container(spec.teachers[name], enum_to_str=True),
+                                  "model": [demo.arch, demo.vit_kwargs], "data": to_dict(data)}, default=str))
+
+
 def build_teacher(spec: DictConfig, name: str, base: DictConfig, log=print) -> Path:
-    path = teacher_file(spec, name)
+    """The teacher file, trained unless one of the same recipe exists (recorded beside it); a file of
+    another recipe is refused, never silently reused."""
+    path, record = teacher_file(spec, name), recipe_record(spec, name, base)
+    recorded = path.with_suffix(".recipe.json")
     if path.is_file():
+        if recorded.is_file() and json.loads(recorded.read_text()) != record:
+            raise StudyError(f"teacher {name}: {path} was trained with another recipe (teachers.{name} or the base "
+                             f"data changed since); delete {path} and {path.with_suffix('')}.*.json to retrain it")
         log(f"[study] teacher {name}: {path} exists, reused")
         return path
     demo, data = recipe(spec, name, base)
+    for stale in (path.with_suffix(".check.json"), path.parent / "analysis" / "analysis.json"):
+        stale.unlink(missing_ok=True)  # a check or analysis of an earlier file of this name
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(record, indent=2))
     dataset = build_dataset(data)
     log(f"[study] teacher {name}: {spec.teachers[name].kind.value}, {len(dataset)} images, {demo.teacher_epochs} epochs")
     trainer = train_supervised_teacher if spec.teachers[name].kind is TeacherKind.supervised else train_mae_teacher
