@@ -19,8 +19,8 @@
 #   bash scripts/gpu_check.sh --smoke    # every part on the CPU with tiny models: the code paths, in minutes
 #   ONLY=bench_compiled COMPILED_CAP=480 BUDGET=520 bash scripts/gpu_check.sh   # the compiled part alone
 # ONLY: the parts to run (comma-separated; env always runs). The compiled bench stops starting steps
-# COMPILED_CAP - 30 s in (`bench --deadline`), so it reports before `timeout` ends it, and writes its raw
-# repeats to bench_compiled.partial.json after each repeat.
+# 30 s before its part's time limit (`bench --deadline`), so it reports before `timeout` ends it, and
+# writes its raw repeats to bench_compiled.partial.json after each repeat.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -59,7 +59,8 @@ part() {
         SUMMARY+=("$name: skipped, the time budget is spent"); return
     fi
     echo "=== $name (limit ${limit} s) ===" | tee -a "$LOG"
-    timeout -k 10 "$limit" "$@" > "$PARTS/$name.txt" 2>&1
+    local args=("${@//@DEADLINE@/$((limit - 30))}")  # a bench's own deadline: 30 s before timeout's
+    timeout -k 30 "$limit" "${args[@]}" > "$PARTS/$name.txt" 2>&1
     rc=$?
     cat "$PARTS/$name.txt" >> "$LOG"
     grep -v '^repeat ' "$PARTS/$name.txt" | tail -n 22
@@ -73,7 +74,7 @@ part env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     git log -1 --format='commit %h %s' 2>/dev/null || true"
 COMPILED_CAP=${COMPILED_CAP:-210}
 part bench_compiled "$COMPILED_CAP" "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
-    "${COMPILE[@]}" --cuda-graphs --no-ablation --deadline $((COMPILED_CAP * ${CAPX:-1} - 30)) \
+    "${COMPILE[@]}" --cuda-graphs --no-ablation --deadline @DEADLINE@ \
     --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
 part bench_eager 60 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
     --compile off --out "$OUT/bench_eager.json" "${RANDOM_TEACHERS[@]}"

@@ -5,13 +5,14 @@ import pytest
 import timm
 import torch
 
-from hybrid_distill.config import ConfigError, RelationHeads, RelationKind, TeacherConfig, from_dict
+from hybrid_distill.config import (ConfigError, MaskingConfig, RelationHeads, RelationKind, TeacherConfig,
+                                   TeacherPrecision, from_dict)
 from hybrid_distill.build import build_models
 from hybrid_distill.masking import KeepGiven, KeepLeastRedundant, all_indices, least_redundant
 from hybrid_distill.models.student import RelationSpec, Student
 from hybrid_distill.models.teacher import Teacher
 from hybrid_distill.losses import distill_losses, smooth_l1
-from hybrid_distill.targets import Targets
+from hybrid_distill.targets import Targets, TeacherSet
 
 from conftest import TINY, tiny_run_config, tiny_vit
 
@@ -240,3 +241,14 @@ def test_msa_target_equals_softmax_of_scaled_qk_times_v_by_hand():
     rows = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], dim=1)
     kept = teacher(images, KeepGiven(keep)).relations[3]
     assert torch.allclose(kept, torch.stack([by_hand[b][:, rows[b]] for b in range(2)]), atol=1e-5)
+
+
+def test_a_teacher_lives_wholly_on_the_device_it_is_built_for():
+    meta = torch.device("meta")
+    teacher = Teacher("sup", TeacherConfig(arch="x", features=True), tiny_vit(), (7, 7), device=meta)
+    assert {t.device for t in [*teacher.parameters(), *teacher.buffers()]} == {meta}  # Normalize's mean / std too
+    other = TeacherSet({"sup": teacher}, MaskingConfig(teacher=None), 49).copy(fused_attention=False)
+    assert {t.device for t in [*other.parameters(), *other.buffers()]} == {meta}
+    bf16 = TeacherSet({"sup": teacher}, MaskingConfig(teacher=None), 49).copy(precision=TeacherPrecision.bf16)
+    with pytest.raises(ValueError, match="copy needs fp32 teachers, these are bf16"):
+        bf16.copy()

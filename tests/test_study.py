@@ -218,3 +218,16 @@ def test_a_shared_teacher_of_another_recipe_is_refused_not_reused(idx_folder, tm
     changed = load_study(tiny_study(idx_folder, tmp_path / "out"), ["teachers.sup.epochs=3"])
     with pytest.raises(StudyError, match="teacher sup: .*sup.pt was trained with another recipe"):
         build_teacher(changed, "sup", base_config(changed))
+
+
+def test_a_finished_cell_of_a_retrained_teacher_is_refused(tmp_path):
+    import hashlib
+    from hybrid_distill.study.cell import check_teacher_files
+    teacher = tmp_path / "sup.pt"
+    teacher.write_bytes(b"first weights")
+    cell = {"teachers": {"sup": {"file": str(teacher), "sha256": hashlib.sha256(b"first weights").hexdigest()},
+                         "random": {"file": None, "sha256": None}}}
+    check_teacher_files(cell, tmp_path)  # the same file: fine
+    teacher.write_bytes(b"retrained weights")
+    with pytest.raises(StudyError, match="distilled from another .*sup.pt \\(teacher 'sup' retrained since\\)"):
+        check_teacher_files(cell, tmp_path)

@@ -52,12 +52,20 @@ def test_claims_follow_the_signs_of_hand_computed_paired_differences():
     # (d) vs random: fine-tune and linear (0, 1, 2) -> +1 (held); vs none: fine-tune -1 each seed -> not held
     assert d.held is False and sum("+1.00" in line for line in d.lines) == 3
     assert "finetune/top1 hybrid - none (none masking): -1.00" in d.lines[2]
-    # (e) decoder: distance at L3-4 (5, 5) vs DS (3.5, 3.55, 3.6) -> +1.45 mean; linear -6 -> held;
-    #     mask reconstruction: (3.5, 3.65, 3.5) - DS -> +0.0, +0.1, -0.1: no gain beyond noise -> held
-    assert e.held is True and "+1.45" in e.lines[0] and "-6.00" in e.lines[1] and "+0.00" in e.lines[2]
+    # (e) decoder: distance at L3-4 (5, 5) vs DS (3.5, 3.55, 3.6) -> +1.45 mean: up, the paper says down ->
+    #     not held; linear -6 (held); mask reconstruction: (3.5, 3.65, 3.5) - DS -> +0.0, +0.1, -0.1 (same)
+    assert e.held is False and "+1.45" in e.lines[0] and "-6.00" in e.lines[1] and "+0.00" in e.lines[2]
     assert "beyond noise" in e.lines[1] and "within noise" in e.lines[2]
+    lower = result()
+    lower["rows"]["dec"] = row(linear__top1=[65, 66, 67], **layer_metrics("distance", [[3.0] * 3] * 2 + [[2.0] * 3] * 2))
+    assert judge_claims(lower, TEACHERS, ROLES)[4].held is True
     text = "\n".join(markdown([a, b, c, d, e]))
     assert "(a) Hybrid's fine-tune" in text and "**not held**" in text and "**held**" in text
+
+
+def test_a_claim_without_rows_to_judge_is_not_held_by_default():
+    *_, d, e = judge_claims(result(), TEACHERS, ClaimRoles(relation_layers=[3], late_layers=[3, 4]))
+    assert d.held is None and e.held is None and d.lines == [] and e.lines == []
 
 
 def test_a_missing_row_leaves_its_claim_unjudged():

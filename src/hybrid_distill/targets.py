@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import Strategy
+from .config import Strategy, TeacherPrecision
 from .masking import KeepGiven, KeepLeastRedundant, KeepRandom, all_indices, schedule_counts, selection_blocks
 from .models.teacher import Teacher
 from .models.tokens import grid_size
@@ -71,7 +71,11 @@ class TeacherSet(nn.Module):
 
     def copy(self, fused_attention: bool | None = None, precision=None) -> "TeacherSet":
         """New teachers on copies of these weights with another attention path or precision (constructor
-        arguments: nothing is switched in place), on the same device. Copy fp32 teachers: a cast rounds."""
+        arguments: nothing is switched in place), on the same device. Only fp32 teachers are copied: a cast
+        rounds, and FP8 weights cannot be cast back."""
+        if self.precision is not TeacherPrecision.fp32:
+            raise ValueError(f"TeacherSet.copy needs fp32 teachers, these are {self.precision.value}: copy the "
+                             "fp32 set and ask for the precision")
         built = {n: Teacher(n, t.cfg, copy.deepcopy(t.model), grid_size(t.model),
                             t.fused_attention if fused_attention is None else fused_attention,
                             t.precision if precision is None else precision)

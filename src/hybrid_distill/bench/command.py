@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         module, _ = MODES[argv[0]]
         return importlib.import_module(f"hybrid_distill.bench.{module}").main(argv[1:])
     args = parse(argv)
+    stop = Stop(args.deadline)  # the deadline counts from here: building and compiling take part of it
     overrides = list(args.overrides) + ([f"student.arch={args.student}"] if args.student else [])
     check_args(args)
     if args.smoke:
@@ -249,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     seed_everything(cfg.seed)
     sw = default_switches(device, bf16, use_compile)
-    student, teachers, _ = build_models(cfg, sw.student_fused)
+    # fp32 teachers whatever the config says: the bench makes its bf16 variants as copies of them
+    student, teachers, _ = build_models(cfg, sw.student_fused, device, teacher_precision="fp32")
     student.to(device).train()
-    teachers.to(device)
     run = RunContext(device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
                      cfg.optim.clip_grad or float("inf"))
     bench = Bench(student, teachers, cfg.optim, run)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (n for n in runs if n.startswith("optimised fp32") or n == GRAPHS):
         flops[name] = flops["optimised"]  # the same work in another precision or launch mode
     partial = Path(args.out).with_suffix(".partial.json")  # the raw repeats so far, should the bench be killed
-    with Stop(args.deadline).watching() as stop:
+    with stop.watching():
         records = measure(bench, runs, batches, args.warmup, args.steps, stop,
                           lambda done: write_partial(partial, done, batch))
     if not {"plain", "optimised"} <= set(records):

@@ -90,11 +90,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: dict, device: torch.device, warmup: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per call of every function, called in turn (order rotated each repeat), warm-up dropped."""
+def time_interleaved(fns: dict, device: torch.device, warmup: int, steps: int, stop=None) -> dict[str, list[float]]:
+    """Seconds per call of every function, called in turn (order rotated each repeat), warm-up dropped;
+    `stop` (bench/stop.py) is read before every call: the calls timed so far are returned."""
     names, times = list(fns), {n: [] for n in fns}
     for r in range(warmup + steps):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            if stop is not None and stop():
+                return times
             sync(device)
             start = time.perf_counter()
             fns[name]()

@@ -23,20 +23,23 @@ def parse(argv, prog="hybrid-distill bench --batch-sweep", doc=__doc__, batches=
     return p.parse_intermixed_args(argv)
 
 
-def try_batch(rig: StepRig, batch: int, warmup: int, steps: int) -> dict:
-    """One batch size: median seconds per step and peak GiB, or {'error': 'out of memory'}."""
+def try_batch(rig: StepRig, batch: int, warmup: int, steps: int, stop=None) -> dict | None:
+    """One batch size: median seconds per step and peak GiB, or {'error': 'out of memory'}; None when
+    `stop` ended it before a timed step."""
     device = rig.device
     rig.batch, rig.images = batch, synthetic_images(batch, rig.images.shape[-1], device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        times = time_interleaved({batch: rig.step}, device, warmup, steps)[batch]
+        times = time_interleaved({batch: rig.step}, device, warmup, steps, stop)[batch]
     except torch.OutOfMemoryError:
         rig.optimizer.zero_grad(set_to_none=True)
         rig.images = None
         torch.cuda.empty_cache()
         return {"batch": batch, "error": "out of memory", "peak_gib": peak_gib(device)}
+    if not times:
+        return None
     step = median(times)
     return {"batch": batch, "median_step_s": step, "images_per_s": batch / step, "peak_gib": peak_gib(device)}
 
@@ -57,8 +60,12 @@ def sweep(cfg, args, title: str) -> dict:
             if stop():
                 print(f"stopped ({stop.reason}) before batch {batch}", file=sys.stderr)
                 break
-            rows.append(try_batch(rig, batch, args.warmup, args.steps))
-            if "error" in rows[-1]:
+            row = try_batch(rig, batch, args.warmup, args.steps, stop)
+            if row is None:
+                print(f"stopped ({stop.reason}) during batch {batch}", file=sys.stderr)
+                break
+            rows.append(row)
+            if "error" in row:
                 break
     print(f"{title}; device: {device}; GFLOP/img {gflop:.1f}; medians of {args.steps}")
     print(f"{'batch':>7}{'img/s':>10}{'ms/step':>10}{'peak GiB':>10}{'% bf16 peak':>13}")

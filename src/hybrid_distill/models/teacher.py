@@ -66,7 +66,7 @@ class Teacher(nn.Module):
         self.model = apply_precision(model.requires_grad_(False).to(device), self.precision, device)
         self.fused_attention = fused_attention
         choose_attention(model, fused_attention)
-        self.normalize = Normalize(*mean_std(model))
+        self.normalize = Normalize(*mean_std(model)).to(device)  # its mean / std buffers beside the model
         depth = len(model.blocks)
         self.feature_block = resolve_block(cfg.feature_block, depth, f"teachers.{name}.feature_block") \
             if cfg.features else None

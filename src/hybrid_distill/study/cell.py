@@ -19,7 +19,7 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
-from ..files import load_model
+from ..files import load_model, sha256_file
 from ..provenance import provenance
 from ..trainer import train
 from .spec import StudyError, cell_config
@@ -59,7 +59,18 @@ def finished_cell(spec: DictConfig, row: str, seed: int) -> dict | None:
     if cell["fingerprint"] != fingerprint(cfg, spec):
         raise StudyError(f"cell {path.parent} was made with another config or evaluation for row '{row}'; "
                          "restore the study file or delete that directory")
+    check_teacher_files(cell, path.parent)
     return cell
+
+
+def check_teacher_files(cell: dict, run_dir: Path) -> None:
+    """A finished cell was distilled from the teacher files it recorded (SHA-256): a retrained shared
+    teacher makes it stale."""
+    for name, record in cell["teachers"].items():
+        file, digest = record.get("file"), record.get("sha256")
+        if file and digest and Path(file).is_file() and sha256_file(file) != digest:
+            raise StudyError(f"cell {run_dir} was distilled from another {file} (teacher '{name}' retrained "
+                             "since); delete that directory to run it again")
 
 
 def cached(path: Path, compute) -> dict:

@@ -9,8 +9,13 @@ and section 2):
       Distill-Sup's is, and in the last layer closer to the supervised teacher's than to the MAE's (Fig. 5a);
   (c) NMI of Hybrid's relation-distilled layers above Distill-Sup's (Fig. 5b);
   (d) progressive masking >= random and >= no masking at equal epochs (Table 8);
-  (e) a decoder raises the encoder's late-layer attention distance and lowers its linear top-1
-      (sections 2.2-2.3); mask feature reconstruction brings no distance gain (section 2.4).
+  (e) a decoder changes the encoder's late layers: more diverse, "the last layer no longer captures
+      long-range patterns" (section 2.2, Fig. 1), so their mean attention distance falls, and its linear
+      top-1 falls (2.3); mask feature reconstruction behaves like distilling the features directly
+      (2.4): its late-layer distance is within noise of Distill-Sup's.
+(a) and (d) are judged as the project's issue words them (>=, on fine-tune and linear top-1); the paper's
+Table 1 has no linear probe and its Table 8 calls progressive masking "very close to" no masking, so
+their lines are given one by one.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -70,7 +75,8 @@ def say(diff: dict | None, what: str, sign: int = 1, digits: int = 2) -> tuple[O
 
 
 def judge(name: str, text: str, parts: list[tuple[Optional[bool], str]]) -> Claim:
-    held = None if any(h is None for h, _ in parts) else all(h for h, _ in parts)
+    """Held when every part holds; not judged when a part has no numbers, or there are no parts."""
+    held = None if not parts or any(h is None for h, _ in parts) else all(h for h, _ in parts)
     return Claim(name, text, held, [line for _, line in parts])
 
 
@@ -123,17 +129,18 @@ def claim_e(result: dict, r: ClaimRoles) -> Claim:
     if r.decoder:
         parts.append(say(paired(layer_mean(result, r.decoder, "distance", r.late_layers),
                                 layer_mean(result, r.sup_student, "distance", r.late_layers)),
-                         f"distance {r.decoder} - {r.sup_student} at {layers} (px)", 2))
+                         f"distance {r.decoder} - {r.sup_student} at {layers} (px)", -2))
         parts.append(say(paired(values(result, r.decoder, "linear/top1"), values(result, r.sup_student, "linear/top1")),
                          f"linear/top1 {r.decoder} - {r.sup_student}", -2))
-    if r.mask_recon:  # section 2.4: no gain; held when the mean gain is not positive beyond noise
+    if r.mask_recon:  # section 2.4: like direct distillation; held when the interval includes 0
         diff = paired(layer_mean(result, r.mask_recon, "distance", r.late_layers),
                       layer_mean(result, r.sup_student, "distance", r.late_layers))
         _, line = say(diff, f"distance {r.mask_recon} - {r.sup_student} at {layers} (px)")
-        no_gain = None if not diff else not (diff["ci95"] is not None and diff["ci95"][0] > 0)
-        parts.append((no_gain, line))
-    return judge("e", f"a decoder raises the encoder's late-layer ({layers}) attention distance and lowers "
-                      "its linear top-1; mask feature reconstruction brings no distance gain", parts)
+        same = None if not diff or diff["ci95"] is None else diff["ci95"][0] <= 0 <= diff["ci95"][1]
+        parts.append((same, line))
+    return judge("e", f"a decoder lowers the encoder's late-layer ({layers}) attention distance (no longer "
+                      "long-range) and its linear top-1; mask feature reconstruction leaves that distance within "
+                      "noise of direct distillation", parts)
 
 
 def judge_claims(result: dict, teachers: dict, roles: ClaimRoles) -> list[Claim]:

@@ -40,11 +40,18 @@ def teacher_images(t: DictConfig, base: DictConfig) -> int:
     return t.images or base.data.limit
 
 
+LOADER_ONLY = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "max_bad_fraction",
+               "bad_check_every")  # data settings that do not change the images a teacher sees
+
+
 def recipe_record(spec: DictConfig, name: str, base: DictConfig) -> dict:
-    """What decides a shared teacher's weights: its recipe and the data config of its loader."""
+    """What decides a shared teacher's weights: its recipe, model, pixel statistics and images."""
     demo, data = recipe(spec, name, base)
-    return json.loads(json.dumps({"teacher": OmegaConf.to_container(spec.teachers[name], enum_to_str=True),
-                                  "model": [demo.arch, demo.vit_kwargs], "data": to_dict(data)}, default=str))
+    teacher = {k: v for k, v in OmegaConf.to_container(spec.teachers[name], enum_to_str=True).items()
+               if k != "must_beat_pixels"}
+    record = {"teacher": teacher, "model": [demo.arch, demo.vit_kwargs], "mean_std": [demo.mean, demo.std],
+              "data": {k: v for k, v in to_dict(data).items() if k not in LOADER_ONLY}}
+    return json.loads(json.dumps(record, default=str))
 
 
 def build_teacher(spec: DictConfig, name: str, base: DictConfig, log=print) -> Path:
@@ -53,7 +60,10 @@ def build_teacher(spec: DictConfig, name: str, base: DictConfig, log=print) -> P
     path, record = teacher_file(spec, name), recipe_record(spec, name, base)
     recorded = path.with_suffix(".recipe.json")
     if path.is_file():
-        if recorded.is_file() and json.loads(recorded.read_text()) != record:
+        if not recorded.is_file():
+            log(f"[study] teacher {name}: {path} has no recipe record (made before records were kept): reused "
+                f"as it is; delete it to retrain it if teachers.{name} changed")
+        elif json.loads(recorded.read_text()) != record:
             raise StudyError(f"teacher {name}: {path} was trained with another recipe (teachers.{name} or the base "
                              f"data changed since); delete {path} and {path.with_suffix('')}.*.json to retrain it")
         log(f"[study] teacher {name}: {path} exists, reused")
