@@ -9,6 +9,7 @@ import yaml
 from hybrid_distill.cli import main
 from hybrid_distill.study import StudyError, cell_config, load_study, run_study, t_critical
 from hybrid_distill.study import cell as cell_module
+from hybrid_distill.study.command import report_only
 from hybrid_distill.trainer import Trainer
 
 # 16 tokens, 3 blocks: the progressive schedule 16 -> 11 -> 7 -> 4 after blocks 0, 1, 2; relations at 0, 1
@@ -117,6 +118,10 @@ def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(i
     assert len(cells(out)) == 1  # the first cell finished, the second did not
     interrupted = out / "cells" / "hybrid" / "seed1"
     assert (interrupted / "checkpoints" / "checkpoint-00000002.pt").is_file()
+    n_trained = len(trained)
+    partial = report_only(spec, log=lambda _: None)  # `study --report`: the finished cell, nothing trained
+    assert len(trained) == n_trained and (out / "headline.json").is_file()
+    assert [r["knn/top1"]["n"] for r in partial["rows"].values() if r] == [1]
 
     monkeypatch.setattr(Trainer, "after_step", real_after_step)
     trained.clear()

@@ -6,6 +6,7 @@ After each cell, OUT/study.json, OUT/study.md and the per-layer figures are rewr
 finished cell.
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..evaluation.command import load_data
 from ..guards import StopTraining
 from .cell import analyse, finished_cell, run_cell
 from .report import write_report
-from .spec import base_config, cell_config, eval_data, load_study, run_rows
+from .spec import base_config, cell_config, eval_data, load_study, run_rows, teacher_file
 from .teachers import build_teachers
 
 
@@ -86,16 +87,36 @@ def run_study(spec: DictConfig, log=print) -> dict:
     return result
 
 
+def report_only(spec: DictConfig, log=print) -> dict:
+    """study.json, study.md, headline.json and the figures from the cells finished so far; nothing is
+    trained (the shared teachers' checks and analysis are read from their files, when there)."""
+    cells = cells_of(spec)
+    done = [c for c in (finished_cell(spec, *cell) for cell in cells) if c]
+    teachers = {}
+    for name in spec.teachers:
+        check = teacher_file(spec, name).with_suffix(".check.json")
+        if check.is_file():
+            teachers[name] = {"file": str(teacher_file(spec, name)), **json.loads(check.read_text())}
+    path = Path(spec.out) / "teachers" / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text()) if path.is_file() else None
+    result = write_report(spec, done, teachers, analysis, len(cells))
+    log(f"[study] {len(done)} of {len(cells)} cells finished; wrote {spec.out}/study.json, study.md, headline.json "
+        f"and {len(result['figures'])} figures")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hybrid-distill study", description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="study YAML (see configs/studies/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the study file, e.g. seeds=[0,1] only=[hybrid]")
     p.add_argument("--smoke", action="store_true", help="apply the study's own `smoke` overrides (a minutes-long "
                                                         "version) and write to OUT-smoke")
+    p.add_argument("--report", action="store_true", help="only rewrite the report from the cells finished so far "
+                                                         "(trains nothing; safe beside a running study)")
     args = p.parse_args(argv)
     spec = load_study(args.study, args.overrides, smoke=args.smoke)
     try:
-        run_study(spec)
+        report_only(spec) if args.report else run_study(spec)
     except StopTraining as stop:
         print(f"hybrid-distill study: {stop}", file=sys.stderr)
         return stop.exit_code
