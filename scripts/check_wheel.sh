@@ -13,4 +13,7 @@ echo "$site" > "$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.
 cd "$work"  # not the source tree: the import must come from the installed wheel
 "$work/venv/bin/python" -c "import hybrid_distill, hybrid_distill.trainer; assert hybrid_distill.__file__.startswith('$work/venv/'), hybrid_distill.__file__"
 "$work/venv/bin/hybrid-distill" --version
+if [ -f "$OLDPWD/src/hybrid_distill/demo/replication.json" ]; then  # package data the demo quotes
+  "$work/venv/bin/python" -c "import importlib.resources as r; assert r.files('hybrid_distill.demo').joinpath('replication.json').is_file(), 'replication.json missing from the wheel'"
+fi
 echo "wheel ok: $(ls "$work"/dist)"
