@@ -112,7 +112,7 @@ def headline(spec: DictConfig, result: dict, cells: list[dict], cells_total: int
     intervals, the claims' verdicts, and where and how long it ran."""
     prov = result["provenance"]
     rows = {row: {m: [r[m]["mean"], *(r[m]["ci95"] or [None, None]), r[m]["n"]] for m in ACCURACY if m in r}
-            for row, r in result["rows"].items()}
+            for row, r in result["rows"].items() if r}  # rows with finished cells
     return {"study": spec.name, "git_sha": prov["git_sha"], "device": prov["device"], "cpu": prov.get("cpu"),
             "cells": f"{len(cells)} of {cells_total}", "cell_hours": sum(c["seconds"] for c in cells) / 3600,
             "rows": rows, "columns": "mean, 95% interval low, high, seeds",
