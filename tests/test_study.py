@@ -91,10 +91,7 @@ def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp
 
 def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
-    study = tiny_study(idx_folder, out, teachers={}, evaluate={"test_images": 16, "linear": False})
-    for row in study["rows"].values():  # random teachers: this test is about the cells, not the teachers
-        for teacher in row["teachers"].values():
-            teacher.update(weights="random", **VIT)
+    study = random_teacher_study(idx_folder, out)
     study["base"]["data"]["limit"] = 64  # 4 steps a cell
     study["base"]["train"]["ckpt_every_steps"] = 1
     spec = load_study(study)
@@ -133,6 +130,74 @@ def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(i
     assert steps == [1, 2, 3, 4]  # resumed at step 3, each step logged once
     assert sum(r["knn/top1"]["n"] for r in result["rows"].values()) == 4
     assert any("3 left" in line and "ETA" in line for line in lines)
+
+
+def random_teacher_study(idx_folder, out, **evaluate) -> dict:
+    study = tiny_study(idx_folder, out, teachers={}, evaluate={"test_images": 16, "linear": False, **evaluate})
+    for row in study["rows"].values():  # random teachers: these tests are about the cells, not the teachers
+        for teacher in row["teachers"].values():
+            teacher.update(weights="random", **VIT)
+    return study
+
+
+def test_a_changed_evaluation_re_evaluates_finished_cells_without_training_them(idx_folder, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = random_teacher_study(idx_folder, out)
+    study["seeds"] = [0]
+    run_study(load_study(study), log=lambda _: None)
+    before = cells(out)
+    calls = []
+    monkeypatch.setattr(cell_module, "train", lambda cfg, resume=None: calls.append("train"))
+    real_knn = cell_module.knn_classify
+    monkeypatch.setattr(cell_module, "knn_classify", lambda *a: calls.append("knn") or real_knn(*a))
+    study["evaluate"]["linear"] = True  # a new protocol: only it runs, on the trained students
+    result = run_study(load_study(study), log=lambda _: None)
+    assert calls == []  # neither training nor k-NN again
+    after = cells(out)
+    for key, cell in after.items():
+        assert cell["metrics"]["knn/top1"] == before[key]["metrics"]["knn/top1"] and "linear/top1" in cell["metrics"]
+    assert {r["linear/top1"]["n"] for r in result["rows"].values()} == {1}
+    per_head = next(iter(json.loads((out / "cells/hybrid/seed0/analysis/analysis.json").read_text())["models"]
+                         .values()))["distance"]["per_head"][1]  # heads' mean distances in layer 2
+    mean = sum(per_head) / len(per_head)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in per_head) / len(per_head))  # over heads
+    assert after[("hybrid", "seed0")]["metrics"]["spread/L2"] == pytest.approx(spread)
+    study["analysis"]["images"] = 4  # new analysis settings: analysed again, still not trained
+    run_study(load_study(study), log=lambda _: None)
+    assert calls == [] and all(json.loads((p.parent / "settings.json").read_text())["images"] == 4
+                               for p in out.glob("cells/*/*/analysis/analysis.json"))
+    study["base"]["optim"]["batch_size"] = 8  # a new training config is another student: refused
+    with pytest.raises(StudyError, match="another config"):
+        run_study(load_study(study), log=lambda _: None)
+
+
+def test_a_cell_of_the_legacy_fingerprint_is_adopted_when_its_settings_match(idx_folder, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = random_teacher_study(idx_folder, out)
+    study["seeds"], study["rows"] = [0], {"distill_sup": study["rows"]["distill_sup"]}
+    study["reference"] = "distill_sup"
+    spec = load_study(study)
+    run_study(spec, log=lambda _: None)
+    run_dir = out / "cells" / "distill_sup" / "seed0"
+    cfg = cell_config(spec, "distill_sup", 0)
+    legacy = cell_module.legacy_fingerprint(cfg, spec)  # the files as git 28f088b wrote them
+    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")
+    evals = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "eval.json").write_text(json.dumps({p: {k: v for k, v in r.items() if k != "settings"}
+                                                   for p, r in evals.items()}))
+    (run_dir / "analysis" / "settings.json").unlink()
+    (run_dir / "cell.json").write_text(json.dumps({**json.loads((run_dir / "cell.json").read_text()),
+                                                   "fingerprint": legacy}))
+    monkeypatch.setattr(cell_module, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(cell_module, "analyze_main", lambda *a, **k: pytest.fail("analysed again"))
+    cell = cell_module.finished_cell(spec, "distill_sup", 0)
+    assert cell and cell["fingerprint"] == cell_module.fingerprint(cfg) != legacy
+    assert (run_dir / "cell_fingerprint.txt").read_text().strip() == cell["fingerprint"]
+    assert json.loads((run_dir / "eval.json").read_text())["knn"]["settings"]["test_images"] == 16
+    other = load_study({**study, "evaluate": {**study["evaluate"], "test_images": 8}})
+    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")  # legacy, made with other settings: refused
+    with pytest.raises(StudyError, match="28f088b"):
+        cell_module.finished_cell(other, "distill_sup", 0)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -30,11 +30,13 @@ def result() -> dict:
                       **layer_metrics("nmi", flat + [[0.30, 0.32, 0.34], [0.1] * 3])),
         "distill_sup": row(finetune__top1=[79, 80, 81], linear__top1=[71, 72, 73],
                            **layer_metrics("distance", flat + [[3.0] * 3, [4.0, 4.1, 4.2]]),
-                           **layer_metrics("nmi", flat + [[0.20, 0.20, 0.20], [0.1] * 3])),
+                           **layer_metrics("nmi", flat + [[0.20, 0.20, 0.20], [0.1] * 3]),
+                           **layer_metrics("spread", flat + [[0.2] * 3, [0.2] * 3])),
         "distill_mae": row(finetune__top1=[70, 70, 70], linear__top1=[60, 60, 60]),
         "rand": row(finetune__top1=[80, 80, 80], linear__top1=[70, 70, 70]),
         "none": row(finetune__top1=[81, 82, 83], linear__top1=[70, 70, 70]),
-        "dec": row(linear__top1=[65, 66, 67], **layer_metrics("distance", flat + [[5.0] * 3, [5.0] * 3])),
+        "dec": row(linear__top1=[65, 66, 67], **layer_metrics("distance", flat + [[5.0] * 3, [5.0] * 3]),
+                   **layer_metrics("spread", flat + [[0.5, 0.7, 0.9], [0.5] * 3])),
         "recon": row(**layer_metrics("distance", flat + [[3.0, 3.1, 2.9], [4.0, 4.2, 4.1]])),
     }}
 
@@ -52,13 +54,16 @@ def test_claims_follow_the_signs_of_hand_computed_paired_differences():
     # (d) vs random: fine-tune and linear (0, 1, 2) -> +1 (held); vs none: fine-tune -1 each seed -> not held
     assert d.held is False and sum("+1.00" in line for line in d.lines) == 3
     assert "finetune/top1 hybrid - none (none masking): -1.00" in d.lines[2]
-    # (e) decoder: distance at L3-4 (5, 5) vs DS (3.5, 3.55, 3.6) -> +1.45 mean: up, the paper says down ->
-    #     not held; linear -6 (held); mask reconstruction: (3.5, 3.65, 3.5) - DS -> +0.0, +0.1, -0.1 (same)
-    assert e.held is False and "+1.45" in e.lines[0] and "-6.00" in e.lines[1] and "+0.00" in e.lines[2]
-    assert "beyond noise" in e.lines[1] and "within noise" in e.lines[2]
+    # (e) decoder: head spread at L3-4 (0.5, 0.6, 0.7) vs DS 0.2 -> +0.40 (more diverse, held); distance at
+    #     L3-4 (5, 5) vs DS (3.5, 3.55, 3.6) -> +1.45 mean: up, the paper says down -> not held; linear -6
+    #     (held); mask reconstruction: (3.5, 3.65, 3.5) - DS -> +0.0, +0.1, -0.1 (same)
+    assert e.held is False and "+0.40" in e.lines[0] and "+1.45" in e.lines[1] and "-6.00" in e.lines[2]
+    assert "+0.00" in e.lines[3] and "beyond noise" in e.lines[2] and "within noise" in e.lines[3]
     lower = result()
-    lower["rows"]["dec"] = row(linear__top1=[65, 66, 67], **layer_metrics("distance", [[3.0] * 3] * 2 + [[2.0] * 3] * 2))
+    lower["rows"]["dec"]["distance/L3"] = lower["rows"]["dec"]["distance/L4"] = row(d=[2.0] * 3)["d"]
     assert judge_claims(lower, TEACHERS, ROLES)[4].held is True
+    lower["rows"]["dec"]["spread/L3"] = lower["rows"]["dec"]["spread/L4"] = row(d=[0.1] * 3)["d"]  # less diverse
+    assert judge_claims(lower, TEACHERS, ROLES)[4].held is False
     text = "\n".join(markdown([a, b, c, d, e]))
     assert "(a) Hybrid's fine-tune" in text and "**not held**" in text and "**held**" in text
 

@@ -3,8 +3,12 @@
 Each stage leaves its own file in the cell's run directory (checkpoints, eval.json,
 analysis/analysis.json), so a killed cell resumes at its stage: training through the trainer's
 `--resume auto` (the exact next batch), the others from their file. cell.json (written atomically)
-marks the cell finished and holds its flat metrics and provenance (config, git SHA, package versions,
+marks the cell trained and holds its flat metrics and provenance (config, git SHA, package versions,
 teacher files with their SHA-256).
+
+The fingerprint covers the training config only. Each evaluation protocol and the analysis keep the
+settings that made them beside their results, so changing `evaluate` or `analysis` in the study file
+re-evaluates the finished students (trained once) instead of refusing or retraining them.
 """
 import hashlib
 import json
@@ -32,35 +36,89 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
 
 
-def fingerprint(cfg: DictConfig, spec: DictConfig) -> str:
-    """What decides a cell's numbers: its config and the study's evaluation and analysis settings."""
-    what = {"config": to_dict(cfg), "evaluate": OmegaConf.to_container(spec.evaluate),
-            "analysis": OmegaConf.to_container(spec.analysis)}
+def digest(what: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def claim(run_dir: Path, print_: str, row: str) -> None:
-    """A cell directory belongs to one fingerprint: a changed row must not resume an old run."""
+def fingerprint(cfg: DictConfig) -> str:
+    """What decides a cell's trained student: its config."""
+    return digest({"config": to_dict(cfg)})
+
+
+def legacy_fingerprint(cfg: DictConfig, spec: DictConfig) -> str:
+    """The fingerprint of cells begun up to git 28f088b: config, evaluation and analysis together."""
+    return digest({"config": to_dict(cfg), "evaluate": OmegaConf.to_container(spec.evaluate),
+                   "analysis": OmegaConf.to_container(spec.analysis)})
+
+
+def protocol_settings(spec: DictConfig, protocol: str) -> dict:
+    """What decides one evaluation protocol's numbers for a given student."""
+    ev = spec.evaluate
+    common = {"data": ev.data, "train_images": ev.train_images, "test_images": ev.test_images}
+    return {**common, "finetune": OmegaConf.to_container(ev.finetune)} if protocol == "finetune" else common
+
+
+def analysis_settings(spec: DictConfig) -> dict:
+    return {"data": spec.evaluate.data, **OmegaConf.to_container(spec.analysis)}
+
+
+def protocols(spec: DictConfig) -> list[str]:
+    return [p for p in ("knn", "linear", "finetune") if spec.evaluate[p]]
+
+
+def adopt_legacy(run_dir: Path, cfg: DictConfig, spec: DictConfig) -> None:
+    """A cell begun under the legacy fingerprint that matches the current study file (so its evaluation
+    and analysis were made with today's settings) is stamped with those settings and today's fingerprint.
+    The fingerprint file is written last: a crash midway leaves it adoptable again."""
     path = run_dir / "cell_fingerprint.txt"
-    if path.is_file() and path.read_text().strip() != print_:
-        raise StudyError(f"cell {run_dir} was started with another config or evaluation for row '{row}'; "
-                         "restore the study file or delete that directory")
+    if not path.is_file() or path.read_text().strip() != legacy_fingerprint(cfg, spec):
+        return
+    evals = run_dir / "eval.json"
+    if evals.is_file():
+        old = json.loads(evals.read_text())
+        write_json(evals, {p: {**r, "settings": protocol_settings(spec, p)} for p, r in old.items()})
+    if (run_dir / "analysis" / "analysis.json").is_file():
+        write_json(run_dir / "analysis" / "settings.json", analysis_settings(spec))
+    cell = run_dir / "cell.json"
+    if cell.is_file():
+        write_json(cell, {**json.loads(cell.read_text()), "fingerprint": fingerprint(cfg)})
+    path.write_text(fingerprint(cfg) + "\n")
+
+
+def claim(run_dir: Path, cfg: DictConfig, spec: DictConfig, row: str) -> None:
+    """A cell directory belongs to one training config: a changed row must not resume an old run."""
+    adopt_legacy(run_dir, cfg, spec)
+    path = run_dir / "cell_fingerprint.txt"
+    if path.is_file() and path.read_text().strip() != fingerprint(cfg):
+        raise StudyError(f"cell {run_dir} was started with another config for row '{row}' (or, begun up to git "
+                         "28f088b, with other evaluate/analysis settings); restore the study file or delete that "
+                         "directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(print_ + "\n")
+    path.write_text(fingerprint(cfg) + "\n")
+
+
+def stamped(path: Path, settings: dict) -> bool:
+    """path holds exactly these settings (the ones an analysis was made with)."""
+    return path.is_file() and json.loads(path.read_text()) == settings
 
 
 def finished_cell(spec: DictConfig, row: str, seed: int) -> dict | None:
-    """The cell's results when it is finished under the current study file, else None."""
+    """The cell's results when it is trained, evaluated and analysed under the current study file, else
+    None; its metrics are read again from the stage files, so a metric added since covers old cells."""
     cfg = cell_config(spec, row, seed)
-    path = run_dir_of(cfg) / "cell.json"
-    if not path.is_file():
+    run_dir = run_dir_of(cfg)
+    if not (run_dir / "cell.json").is_file():
         return None
-    cell = json.loads(path.read_text())
-    if cell["fingerprint"] != fingerprint(cfg, spec):
-        raise StudyError(f"cell {path.parent} was made with another config or evaluation for row '{row}'; "
-                         "restore the study file or delete that directory")
-    check_teacher_files(cell, path.parent)
-    return cell
+    claim(run_dir, cfg, spec, row)
+    cell = json.loads((run_dir / "cell.json").read_text())
+    check_teacher_files(cell, run_dir)
+    evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+    settings = run_dir / "analysis" / "settings.json"
+    if any(evals.get(p, {}).get("settings") != protocol_settings(spec, p) for p in protocols(spec)) \
+            or not stamped(settings, analysis_settings(spec)):
+        return None  # trained; its evaluation or analysis is of other settings: run_cell redoes that part
+    analysis = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    return {**cell, "metrics": flat_metrics({p: evals[p] for p in protocols(spec)}, analysis, last_losses(run_dir))}
 
 
 def check_teacher_files(cell: dict, run_dir: Path) -> None:
@@ -73,15 +131,6 @@ def check_teacher_files(cell: dict, run_dir: Path) -> None:
                              "since); delete that directory to run it again")
 
 
-def cached(path: Path, compute) -> dict:
-    """compute() once; its JSON result kept at path for a rerun."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    write_json(path, result)
-    return result
-
-
 def write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -89,20 +138,32 @@ def write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def evaluate(model, spec: DictConfig, seed: int, train_ds, test_ds) -> dict:
-    """k-NN and linear probe on the same frozen CLS features, and fine-tuning, as the study asks."""
-    out, ev = {}, spec.evaluate
-    if ev.knn or ev.linear:
+def evaluate(load, spec: DictConfig, seed: int, train_ds, test_ds, path: Path) -> dict:
+    """k-NN and linear probe on the same frozen CLS features, and fine-tuning, as the study asks. Each
+    protocol is kept in path with its settings as soon as it ends: one whose settings are unchanged is
+    read back, the others run (load() gives the student, only when something must run)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    out = {p: old[p] for p in protocols(spec) if old.get(p, {}).get("settings") == protocol_settings(spec, p)}
+    todo = [p for p in protocols(spec) if p not in out]
+    if not todo:
+        return out
+    model, ev = load(), spec.evaluate
+
+    def keep(protocol: str, result: dict) -> None:
+        out[protocol] = {**result, "settings": protocol_settings(spec, protocol)}
+        write_json(path, out)
+
+    if "knn" in todo or "linear" in todo:
         bank, test = extract_features(model, train_ds), extract_features(model, test_ds)
-        if ev.knn:
-            out["knn"] = knn_classify(*bank, *test)
-        if ev.linear:
-            out["linear"] = linear_probe(*bank, lambda: test)
-    if ev.finetune:
+        if "knn" in todo:
+            keep("knn", knn_classify(*bank, *test))
+        if "linear" in todo:
+            keep("linear", linear_probe(*bank, lambda: test))
+    if "finetune" in todo:
         options = OmegaConf.to_container(ev.finetune)
         preset = options.pop("preset", "fashion_mnist")
         result = finetune_eval(model, train_ds, test_ds, preset, **{"seed": seed, **options})
-        out["finetune"] = {k: result[k] for k in ("top1", "top5", "config") if k in result}
+        keep("finetune", {k: result[k] for k in ("top1", "top5", "config") if k in result})
     return out
 
 
@@ -114,14 +175,17 @@ def analysis_data(data: str, split: str) -> str:
 
 
 def analyse(models: list[str], spec: DictConfig, data: str, out: Path) -> dict:
-    """Attention distance and NMI per layer of models (the analyze command), cached in out."""
-    path = out / "analysis.json"
-    if not path.is_file():
+    """Attention distance and NMI per layer of models (the analyze command), kept in out with the settings
+    that made it (settings.json, written after analysis.json: an analysis without it is made again)."""
+    path, settings = out / "analysis.json", out / "settings.json"
+    if not (path.is_file() and stamped(settings, analysis_settings(spec))):
+        settings.unlink(missing_ok=True)
         a = spec.analysis
         code = analyze_main([*models, "--data", analysis_data(data, a.split), "--split", a.split,
                              "--num-images", str(a.images), "--map-images", "0", "--no-figures", "--out", str(out)])
         if code:
             raise StudyError(f"the analysis of {models} failed (exit code {code}); see the line above")
+        write_json(settings, analysis_settings(spec))
     return json.loads(path.read_text())
 
 
@@ -132,11 +196,19 @@ def last_losses(run_dir: Path) -> dict:
     return {k: float(v) for k, v in last.items() if k not in BOOKKEEPING and isinstance(v, (int, float))}
 
 
+def head_spread(per_head: list[float]) -> float:
+    """Standard deviation over heads of their mean attention distance: how diverse a layer's heads are
+    (paper section 2.2 and Fig. 1: a decoder makes the encoder's late heads more diverse)."""
+    mean = sum(per_head) / len(per_head)
+    return (sum((d - mean) ** 2 for d in per_head) / len(per_head)) ** 0.5
+
+
 def flat_metrics(evals: dict, analysis: dict, losses: dict) -> dict:
-    """{'knn/top1', 'linear/top1', 'finetune/top1', 'distance/L1', 'nmi/L6', 'train/loss', ...}."""
+    """{'knn/top1', 'linear/top1', 'finetune/top1', 'distance/L1', 'spread/L1', 'nmi/L6', 'train/loss', ...}."""
     out = {f"{protocol}/{k}": r[k] for protocol, r in evals.items() for k in ("top1", "top5")}
     model = next(iter(analysis["models"].values()))
     out.update({f"{name}/L{i}": v for name in LAYER_METRICS for i, v in enumerate(model[name]["per_layer"], 1)})
+    out.update({f"spread/L{i}": head_spread(h) for i, h in enumerate(model["distance"]["per_head"], 1)})
     out.update({f"train/{k}": v for k, v in losses.items()})
     return out
 
@@ -145,14 +217,14 @@ def run_cell(spec: DictConfig, row: str, seed: int, data: tuple) -> dict:
     """Train (resuming), evaluate and analyse one cell; returns what cell.json holds.
     data: (evaluation data spec, train split subset, test split subset)."""
     cfg = cell_config(spec, row, seed)
-    run_dir, print_ = run_dir_of(cfg), fingerprint(cfg, spec)
-    claim(run_dir, print_, row)
+    run_dir = run_dir_of(cfg)
+    claim(run_dir, cfg, spec, row)
     start = time.perf_counter()
-    train(cfg, resume="auto")
-    model = load_model(str(run_dir))
-    evals = cached(run_dir / "eval.json", lambda: evaluate(model, spec, seed, *data[1:]))
+    if not (run_dir / "cell.json").is_file():  # written last: a cell that has one is trained
+        train(cfg, resume="auto")
+    evals = evaluate(lambda: load_model(str(run_dir)), spec, seed, *data[1:], run_dir / "eval.json")
     analysis = analyse([str(run_dir)], spec, data[0], run_dir / "analysis")
-    cell = {"row": row, "seed": seed, "fingerprint": print_,
+    cell = {"row": row, "seed": seed, "fingerprint": fingerprint(cfg),
             "metrics": flat_metrics(evals, analysis, last_losses(run_dir)),
             "seconds": time.perf_counter() - start, "run_dir": str(run_dir), "config": to_dict(cfg),
             "teachers": json.loads((run_dir / "manifest.json").read_text())["teachers"], "provenance": provenance()}

@@ -96,7 +96,7 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
     accuracy = present(rows, ACCURACY)
     lines += table("Top-1 accuracy (%) on the test split", rows, accuracy)
     lines += table(f"Paired differences against `{result['reference']}` (row - reference)", result["paired"], accuracy)
-    for metric, digits in (("distance", 2), ("nmi", 4)):
+    for metric, digits in (("distance", 2), ("spread", 2), ("nmi", 4)):
         names = sorted({m for r in rows.values() for m in r if m.startswith(f"{metric}/L")},
                        key=lambda m: int(m.split("L")[-1]))
         lines += table(f"{metric} per layer", rows, names, digits)
