@@ -148,30 +148,51 @@ def test_a_changed_evaluation_re_evaluates_finished_cells_without_training_them(
     before = cells(out)
     calls = []
     monkeypatch.setattr(cell_module, "train", lambda cfg, resume=None: calls.append("train"))
-    real_knn = cell_module.knn_classify
-    monkeypatch.setattr(cell_module, "knn_classify", lambda *a: calls.append("knn") or real_knn(*a))
+    for name in ("knn_classify", "linear_probe", "analyze_main"):
+        real = getattr(cell_module, name)
+        monkeypatch.setattr(cell_module, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     study["evaluate"]["linear"] = True  # a new protocol: only it runs, on the trained students
     result = run_study(load_study(study), log=lambda _: None)
-    assert calls == []  # neither training nor k-NN again
+    assert calls == ["linear_probe"] * 2  # two cells; neither training nor k-NN nor analysis again
     after = cells(out)
     for key, cell in after.items():
         assert cell["metrics"]["knn/top1"] == before[key]["metrics"]["knn/top1"] and "linear/top1" in cell["metrics"]
+        assert cell["seconds"] == before[key]["seconds"] and "reevaluated" in cell  # the training's time stays
     assert {r["linear/top1"]["n"] for r in result["rows"].values()} == {1}
     per_head = next(iter(json.loads((out / "cells/hybrid/seed0/analysis/analysis.json").read_text())["models"]
                          .values()))["distance"]["per_head"][1]  # heads' mean distances in layer 2
     mean = sum(per_head) / len(per_head)
     spread = math.sqrt(sum((d - mean) ** 2 for d in per_head) / len(per_head))  # over heads
     assert after[("hybrid", "seed0")]["metrics"]["spread/L2"] == pytest.approx(spread)
+    calls.clear()
+    study["evaluate"]["linear"] = False  # off and on again: the stored linear probe is read back
+    run_study(load_study(study), log=lambda _: None)
+    study["evaluate"]["linear"] = True
+    run_study(load_study(study), log=lambda _: None)
+    assert calls == []
     study["analysis"]["images"] = 4  # new analysis settings: analysed again, still not trained
     run_study(load_study(study), log=lambda _: None)
-    assert calls == [] and all(json.loads((p.parent / "settings.json").read_text())["images"] == 4
-                               for p in out.glob("cells/*/*/analysis/analysis.json"))
+    assert calls == ["analyze_main"] * 2 and all(json.loads((p.parent / "settings.json").read_text())["images"] == 4
+                                                 for p in out.glob("cells/*/*/analysis/analysis.json"))
     study["base"]["optim"]["batch_size"] = 8  # a new training config is another student: refused
     with pytest.raises(StudyError, match="another config"):
         run_study(load_study(study), log=lambda _: None)
 
 
-def test_a_cell_of_the_legacy_fingerprint_is_adopted_when_its_settings_match(idx_folder, tmp_path, monkeypatch):
+def make_legacy(run_dir, cfg, spec) -> str:
+    """The cell's files as git 28f088b wrote them: one fingerprint, no settings beside the results."""
+    legacy = cell_module.legacy_fingerprint(cfg, spec)
+    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")
+    evals = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "eval.json").write_text(json.dumps({p: {k: v for k, v in r.items() if k != "settings"}
+                                                   for p, r in evals.items()}))
+    (run_dir / "analysis" / "settings.json").unlink()
+    (run_dir / "cell.json").write_text(json.dumps({**json.loads((run_dir / "cell.json").read_text()),
+                                                   "fingerprint": legacy}))
+    return legacy
+
+
+def test_a_legacy_cell_is_adopted_without_training_and_report_writes_nothing(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)
     study["seeds"], study["rows"] = [0], {"distill_sup": study["rows"]["distill_sup"]}
@@ -180,24 +201,22 @@ def test_a_cell_of_the_legacy_fingerprint_is_adopted_when_its_settings_match(idx
     run_study(spec, log=lambda _: None)
     run_dir = out / "cells" / "distill_sup" / "seed0"
     cfg = cell_config(spec, "distill_sup", 0)
-    legacy = cell_module.legacy_fingerprint(cfg, spec)  # the files as git 28f088b wrote them
-    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")
-    evals = json.loads((run_dir / "eval.json").read_text())
-    (run_dir / "eval.json").write_text(json.dumps({p: {k: v for k, v in r.items() if k != "settings"}
-                                                   for p, r in evals.items()}))
-    (run_dir / "analysis" / "settings.json").unlink()
-    (run_dir / "cell.json").write_text(json.dumps({**json.loads((run_dir / "cell.json").read_text()),
-                                                   "fingerprint": legacy}))
+    legacy = make_legacy(run_dir, cfg, spec)
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert report_only(spec, log=lambda _: None)["rows"]["distill_sup"]["knn/top1"]["n"] == 1
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files  # beside a running study
     monkeypatch.setattr(cell_module, "train", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr(cell_module, "analyze_main", lambda *a, **k: pytest.fail("analysed again"))
-    cell = cell_module.finished_cell(spec, "distill_sup", 0)
+    cell = cell_module.finished_cell(spec, "distill_sup", 0)  # matching settings: stamped as they are
     assert cell and cell["fingerprint"] == cell_module.fingerprint(cfg) != legacy
     assert (run_dir / "cell_fingerprint.txt").read_text().strip() == cell["fingerprint"]
     assert json.loads((run_dir / "eval.json").read_text())["knn"]["settings"]["test_images"] == 16
+    make_legacy(run_dir, cfg, spec)  # legacy, and the evaluation changed since: evaluated again, not trained
     other = load_study({**study, "evaluate": {**study["evaluate"], "test_images": 8}})
-    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")  # legacy, made with other settings: refused
-    with pytest.raises(StudyError, match="28f088b"):
-        cell_module.finished_cell(other, "distill_sup", 0)
+    assert cell_module.finished_cell(other, "distill_sup", 0) is None
+    monkeypatch.setattr(cell_module, "analyze_main", lambda *a, **k: 0)  # its analysis.json is still there
+    run_study(other, log=lambda _: None)
+    assert json.loads((run_dir / "eval.json").read_text())["knn"]["settings"]["test_images"] == 8
 
 
 @pytest.mark.parametrize("change, message", [

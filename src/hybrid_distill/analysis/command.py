@@ -20,7 +20,7 @@ from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
 from hybrid_distill.evaluation.loading import load_eval_model
-from hybrid_distill.files import student_with_decoder
+from hybrid_distill.files import student_with_decoder, write_atomic
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
 from hybrid_distill.validate import at_least, device, model_spec, writable_dir
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
                        "indices": indices},
               "metrics": {name: METRIC_NOTES[name] for name in METRICS},
               "models": results, "figures": paths, "provenance": provenance()}
-    (args.out / "analysis.json").write_text(json.dumps(report, indent=1))
+    write_atomic(args.out / "analysis.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     print(f"wrote {args.out / 'analysis.json'} and {len(paths)} figures")
     return 0
 

@@ -23,7 +23,7 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
-from ..files import load_model, sha256_file
+from ..files import load_model, sha256_file, write_atomic
 from ..provenance import provenance
 from ..trainer import train
 from .spec import StudyError, cell_config
@@ -66,35 +66,69 @@ def protocols(spec: DictConfig) -> list[str]:
     return [p for p in ("knn", "linear", "finetune") if spec.evaluate[p]]
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def same_config(cell: dict, cfg: DictConfig) -> bool:
+    as_json = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731  (cell.json's own encoding)
+    return as_json(cell.get("config")) == as_json(to_dict(cfg))
+
+
+def legacy_state(run_dir: Path, cfg: DictConfig, spec: DictConfig) -> str | None:
+    """'stamp': a cell begun up to git 28f088b whose fingerprint matches the current study file (its
+    evaluation and analysis were made with today's settings); 'config': a finished one of the same training
+    config whose evaluation or analysis settings changed since (they run again); else None."""
+    stored = (run_dir / "cell_fingerprint.txt").read_text().strip() if (run_dir / "cell_fingerprint.txt").is_file() else None
+    if stored is None or stored == fingerprint(cfg):
+        return None
+    if stored == legacy_fingerprint(cfg, spec):
+        return "stamp"
+    return "config" if same_config(read_json(run_dir / "cell.json"), cfg) else None
+
+
 def adopt_legacy(run_dir: Path, cfg: DictConfig, spec: DictConfig) -> None:
-    """A cell begun under the legacy fingerprint that matches the current study file (so its evaluation
-    and analysis were made with today's settings) is stamped with those settings and today's fingerprint.
-    The fingerprint file is written last: a crash midway leaves it adoptable again."""
-    path = run_dir / "cell_fingerprint.txt"
-    if not path.is_file() or path.read_text().strip() != legacy_fingerprint(cfg, spec):
+    """A legacy cell in today's form: with 'stamp', its evaluation and analysis get the settings that made
+    them; with 'config', they get none and run again. The fingerprint file is written last: a crash midway
+    leaves the cell adoptable again."""
+    state = legacy_state(run_dir, cfg, spec)
+    if state is None:
         return
-    evals = run_dir / "eval.json"
-    if evals.is_file():
-        old = json.loads(evals.read_text())
-        write_json(evals, {p: {**r, "settings": protocol_settings(spec, p)} for p, r in old.items()})
-    if (run_dir / "analysis" / "analysis.json").is_file():
-        write_json(run_dir / "analysis" / "settings.json", analysis_settings(spec))
-    cell = run_dir / "cell.json"
-    if cell.is_file():
-        write_json(cell, {**json.loads(cell.read_text()), "fingerprint": fingerprint(cfg)})
-    path.write_text(fingerprint(cfg) + "\n")
+    evals, analysis = run_dir / "eval.json", run_dir / "analysis" / "analysis.json"
+    if state == "stamp" and evals.is_file():
+        write_json(evals, {p: {**r, "settings": protocol_settings(spec, p)} for p, r in read_json(evals).items()})
+    if state == "stamp" and analysis.is_file() and parses(analysis):
+        write_json(analysis.parent / "settings.json", analysis_settings(spec))
+    if (run_dir / "cell.json").is_file():
+        write_json(run_dir / "cell.json", {**read_json(run_dir / "cell.json"), "fingerprint": fingerprint(cfg)})
+    write_text(run_dir / "cell_fingerprint.txt", fingerprint(cfg) + "\n")
+
+
+def parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except ValueError:  # a half file from a process killed while writing it
+        return False
+
+
+def check_owner(run_dir: Path, cfg: DictConfig, row: str) -> None:
+    """A cell directory belongs to one training config: a changed row must not resume an old run, and a
+    directory with files but no fingerprint is someone else's."""
+    path, cell = run_dir / "cell_fingerprint.txt", run_dir / "cell.json"
+    foreign = (path.read_text().strip() != fingerprint(cfg) if path.is_file()
+               else run_dir.is_dir() and any(run_dir.iterdir()))
+    if foreign or cell.is_file() and not same_config(read_json(cell), cfg):
+        raise StudyError(f"cell {run_dir} was started with another config for row '{row}'; restore the study file "
+                         "or delete that directory")
 
 
 def claim(run_dir: Path, cfg: DictConfig, spec: DictConfig, row: str) -> None:
-    """A cell directory belongs to one training config: a changed row must not resume an old run."""
+    """Adopt a legacy cell, check the directory is this config's, and mark it so."""
     adopt_legacy(run_dir, cfg, spec)
-    path = run_dir / "cell_fingerprint.txt"
-    if path.is_file() and path.read_text().strip() != fingerprint(cfg):
-        raise StudyError(f"cell {run_dir} was started with another config for row '{row}' (or, begun up to git "
-                         "28f088b, with other evaluate/analysis settings); restore the study file or delete that "
-                         "directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(fingerprint(cfg) + "\n")
+    check_owner(run_dir, cfg, row)
+    if not (run_dir / "cell_fingerprint.txt").is_file():
+        write_text(run_dir / "cell_fingerprint.txt", fingerprint(cfg) + "\n")
 
 
 def stamped(path: Path, settings: dict) -> bool:
@@ -102,22 +136,29 @@ def stamped(path: Path, settings: dict) -> bool:
     return path.is_file() and json.loads(path.read_text()) == settings
 
 
-def finished_cell(spec: DictConfig, row: str, seed: int) -> dict | None:
+def finished_cell(spec: DictConfig, row: str, seed: int, write: bool = True) -> dict | None:
     """The cell's results when it is trained, evaluated and analysed under the current study file, else
-    None; its metrics are read again from the stage files, so a metric added since covers old cells."""
+    None; its metrics are read again from the stage files, so a metric added since covers old cells.
+    write=False (`study --report`, beside a running study) reads a legacy cell as it is, writing nothing."""
     cfg = cell_config(spec, row, seed)
     run_dir = run_dir_of(cfg)
     if not (run_dir / "cell.json").is_file():
         return None
-    claim(run_dir, cfg, spec, row)
-    cell = json.loads((run_dir / "cell.json").read_text())
+    legacy = legacy_state(run_dir, cfg, spec)
+    if write:
+        claim(run_dir, cfg, spec, row)
+        legacy = None
+    elif legacy is None:
+        check_owner(run_dir, cfg, row)
+    cell = read_json(run_dir / "cell.json")
     check_teacher_files(cell, run_dir)
-    evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-    settings = run_dir / "analysis" / "settings.json"
-    if any(evals.get(p, {}).get("settings") != protocol_settings(spec, p) for p in protocols(spec)) \
-            or not stamped(settings, analysis_settings(spec)):
+    evals, settings = read_json(run_dir / "eval.json"), run_dir / "analysis" / "settings.json"
+    current = legacy == "stamp" or (
+        all(evals.get(p, {}).get("settings") == protocol_settings(spec, p) for p in protocols(spec))
+        and stamped(settings, analysis_settings(spec)))
+    if legacy == "config" or not current:
         return None  # trained; its evaluation or analysis is of other settings: run_cell redoes that part
-    analysis = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    analysis = read_json(run_dir / "analysis" / "analysis.json")
     return {**cell, "metrics": flat_metrics({p: evals[p] for p in protocols(spec)}, analysis, last_losses(run_dir))}
 
 
@@ -132,26 +173,24 @@ def check_teacher_files(cell: dict, run_dir: Path) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    tmp.replace(path)
+    write_text(path, json.dumps(value, indent=2, default=str))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def evaluate(load, spec: DictConfig, seed: int, train_ds, test_ds, path: Path) -> dict:
     """k-NN and linear probe on the same frozen CLS features, and fine-tuning, as the study asks. Each
     protocol is kept in path with its settings as soon as it ends: one whose settings are unchanged is
     read back, the others run (load() gives the student, only when something must run)."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    out = {p: old[p] for p in protocols(spec) if old.get(p, {}).get("settings") == protocol_settings(spec, p)}
-    todo = [p for p in protocols(spec) if p not in out]
-    if not todo:
-        return out
-    model, ev = load(), spec.evaluate
+    kept = read_json(path)  # every stored protocol stays in the file, asked for now or not
+    todo = [p for p in protocols(spec) if kept.get(p, {}).get("settings") != protocol_settings(spec, p)]
+    model, ev = load() if todo else None, spec.evaluate
 
     def keep(protocol: str, result: dict) -> None:
-        out[protocol] = {**result, "settings": protocol_settings(spec, protocol)}
-        write_json(path, out)
+        kept[protocol] = {**result, "settings": protocol_settings(spec, protocol)}
+        write_json(path, kept)
 
     if "knn" in todo or "linear" in todo:
         bank, test = extract_features(model, train_ds), extract_features(model, test_ds)
@@ -164,7 +203,7 @@ def evaluate(load, spec: DictConfig, seed: int, train_ds, test_ds, path: Path) -
         preset = options.pop("preset", "fashion_mnist")
         result = finetune_eval(model, train_ds, test_ds, preset, **{"seed": seed, **options})
         keep("finetune", {k: result[k] for k in ("top1", "top5", "config") if k in result})
-    return out
+    return {p: kept[p] for p in protocols(spec)}
 
 
 def analysis_data(data: str, split: str) -> str:
@@ -214,19 +253,23 @@ def flat_metrics(evals: dict, analysis: dict, losses: dict) -> dict:
 
 
 def run_cell(spec: DictConfig, row: str, seed: int, data: tuple) -> dict:
-    """Train (resuming), evaluate and analyse one cell; returns what cell.json holds.
+    """Train (resuming), evaluate and analyse one cell; returns what cell.json holds. A trained cell (one
+    with a cell.json) is only evaluated and analysed again; its training time and provenance stay.
     data: (evaluation data spec, train split subset, test split subset)."""
     cfg = cell_config(spec, row, seed)
     run_dir = run_dir_of(cfg)
     claim(run_dir, cfg, spec, row)
-    start = time.perf_counter()
-    if not (run_dir / "cell.json").is_file():  # written last: a cell that has one is trained
+    start, trained = time.perf_counter(), read_json(run_dir / "cell.json")
+    if not trained:  # cell.json is written last: a cell that has one is trained
         train(cfg, resume="auto")
     evals = evaluate(lambda: load_model(str(run_dir)), spec, seed, *data[1:], run_dir / "eval.json")
     analysis = analyse([str(run_dir)], spec, data[0], run_dir / "analysis")
+    now = {"seconds": time.perf_counter() - start, "provenance": provenance()}
     cell = {"row": row, "seed": seed, "fingerprint": fingerprint(cfg),
             "metrics": flat_metrics(evals, analysis, last_losses(run_dir)),
-            "seconds": time.perf_counter() - start, "run_dir": str(run_dir), "config": to_dict(cfg),
-            "teachers": json.loads((run_dir / "manifest.json").read_text())["teachers"], "provenance": provenance()}
+            **({k: trained[k] for k in ("seconds", "provenance")} if trained else now),
+            **({"reevaluated": now} if trained else {}),
+            "run_dir": str(run_dir), "config": to_dict(cfg),
+            "teachers": json.loads((run_dir / "manifest.json").read_text())["teachers"]}
     write_json(run_dir / "cell.json", cell)
     return cell

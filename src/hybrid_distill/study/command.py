@@ -91,7 +91,7 @@ def report_only(spec: DictConfig, log=print) -> dict:
     """study.json, study.md, headline.json and the figures from the cells finished so far; nothing is
     trained (the shared teachers' checks and analysis are read from their files, when there)."""
     cells = cells_of(spec)
-    done = [c for c in (finished_cell(spec, *cell) for cell in cells) if c]
+    done = [c for c in (finished_cell(spec, *cell, write=False) for cell in cells) if c]
     teachers = {}
     for name in spec.teachers:
         check = teacher_file(spec, name).with_suffix(".check.json")
