@@ -229,6 +229,7 @@ def test_a_legacy_cell_is_adopted_without_training_and_report_writes_nothing(idx
      "no shared teacher"),
     ({"base": {"from": "configs/nope.yaml"}}, "not found"),
     ({"teachers": {"t": {"kind": "contrastive"}}}, "kind"),
+    ({"teachers": {"t": {"kind": "supervised", "pos_embed": "sincos"}}}, "pos_embed"),
     ({"evaluate": {"finetune": {"epochs": 1, "nope": 2}}}, "nope"),
 ])
 def test_bad_study_files_end_in_one_line_with_exit_code_2(idx_folder, tmp_path, capsys, change, message):
@@ -307,6 +308,23 @@ def test_a_shared_teacher_of_another_recipe_is_refused_not_reused(idx_folder, tm
     changed = load_study(tiny_study(idx_folder, tmp_path / "out"), ["teachers.sup.epochs=3"])
     with pytest.raises(StudyError, match="teacher sup: .*sup.pt was trained with another recipe"):
         build_teacher(changed, "sup", base_config(changed))
+
+
+def test_an_mae_teacher_with_sincos_positions_keeps_them_fixed_and_is_another_recipe(idx_folder, tmp_path):
+    from hybrid_distill.files import load_model
+    from hybrid_distill.models.decoder import sincos_2d
+    from hybrid_distill.study.spec import base_config
+    from hybrid_distill.study.teachers import build_teacher, recipe_record
+    spec = load_study(tiny_study(idx_folder, tmp_path / "out"), ["teachers.mae.pos_embed=sincos"])
+    path = build_teacher(spec, "mae", base_config(spec), log=lambda line: None)
+    pos = load_model(str(path)).pos_embed
+    assert torch.equal(pos, sincos_2d(32, (4, 4)))  # MAE's fixed positions, untouched by its training
+    learned = load_study(tiny_study(idx_folder, tmp_path / "out"))
+    assert "pos_embed" not in recipe_record(learned, "mae", base_config(learned))["teacher"]  # older records hold
+    with pytest.raises(StudyError, match="another recipe"):
+        build_teacher(learned, "mae", base_config(learned))
+    shipped = load_study("configs/studies/fashion_mnist_196.yaml")  # lists in the recipe (crop_scale)
+    assert recipe_record(shipped, "sup", base_config(shipped))["teacher"]["crop_scale"] == [0.8, 1.0]
 
 
 def test_a_finished_cell_of_a_retrained_teacher_is_refused(tmp_path):

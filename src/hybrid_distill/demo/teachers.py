@@ -11,6 +11,7 @@ from ..data.build import build_loader
 from ..data.transforms import to_unit
 from ..engine import lr_at, param_groups, set_lr
 from ..files import save_model_file
+from ..models.decoder import sincos_2d
 from ..models.load import create_vit
 from ..models.tokens import Normalize
 from .mae import MaskedAutoencoder
@@ -47,9 +48,20 @@ def train_supervised_teacher(demo, data_cfg, dataset, path: Path) -> Path:
     return save_model_file(model, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)
 
 
+def fix_sincos_positions(encoder: nn.Module) -> nn.Module:
+    """MAE's encoder positions (models_mae.py): fixed 2-D sin-cos, a zero CLS row, not trained."""
+    grid = tuple(encoder.patch_embed.grid_size)
+    encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid))
+    encoder.pos_embed.requires_grad_(False)
+    return encoder
+
+
 def train_mae_teacher(demo, data_cfg, dataset, path: Path) -> Path:
     encoder = create_vit(demo.arch, **demo.vit_kwargs)
+    if getattr(demo, "pos_embed", "learned") == "sincos":
+        fix_sincos_positions(encoder)
     mae = MaskedAutoencoder(encoder)
     fit(mae, lambda x, _: mae(x), data_cfg, dataset, demo.mae_epochs, demo.batch, demo.mae_blr,
         demo.seed, "MAE teacher", demo.mean, demo.std)
+    encoder.pos_embed.requires_grad_(True)  # a file's weights are all parameters; as a teacher it is frozen
     return save_model_file(encoder, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)

@@ -52,6 +52,7 @@ class SharedTeacher:
     seed: int = 0
     crop_scale: Optional[List[float]] = None  # default: the base config's data.crop_scale
     must_beat_pixels: bool = False  # stop the study when the held-out k-NN check does not beat raw pixels
+    pos_embed: str = "learned"  # 'sincos': MAE's fixed 2-D sin-cos encoder positions (kind mae only)
 
 
 @dataclass
@@ -131,6 +132,10 @@ def check_study(spec: DictConfig) -> None:
     for name, row in spec.rows.items():
         if not isinstance(row, DictConfig):
             raise StudyError(f"rows.{name} must be a mapping (a config diff), got {row!r}")
+    for name, t in spec.teachers.items():
+        if t.pos_embed not in ("learned", "sincos") or t.pos_embed == "sincos" and t.kind is not TeacherKind.mae:
+            raise StudyError(f"teachers.{name}.pos_embed='{t.pos_embed}': 'learned', or 'sincos' (MAE's fixed "
+                             "encoder positions) for kind: mae")
     check_finetune(spec.evaluate.finetune)
     check_claims(spec)
 

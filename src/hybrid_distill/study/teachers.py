@@ -29,7 +29,7 @@ def recipe(spec: DictConfig, name: str, base: DictConfig) -> tuple[SimpleNamespa
     arch, kwargs = shared_teacher_model(spec, name, base)
     demo = SimpleNamespace(arch=arch, vit_kwargs=kwargs, batch=t.batch, seed=t.seed,
                            teacher_epochs=t.epochs, supervised_blr=t.blr, mae_epochs=t.epochs, mae_blr=t.blr,
-                           mean=list(base.student.mean), std=list(base.student.std))
+                           mean=list(base.student.mean), std=list(base.student.std), pos_embed=t.pos_embed)
     data = OmegaConf.merge(base.data, {"limit": teacher_images(t, base)})
     if t.crop_scale is not None:
         data.crop_scale = t.crop_scale
@@ -44,11 +44,15 @@ LOADER_ONLY = ("num_workers", "pin_memory", "persistent_workers", "prefetch_fact
                "bad_check_every")  # data settings that do not change the images a teacher sees
 
 
+ADDED_DEFAULTS = {"pos_embed": "learned"}  # settings added since records were first kept, recorded only when
+# changed, so a teacher of an older record is still recognised
+
+
 def recipe_record(spec: DictConfig, name: str, base: DictConfig) -> dict:
     """What decides a shared teacher's weights: its recipe, model, pixel statistics and images."""
     demo, data = recipe(spec, name, base)
     teacher = {k: v for k, v in OmegaConf.to_container(spec.teachers[name], enum_to_str=True).items()
-               if k != "must_beat_pixels"}
+               if k != "must_beat_pixels" and not (k in ADDED_DEFAULTS and ADDED_DEFAULTS[k] == v)}
     record = {"teacher": teacher, "model": [demo.arch, demo.vit_kwargs], "mean_std": [demo.mean, demo.std],
               "data": {k: v for k, v in to_dict(data).items() if k not in LOADER_ONLY}}
     return json.loads(json.dumps(record, default=str))
