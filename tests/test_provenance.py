@@ -17,3 +17,10 @@ def test_provenance_names_the_cpu_model_from_proc_cpuinfo():
         pytest.skip("/proc/cpuinfo names no model on this architecture")
     assert cpu_model() == names[0]
     assert provenance()["cpu"] == names[0]
+
+
+def test_provenance_records_the_commit_the_process_started_from(monkeypatch):
+    from hybrid_distill import provenance as prov
+    started = prov.provenance()["git_sha"]
+    monkeypatch.setattr(prov, "git_sha", lambda cwd=None: "changed-since")  # the checkout moves on
+    assert prov.provenance()["git_sha"] == started != "changed-since"

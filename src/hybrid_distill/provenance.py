@@ -20,6 +20,10 @@ def git_sha(cwd: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+_LOADED_FROM = git_sha()  # the commit whose code this process imported: a long run (a study) records it, not
+# whatever the checkout holds when a result is written hours later
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in _PACKAGES:
@@ -45,7 +49,7 @@ def cpu_model() -> str:
 def provenance() -> dict:
     import torch
     return {
-        "git_sha": git_sha(),
+        "git_sha": _LOADED_FROM,
         "packages": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
