@@ -30,5 +30,7 @@ def replication_lines(path: Path = FILE) -> list[str]:
              "over seeds:", "", "| row | fine-tune | linear | k-NN |", "|---|---|---|---|"]
     lines += [f"| {row} | {cell(m.get('finetune/top1'))} | {cell(m.get('linear/top1'))} | {cell(m.get('knn/top1'))} |"
               for row, m in h["rows"].items()]
-    lines += ["", *[f"- ({c['name']}) {c['text']}: {VERDICT[c['held']]}" for c in h["claims"]], ""]
+    lines += ["", *[f"- ({c['name']}) {c['text']}: {VERDICT[c['held']]}" for c in h["claims"]], "",
+              "Verdicts on the signs of paired means, as the study's claims.py judges them; README, 'Does it "
+              "reproduce the paper?', says which of them that scale can test, and why.", ""]
     return lines
