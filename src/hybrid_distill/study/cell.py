@@ -75,11 +75,16 @@ def same_config(cell: dict, cfg: DictConfig) -> bool:
     return as_json(cell.get("config")) == as_json(to_dict(cfg))
 
 
+def stored_fingerprint(run_dir: Path) -> str | None:
+    path = run_dir / "cell_fingerprint.txt"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def legacy_state(run_dir: Path, cfg: DictConfig, spec: DictConfig) -> str | None:
     """'stamp': a cell begun up to git 28f088b whose fingerprint matches the current study file (its
     evaluation and analysis were made with today's settings); 'config': a finished one of the same training
     config whose evaluation or analysis settings changed since (they run again); else None."""
-    stored = (run_dir / "cell_fingerprint.txt").read_text().strip() if (run_dir / "cell_fingerprint.txt").is_file() else None
+    stored = stored_fingerprint(run_dir)
     if stored is None or stored == fingerprint(cfg):
         return None
     if stored == legacy_fingerprint(cfg, spec):
@@ -115,8 +120,8 @@ def parses(path: Path) -> bool:
 def check_owner(run_dir: Path, cfg: DictConfig, row: str) -> None:
     """A cell directory belongs to one training config: a changed row must not resume an old run, and a
     directory with files but no fingerprint is someone else's."""
-    path, cell = run_dir / "cell_fingerprint.txt", run_dir / "cell.json"
-    foreign = (path.read_text().strip() != fingerprint(cfg) if path.is_file()
+    stored, cell = stored_fingerprint(run_dir), run_dir / "cell.json"
+    foreign = (stored != fingerprint(cfg) if stored is not None
                else run_dir.is_dir() and any(run_dir.iterdir()))
     if foreign or cell.is_file() and not same_config(read_json(cell), cfg):
         raise StudyError(f"cell {run_dir} was started with another config for row '{row}'; restore the study file "
@@ -127,13 +132,13 @@ def claim(run_dir: Path, cfg: DictConfig, spec: DictConfig, row: str) -> None:
     """Adopt a legacy cell, check the directory is this config's, and mark it so."""
     adopt_legacy(run_dir, cfg, spec)
     check_owner(run_dir, cfg, row)
-    if not (run_dir / "cell_fingerprint.txt").is_file():
+    if stored_fingerprint(run_dir) is None:
         write_text(run_dir / "cell_fingerprint.txt", fingerprint(cfg) + "\n")
 
 
 def stamped(path: Path, settings: dict) -> bool:
     """path holds exactly these settings (the ones an analysis was made with)."""
-    return path.is_file() and json.loads(path.read_text()) == settings
+    return path.is_file() and read_json(path) == settings
 
 
 def finished_cell(spec: DictConfig, row: str, seed: int, write: bool = True) -> dict | None:
@@ -166,8 +171,8 @@ def check_teacher_files(cell: dict, run_dir: Path) -> None:
     """A finished cell was distilled from the teacher files it recorded (SHA-256): a retrained shared
     teacher makes it stale."""
     for name, record in cell["teachers"].items():
-        file, digest = record.get("file"), record.get("sha256")
-        if file and digest and Path(file).is_file() and sha256_file(file) != digest:
+        file, sha = record.get("file"), record.get("sha256")
+        if file and sha and Path(file).is_file() and sha256_file(file) != sha:
             raise StudyError(f"cell {run_dir} was distilled from another {file} (teacher '{name}' retrained "
                              "since); delete that directory to run it again")
 
