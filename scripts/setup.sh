@@ -14,6 +14,18 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>/dev/null; then
+  # PyPI's Linux torch wheel brings its CUDA libraries: .venv takes 5.7 GiB, plus pip's temporary files.
+  # Say so before pip dies half-way with "No space left on device".
+  need_gib=8
+  for dir in . "${TMPDIR:-/tmp}"; do
+    free_gib=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
+    if [ "$free_gib" -lt "$need_gib" ] && [ -z "${HYBRID_DISTILL_SKIP_DISK_CHECK:-}" ]; then
+      echo "setup.sh: only $free_gib GiB free on $(cd "$dir" && pwd); torch with its CUDA libraries needs about" \
+           "$need_gib GiB. Free space there (or point TMPDIR at a larger disk), then run this again;" \
+           "HYBRID_DISTILL_SKIP_DISK_CHECK=1 skips this check." >&2
+      exit 1
+    fi
+  done
   .venv/bin/pip install -q --upgrade pip
   # torch 2.14.1 + torchvision 0.29.1 work together (the 2.13 CPU wheel breaks torchvision)
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
