@@ -208,6 +208,19 @@ def test_finetune_runs_and_leaves_backbone_untouched(name):
         assert again["train_loss"] == result["train_loss"]
 
 
+@pytest.mark.parametrize("every, scored", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])
+def test_eval_every_scores_those_epochs_and_always_the_last(every, scored):
+    result = finetune.finetune_eval(tiny_vit(), fake_images(16), fake_images(6, seed=50), "fashion_mnist",
+                                    batch_size=8, epochs=3, train_subset=None, num_workers=0, eval_every=every)
+    assert [e["epoch"] for e in result["epochs"] if "test_top1" in e] == scored
+    assert result["top1"] == result["epochs"][-1]["test_top1"] and len(result["epochs"]) == 3
+
+
+def test_negative_eval_every_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        finetune.make_config("fashion_mnist", eval_every=-1)
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="fashion_mnist"):
         finetune.make_config("cifar")

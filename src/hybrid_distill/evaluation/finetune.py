@@ -63,6 +63,7 @@ class FinetuneConfig:
     train_subset: int | None = None  # a seeded random subset of the train split, for short runs
     seed: int = 0
     num_workers: int = 4
+    eval_every: int = 1  # score the test split after every N epochs and after the last; 0: after the last only
 
 
 # paper appendix C: CIFAR100, Cars, iNaturalist19 at batch 768 and lr 7.5e-6, following dBOT, whose run.sh
@@ -99,6 +100,9 @@ def make_config(name: str, **overrides) -> FinetuneConfig:
         raise ValueError(f"unknown fine-tune preset '{name}'; choose one of {sorted(PRESETS)}")
     preset = PRESETS[name]
     epochs = overrides.get("epochs", preset.epochs)
+    if overrides.get("eval_every", 0) < 0:
+        raise ValueError(f"eval_every must be >= 0 (0: score the test split after the last epoch only), "
+                         f"got {overrides['eval_every']}")
     if "warmup_epochs" not in overrides and epochs < preset.epochs:
         overrides["warmup_epochs"] = preset.warmup_epochs * epochs / preset.epochs
     return replace(preset, **overrides)
@@ -223,12 +227,17 @@ def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, devic
             total += loss.item()
         epoch_loss = total / len(loader)
         record = {"epoch": epoch + 1, "train_loss": epoch_loss, "lr": opt.param_groups[-1]["lr"],
-                  **(validate(model) if validate else {})}
+                  **(validate(model) if validate and scored(epoch + 1, cfg) else {})}
         epochs.append(record)
         if log:
             log(f"finetune epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                                         if k != "epoch"))
     return {"train_loss": epoch_loss, "steps": step, "lr": lr, "epochs": epochs, "ema": ema}
+
+
+def scored(epoch: int, cfg: FinetuneConfig) -> bool:
+    """Is the test split scored after this (1-based) epoch? Always after the last: its score is the result."""
+    return epoch == cfg.epochs or (cfg.eval_every > 0 and epoch % cfg.eval_every == 0)
 
 
 def test_accuracy(model: nn.Module, test_ds, cfg: FinetuneConfig, device) -> dict:
@@ -242,7 +251,7 @@ def test_accuracy(model: nn.Module, test_ds, cfg: FinetuneConfig, device) -> dic
 
 def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_classes: int | None = None,
              device=None, log=None, save_to=None) -> dict:
-    """Fine-tune a copy of model on train_ds, scoring test_ds after each epoch; report the last epoch
+    """Fine-tune a copy of model on train_ds, scoring test_ds after each epoch (`eval_every`); report the last epoch
     (top-1 / top-5, percent). With save_to, rank 0 writes the fine-tuned model there (timm folder)."""
     device = _device(device)
     num_classes = num_classes or num_classes_of(train_ds)
