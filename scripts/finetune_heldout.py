@@ -47,7 +47,7 @@ def main() -> None:
             r = finetune_eval(load_model(run), bank, held_out, "fashion_mnist", epochs=args.epochs,
                               train_subset=args.train_subset, seed=0, lr=lr, layer_decay=decay, log=log)
             records.append({"run": run, "lr": lr, "layer_decay": decay, "heldout_top1": r["top1"],
-                            "per_epoch": [e["test_top1"] for e in r["epochs"]]})
+                            "per_epoch": [e.get("test_top1") for e in r["epochs"]]})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "records": records, "provenance": provenance()},
                                          indent=2))

@@ -15,19 +15,23 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>/dev/null; then
   # PyPI's Linux torch wheel brings its CUDA libraries: .venv takes 5.7 GiB, plus pip's temporary files.
-  # Say so before pip dies half-way with "No space left on device".
+  # Say so before pip dies half-way with "No space left on device" (only when torch is still to come).
   need_gib=8
-  for dir in . "${TMPDIR:-/tmp}"; do
-    free_gib=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
-    if [ "$free_gib" -lt "$need_gib" ] && [ -z "${HYBRID_DISTILL_SKIP_DISK_CHECK:-}" ]; then
-      echo "setup.sh: only $free_gib GiB free on $(cd "$dir" && pwd); torch with its CUDA libraries needs about" \
-           "$need_gib GiB. Free space there (or point TMPDIR at a larger disk), then run this again;" \
-           "HYBRID_DISTILL_SKIP_DISK_CHECK=1 skips this check." >&2
-      exit 1
-    fi
-  done
+  if [ -z "${HYBRID_DISTILL_SKIP_DISK_CHECK:-}" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    for dir in . "${TMPDIR:-/tmp}"; do
+      [ -d "$dir" ] || continue
+      avail_kib=$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {print $4}')
+      free_gib=$(( ${avail_kib:-0} / 1048576 ))
+      if [ -n "$avail_kib" ] && [ "$free_gib" -lt "$need_gib" ]; then
+        echo "setup.sh: only $free_gib GiB free on $(cd "$dir" && pwd); torch with its CUDA libraries needs about" \
+             "$need_gib GiB. Free space there (or point TMPDIR at a larger disk), then run this again;" \
+             "HYBRID_DISTILL_SKIP_DISK_CHECK=1 skips this check." >&2
+        exit 1
+      fi
+    done
+  fi
   .venv/bin/pip install -q --upgrade pip
   # torch 2.14.1 + torchvision 0.29.1 work together (the 2.13 CPU wheel breaks torchvision)
-  .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/pip install -q --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"  # no second copy in pip's cache
   .venv/bin/pip install -q -e ".[test]"
 fi

@@ -216,9 +216,20 @@ def test_eval_every_scores_those_epochs_and_always_the_last(every, scored):
     assert result["top1"] == result["epochs"][-1]["test_top1"] and len(result["epochs"]) == 3
 
 
-def test_negative_eval_every_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="eval_every must be >= 0"):
-        finetune.make_config("fashion_mnist", eval_every=-1)
+def test_scoring_mid_training_leaves_the_training_as_it_was():
+    # the test split's DataLoader draws its seed from torch's generator, which the training's flips use too
+    runs = [finetune.finetune_eval(tiny_vit(), fake_images(16), fake_images(6, seed=50), "fashion_mnist",
+                                   batch_size=8, epochs=3, train_subset=None, num_workers=0, eval_every=every)
+            for every in (1, 0)]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"] and runs[0]["top1"] == runs[1]["top1"]
+
+
+@pytest.mark.parametrize("field, value", [("eval_every", -1), ("eval_every", 1.5), ("epochs", 0)])
+def test_bad_finetune_numbers_are_refused_in_one_line(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a whole number"):
+        finetune.make_config("fashion_mnist", **{field: value})
+    with pytest.raises(ValueError, match=f"{field} must be a whole number"):
+        finetune.FinetuneConfig(**{field: value})
 
 
 def test_unknown_preset_names_the_choices():

@@ -231,6 +231,7 @@ def test_a_legacy_cell_is_adopted_without_training_and_report_writes_nothing(idx
     ({"teachers": {"t": {"kind": "contrastive"}}}, "kind"),
     ({"teachers": {"t": {"kind": "supervised", "pos_embed": "sincos"}}}, "pos_embed"),
     ({"evaluate": {"finetune": {"epochs": 1, "nope": 2}}}, "nope"),
+    ({"evaluate": {"finetune": {"epochs": 1, "eval_every": -1}}}, "eval_every must be"),  # before any training
 ])
 def test_bad_study_files_end_in_one_line_with_exit_code_2(idx_folder, tmp_path, capsys, change, message):
     study = {**tiny_study(idx_folder, tmp_path / "out"), **change}

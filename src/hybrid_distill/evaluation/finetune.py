@@ -9,7 +9,8 @@ Layer decay as MAE's `util/lr_decay.py` assigns it (finetune_parts.py, tested ex
 (0-indexed) gets lr * decay^(depth - i), patch_embed / cls_token / pos_embed lr * decay^(depth + 1),
 the final norm, fc_norm and head the full lr. Pooling (`global_pool`): 'avg', the mean of the patch
 tokens + fc_norm (MAE / dBOT `main_finetune.py`), or 'token', the CLS token (dBOT `eval_cls.py`).
-The test split is only read after training, once.
+The test split is scored after every `eval_every` epochs and after the last (the result); scoring draws
+nothing from the training's random streams, so `eval_every` changes the cost, never the training.
 """
 import copy
 import math
@@ -65,6 +66,13 @@ class FinetuneConfig:
     num_workers: int = 4
     eval_every: int = 1  # score the test split after every N epochs and after the last; 0: after the last only
 
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"fine-tune epochs must be a whole number >= 1, got {self.epochs!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a whole number >= 0 (0: score the test split after the last "
+                             f"epoch only), got {self.eval_every!r}")
+
 
 # paper appendix C: CIFAR100, Cars, iNaturalist19 at batch 768 and lr 7.5e-6, following dBOT, whose run.sh
 # (cifar_cls, cars_cls, inat19_cls) runs evaluation/eval_cls.py with 96 images per GPU on 8 GPUs, lr 7.5e-6
@@ -100,9 +108,6 @@ def make_config(name: str, **overrides) -> FinetuneConfig:
         raise ValueError(f"unknown fine-tune preset '{name}'; choose one of {sorted(PRESETS)}")
     preset = PRESETS[name]
     epochs = overrides.get("epochs", preset.epochs)
-    if overrides.get("eval_every", 0) < 0:
-        raise ValueError(f"eval_every must be >= 0 (0: score the test split after the last epoch only), "
-                         f"got {overrides['eval_every']}")
     if "warmup_epochs" not in overrides and epochs < preset.epochs:
         overrides["warmup_epochs"] = preset.warmup_epochs * epochs / preset.epochs
     return replace(preset, **overrides)
@@ -193,7 +198,7 @@ def train_loader(dataset, model, cfg: FinetuneConfig):
 def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, device: torch.device, log=None,
           validate=None) -> dict:
     """The fine-tuning loop; returns the last epoch's mean training loss, the step count and per-epoch
-    records (with `validate(model) -> dict` scored after each epoch)."""
+    records (with `validate(model) -> dict` scored after the epochs `scored` names)."""
     _, world = _rank_world()
     lr = cfg.lr * cfg.batch_size * world / cfg.ref_batch
     opt = make_optimizer(model, cfg, lr)
@@ -227,12 +232,19 @@ def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, devic
             total += loss.item()
         epoch_loss = total / len(loader)
         record = {"epoch": epoch + 1, "train_loss": epoch_loss, "lr": opt.param_groups[-1]["lr"],
-                  **(validate(model) if validate and scored(epoch + 1, cfg) else {})}
+                  **(untouched_rng(validate, model) if validate and scored(epoch + 1, cfg) else {})}
         epochs.append(record)
         if log:
             log(f"finetune epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                                         if k != "epoch"))
     return {"train_loss": epoch_loss, "steps": step, "lr": lr, "epochs": epochs, "ema": ema}
+
+
+def untouched_rng(fn, *args):
+    """fn(*args) with torch's CPU generator restored afterwards: a DataLoader draws its base seed from it, and
+    the training's flips and drop-path draw from it too, so scoring must not move it."""
+    with torch.random.fork_rng(devices=[]):
+        return fn(*args)
 
 
 def scored(epoch: int, cfg: FinetuneConfig) -> bool:

@@ -157,13 +157,19 @@ def check_claims(spec: DictConfig) -> None:
 def check_finetune(options) -> None:
     if not options:
         return
-    from ..evaluation.finetune import PRESETS, FinetuneConfig
+    from ..evaluation.finetune import PRESETS, FinetuneConfig, make_config
     valid = set(FinetuneConfig.__dataclass_fields__) | {"preset"}
     unknown = sorted(set(options) - valid)
     if unknown:
         raise StudyError(f"evaluate.finetune.{unknown[0]} is not a fine-tune setting; valid: {', '.join(sorted(valid))}")
     if options.get("preset", "fashion_mnist") not in PRESETS:
         raise StudyError(f"evaluate.finetune.preset='{options['preset']}' is unknown; choose one of {sorted(PRESETS)}")
+    plain = OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
+    settings = {k: v for k, v in plain.items() if k != "preset"}
+    try:  # values too, before any cell trains (the fine-tune runs only after a cell's training)
+        make_config(options.get("preset", "fashion_mnist"), **settings)
+    except (TypeError, ValueError) as e:
+        raise StudyError(f"evaluate.finetune: {e}") from None
 
 
 def run_rows(spec: DictConfig) -> list[str]:
