@@ -9,7 +9,7 @@ import yaml
 from hybrid_distill.cli import main
 from hybrid_distill.study import StudyError, cell_config, load_study, run_study, t_critical
 from hybrid_distill.study import cell as cell_module
-from hybrid_distill.study.command import report_only
+from hybrid_distill.study.command import Progress, report_only
 from hybrid_distill.trainer import Trainer
 
 # 16 tokens, 3 blocks: the progressive schedule 16 -> 11 -> 7 -> 4 after blocks 0, 1, 2; relations at 0, 1
@@ -130,6 +130,14 @@ def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(i
     assert steps == [1, 2, 3, 4]  # resumed at step 3, each step logged once
     assert sum(r["knn/top1"]["n"] for r in result["rows"].values()) == 4
     assert any("3 left" in line and "ETA" in line for line in lines)
+
+
+def test_eta_is_the_median_cell_time_times_the_cells_left():
+    progress = Progress(total=6, finished=[{"seconds": 100.0}])
+    assert progress.line("x").endswith("(1 done, 5 left, ETA 8m20s)")  # the recorded cell until one is timed here
+    for seconds in (300.0, 1500.0, 320.0):  # one cell slowed (a paused CPU) does not set the pace
+        progress.finish(seconds)
+    assert progress.line("x").endswith("(4 done, 2 left, ETA 10m40s)")  # 2 x 320 s
 
 
 def random_teacher_study(idx_folder, out, **evaluate) -> dict:

@@ -7,6 +7,7 @@ finished cell.
 """
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """'cells done, cells left, ETA' from the mean time of the cells timed so far."""
+    """'cells done, cells left, ETA' from the median time of the cells timed so far (a median: one cell slowed by
+    a paused or shared CPU does not inflate the estimate for every cell after it)."""
 
     def __init__(self, total: int, finished: list[dict]):
         self.total, self.done = total, len(finished)
@@ -43,7 +45,7 @@ class Progress:
     def line(self, what: str) -> str:
         left = self.total - self.done
         times = self.session or self.timed
-        eta = duration(sum(times) / len(times) * left) if times and left else ("0m00s" if not left else "unknown")
+        eta = duration(statistics.median(times) * left) if times and left else ("0m00s" if not left else "unknown")
         return f"[study] {what} ({self.done} done, {left} left, ETA {eta})"
 
 
