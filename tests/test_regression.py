@@ -6,7 +6,9 @@ The recording was made before the teacher-side refactor, from commit 50ba136, wi
 
 (progressive masking over 64 patches, fp32, no drop path). Keys name the resolved block index
 ('mim/rel4', not 'mim/rel-2'): the recording mapped the names of that commit to them. Indices
-must be equal; fp32 tensors within 1e-6 (absolute, plus 1e-6 relative for the larger logits).
+must be equal; fp32 tensors within torch.testing's fp32 defaults (1e-5 absolute, 1.3e-6 relative): the
+recording was made on an Intel Xeon, and an AMD EPYC's BLAS sums in another order (1.6e-6 apart on the
+relation logits, git 03fccbf); a changed computation moves these values by far more.
 """
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def test_the_step_gives_the_recorded_keep_targets_and_loss_parts():
     np.testing.assert_array_equal(values["keep"], recorded["keep"])
     for key in recorded.files:
         if key != "keep":
-            np.testing.assert_allclose(values[key], recorded[key], rtol=1e-6, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(values[key], recorded[key], rtol=1.3e-6, atol=1e-5, err_msg=key)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,17 @@ def tiny_study(idx_folder, out, **extra) -> dict:
         "rows": {"hybrid": {"teachers": {"sup": sup, "mim": {"weights": "teacher:mae", "relation_blocks": [-3, -2]}},
                             "masking": {"teacher": "mim"}},
                  "distill_sup": {"teachers": {"sup": sup}, "masking.teacher": None}},
-        "evaluate": {"train_images": 96, "test_images": 32, "heldout_images": 32},
+        "evaluate": {"train_images": 64, "test_images": 32, "heldout_images": 32},
         "analysis": {"images": 8},
     }
     study.update(extra)
     return study
 
 
-def cells(out) -> dict:
-    return {(p.parent.parent.name, p.parent.name): json.loads(p.read_text()) for p in out.glob("cells/*/*/cell.json")}
+def cells(out, by_seed: bool = True) -> dict:
+    """{(row, 'seedN'): cell.json} of the finished trainings (by_seed=False: keyed by directory, seedN-KEY)."""
+    found = {(p.parent.parent.name, p.parent.name): json.loads(p.read_text()) for p in out.glob("cells/*/*/cell.json")}
+    return {(row, name.split("-")[0] if by_seed else name): c for (row, name), c in found.items()}
 
 
 def hand_interval(values: list[float], t: float) -> tuple[float, float, float, float]:
@@ -60,8 +62,10 @@ def test_t_critical_matches_closed_forms_and_tables():
 
 def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp_path):
     out = tmp_path / "study"
-    result = run_study(load_study(tiny_study(idx_folder, out)), log=lambda _: None)
-    found = cells(out)
+    spec = load_study(tiny_study(idx_folder, out))
+    result = run_study(spec, log=lambda _: None)
+    found = {(row, f"seed{s}"): cell_module.finished_cell(spec, row, s) for row in spec.rows for s in spec.seeds}
+    assert set(found) == set(cells(out))
     assert sorted(found) == [(row, f"seed{s}") for row in ("distill_sup", "hybrid") for s in (0, 1)]
     t1 = 12.7062047  # t(0.975, 1), two seeds
     for row in ("hybrid", "distill_sup"):
@@ -82,7 +86,7 @@ def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp
     assert any(k.startswith("train/mim/rel") for k in result["rows"]["hybrid"])
     assert found[("hybrid", "seed0")]["provenance"]["git_sha"] and found[("hybrid", "seed0")]["config"]["seed"] == 0
     teacher = result["teachers"]["sup"]
-    assert teacher["bank"] == 48 and teacher["heldout"] == 32 and 0 <= teacher["knn_top1"] <= 100
+    assert teacher["bank"] == 48 and teacher["heldout"] == 32 and teacher["split_seed"] == 0
     text = (out / "study.md").read_text()
     assert "| distill_sup |" in text and "Student t" in text and "4 of 4 cells" in text
     for name in ("distance.png", "nmi.png"):
@@ -113,7 +117,7 @@ def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(i
     with pytest.raises(KeyboardInterrupt):
         run_study(spec, log=lambda _: None)
     assert len(cells(out)) == 1  # the first cell finished, the second did not
-    interrupted = out / "cells" / "hybrid" / "seed1"
+    interrupted = cell_module.cell_run(spec, "hybrid", 1)[1]
     assert (interrupted / "checkpoints" / "checkpoint-00000002.pt").is_file()
     n_trained = len(trained)
     partial = report_only(spec, log=lambda _: None)  # `study --report`: the finished cell, nothing trained
@@ -148,12 +152,12 @@ def random_teacher_study(idx_folder, out, **evaluate) -> dict:
     return study
 
 
-def test_a_changed_evaluation_re_evaluates_finished_cells_without_training_them(idx_folder, tmp_path, monkeypatch):
+def test_cells_are_keyed_by_content_a_changed_evaluation_only_evaluates(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)
     study["seeds"] = [0]
     run_study(load_study(study), log=lambda _: None)
-    before = cells(out)
+    before = cells(out, by_seed=False)
     calls = []
     monkeypatch.setattr(cell_module, "train", lambda cfg, resume=None: calls.append("train"))
     for name in ("knn_classify", "linear_probe", "analyze_main"):
@@ -162,69 +166,47 @@ def test_a_changed_evaluation_re_evaluates_finished_cells_without_training_them(
     study["evaluate"]["linear"] = True  # a new protocol: only it runs, on the trained students
     result = run_study(load_study(study), log=lambda _: None)
     assert calls == ["linear_probe"] * 2  # two cells; neither training nor k-NN nor analysis again
-    after = cells(out)
-    for key, cell in after.items():
-        assert cell["metrics"]["knn/top1"] == before[key]["metrics"]["knn/top1"] and "linear/top1" in cell["metrics"]
-        assert cell["seconds"] == before[key]["seconds"] and "reevaluated" in cell  # the training's time stays
+    assert cells(out, by_seed=False) == before  # cell.json (the training's record, its time) untouched
+    spec = load_study(study)
+    finished = {row: cell_module.finished_cell(spec, row, 0) for row in spec.rows}
+    assert all("linear/top1" in c["metrics"] for c in finished.values())
     assert {r["linear/top1"]["n"] for r in result["rows"].values()} == {1}
-    per_head = next(iter(json.loads((out / "cells/hybrid/seed0/analysis/analysis.json").read_text())["models"]
-                         .values()))["distance"]["per_head"][1]  # heads' mean distances in layer 2
-    mean = sum(per_head) / len(per_head)
-    spread = math.sqrt(sum((d - mean) ** 2 for d in per_head) / len(per_head))  # over heads
-    assert after[("hybrid", "seed0")]["metrics"]["spread/L2"] == pytest.approx(spread)
     calls.clear()
     study["evaluate"]["linear"] = False  # off and on again: the stored linear probe is read back
     run_study(load_study(study), log=lambda _: None)
     study["evaluate"]["linear"] = True
     run_study(load_study(study), log=lambda _: None)
     assert calls == []
-    study["analysis"]["images"] = 4  # new analysis settings: analysed again, still not trained
+    study["analysis"]["images"] = 4  # new analysis settings: analysed again beside the old, still not trained
     run_study(load_study(study), log=lambda _: None)
-    assert calls == ["analyze_main"] * 2 and all(json.loads((p.parent / "settings.json").read_text())["images"] == 4
-                                                 for p in out.glob("cells/*/*/analysis/analysis.json"))
-    study["base"]["optim"]["batch_size"] = 8  # a new training config is another student: refused
-    with pytest.raises(StudyError, match="another config"):
-        run_study(load_study(study), log=lambda _: None)
+    assert calls == ["analyze_main"] * 2 and len(list(out.glob("cells/*/*/results/analysis-*/analysis.json"))) == 4
+    monkeypatch.undo()
+    study["base"]["optim"]["batch_size"] = 8  # a new training config is another student in another directory
+    run_study(load_study(study), log=lambda _: None)
+    after = cells(out, by_seed=False)
+    assert len(after) == 4 and all(after[key] == cell for key, cell in before.items())
 
 
-def make_legacy(run_dir, cfg, spec) -> str:
-    """The cell's files as git 28f088b wrote them: one fingerprint, no settings beside the results."""
-    legacy = cell_module.legacy_fingerprint(cfg, spec)
-    (run_dir / "cell_fingerprint.txt").write_text(legacy + "\n")
-    evals = json.loads((run_dir / "eval.json").read_text())
-    (run_dir / "eval.json").write_text(json.dumps({p: {k: v for k, v in r.items() if k != "settings"}
-                                                   for p, r in evals.items()}))
-    (run_dir / "analysis" / "settings.json").unlink()
-    (run_dir / "cell.json").write_text(json.dumps({**json.loads((run_dir / "cell.json").read_text()),
-                                                   "fingerprint": legacy}))
-    return legacy
-
-
-def test_a_legacy_cell_is_adopted_without_training_and_report_writes_nothing(idx_folder, tmp_path, monkeypatch):
+def test_a_retrained_teacher_is_another_cell_and_report_writes_nothing(idx_folder, tmp_path):
+    from hybrid_distill.study.cell import cell_run
     out = tmp_path / "study"
+    teacher = tmp_path / "sup.pt"
     study = random_teacher_study(idx_folder, out)
-    study["seeds"], study["rows"] = [0], {"distill_sup": study["rows"]["distill_sup"]}
-    study["reference"] = "distill_sup"
+    study["seeds"], study["rows"], study["reference"] = [0], {"distill_sup": study["rows"]["distill_sup"]}, None
+    study["rows"]["distill_sup"]["teachers"]["sup"]["weights"] = str(teacher)
+    from hybrid_distill.files import save_model_file
+    from hybrid_distill.models.load import create_vit
+    save_model_file(create_vit(VIT["arch"], **VIT["model_kwargs"]), VIT["arch"], VIT["model_kwargs"], teacher)
     spec = load_study(study)
     run_study(spec, log=lambda _: None)
-    run_dir = out / "cells" / "distill_sup" / "seed0"
-    cfg = cell_config(spec, "distill_sup", 0)
-    legacy = make_legacy(run_dir, cfg, spec)
-    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    first_dir = cell_run(spec, "distill_sup", 0)[1]
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "cells" in p.parts}
     assert report_only(spec, log=lambda _: None)["rows"]["distill_sup"]["knn/top1"]["n"] == 1
-    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files  # beside a running study
-    monkeypatch.setattr(cell_module, "train", lambda *a, **k: pytest.fail("trained again"))
-    monkeypatch.setattr(cell_module, "analyze_main", lambda *a, **k: pytest.fail("analysed again"))
-    cell = cell_module.finished_cell(spec, "distill_sup", 0)  # matching settings: stamped as they are
-    assert cell and cell["fingerprint"] == cell_module.fingerprint(cfg) != legacy
-    assert (run_dir / "cell_fingerprint.txt").read_text().strip() == cell["fingerprint"]
-    assert json.loads((run_dir / "eval.json").read_text())["knn"]["settings"]["test_images"] == 16
-    make_legacy(run_dir, cfg, spec)  # legacy, and the evaluation changed since: evaluated again, not trained
-    other = load_study({**study, "evaluate": {**study["evaluate"], "test_images": 8}})
-    assert cell_module.finished_cell(other, "distill_sup", 0) is None
-    monkeypatch.setattr(cell_module, "analyze_main", lambda *a, **k: 0)  # its analysis.json is still there
-    run_study(other, log=lambda _: None)
-    assert json.loads((run_dir / "eval.json").read_text())["knn"]["settings"]["test_images"] == 8
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "cells" in p.parts} == files
+    torch.manual_seed(1)
+    save_model_file(create_vit(VIT["arch"], **VIT["model_kwargs"]), VIT["arch"], VIT["model_kwargs"], teacher)
+    assert cell_run(spec, "distill_sup", 0)[1] != first_dir  # the same row of another teacher file
+    assert cell_module.finished_cell(spec, "distill_sup", 0) is None
 
 
 @pytest.mark.parametrize("change, message", [
@@ -334,16 +316,3 @@ def test_an_mae_teacher_with_sincos_positions_keeps_them_fixed_and_is_another_re
         build_teacher(learned, "mae", base_config(learned))
     shipped = load_study("configs/studies/fashion_mnist_196.yaml")  # lists in the recipe (crop_scale)
     assert recipe_record(shipped, "sup", base_config(shipped))["teacher"]["crop_scale"] == [0.8, 1.0]
-
-
-def test_a_finished_cell_of_a_retrained_teacher_is_refused(tmp_path):
-    import hashlib
-    from hybrid_distill.study.cell import check_teacher_files
-    teacher = tmp_path / "sup.pt"
-    teacher.write_bytes(b"first weights")
-    cell = {"teachers": {"sup": {"file": str(teacher), "sha256": hashlib.sha256(b"first weights").hexdigest()},
-                         "random": {"file": None, "sha256": None}}}
-    check_teacher_files(cell, tmp_path)  # the same file: fine
-    teacher.write_bytes(b"retrained weights")
-    with pytest.raises(StudyError, match="distilled from another .*sup.pt \\(teacher 'sup' retrained since\\)"):
-        check_teacher_files(cell, tmp_path)

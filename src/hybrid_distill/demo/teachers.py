@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..data.build import build_loader
 from ..data.transforms import to_unit
 from ..engine import lr_at, param_groups, set_lr
-from ..files import save_model_file
+from ..files import save_atomic, save_model_file
 from ..models.decoder import sincos_2d
 from ..models.load import create_vit
 from ..models.tokens import Normalize
@@ -18,14 +18,21 @@ from .mae import MaskedAutoencoder
 
 
 def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, blr: float,
-        seed: int, desc: str, mean, std) -> None:
-    """AdamW (0.9, 0.95), wd 0.05, one warmup epoch then cosine, per step (MAE recipe)."""
+        seed: int, desc: str, mean, std, state: Path | None = None, after_epoch=None) -> None:
+    """AdamW (0.9, 0.95), wd 0.05, one warmup epoch then cosine, per step (MAE recipe).
+
+    With `state`, the module, optimiser and generator are saved there after every epoch and a run
+    stopped part-way resumes from the last finished epoch; `after_epoch(epoch)` (1-based) runs after
+    each, in eval mode, under its own generator state (it cannot move the training's draws).
+    """
     loader, sampler = build_loader(data_cfg, dataset, batch, batch, seed)
     optimizer = torch.optim.AdamW(param_groups(module, 0.05), lr=0.0, betas=(0.9, 0.95))
     normalize, steps = Normalize(mean, std), sampler.steps_per_epoch
-    peak, bar = blr * batch / 256, tqdm(total=epochs * steps, desc=desc, dynamic_ncols=True)
-    module.train()
-    for epoch in range(epochs):
+    start = resume_fit(state, module, optimizer)
+    peak = blr * batch / 256
+    bar = tqdm(total=epochs * steps, initial=start * steps, desc=desc, dynamic_ncols=True)
+    for epoch in range(start, epochs):
+        module.train()
         sampler.set_epoch(epoch)
         for images, labels, _ in loader:
             set_lr(optimizer, lr_at(bar.n, epochs * steps, steps, peak, 0.0))
@@ -35,8 +42,26 @@ def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, 
             optimizer.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+        module.eval()
+        if after_epoch is not None:  # before the state: a run killed in between redoes the epoch and its hook
+            with torch.random.fork_rng(devices=[]):
+                after_epoch(epoch + 1)
+        if state is not None:
+            save_atomic(state, {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                "epoch": epoch + 1, "rng": torch.get_rng_state()})
     bar.close()
     module.eval()
+
+
+def resume_fit(state: Path | None, module: nn.Module, optimizer) -> int:
+    """The epochs already done by an interrupted `fit` (0 without a state file), its weights loaded."""
+    if state is None or not Path(state).is_file():
+        return 0
+    saved = torch.load(state, map_location="cpu", weights_only=True)
+    module.load_state_dict(saved["module"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    return int(saved["epoch"])
 
 
 def train_supervised_teacher(demo, data_cfg, dataset, path: Path) -> Path:
@@ -56,12 +81,16 @@ def fix_sincos_positions(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def train_mae_teacher(demo, data_cfg, dataset, path: Path) -> Path:
+def train_mae_teacher(demo, data_cfg, dataset, path: Path, state: Path | None = None, after_epoch=None) -> Path:
+    """MAE pre-training of a fresh encoder (resumable through `state`); `after_epoch(encoder)` builds the
+    per-epoch hook (e.g. study.curve.recorder) once the encoder exists."""
     encoder = create_vit(demo.arch, **demo.vit_kwargs)
     if getattr(demo, "pos_embed", "learned") == "sincos":
         fix_sincos_positions(encoder)
-    mae = MaskedAutoencoder(encoder)
+    mae = MaskedAutoencoder(encoder, decoder_depth=getattr(demo, "decoder_depth", 2),
+                            mask_ratio=getattr(demo, "mask_ratio", 0.75))
+    hook = after_epoch(encoder) if after_epoch is not None else None
     fit(mae, lambda x, _: mae(x), data_cfg, dataset, demo.mae_epochs, demo.batch, demo.mae_blr,
-        demo.seed, "MAE teacher", demo.mean, demo.std)
+        demo.seed, "MAE teacher", demo.mean, demo.std, state=state, after_epoch=hook)
     encoder.pos_embed.requires_grad_(True)  # a file's weights are all parameters; as a teacher it is frozen
     return save_model_file(encoder, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)

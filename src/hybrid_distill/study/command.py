@@ -17,10 +17,12 @@ from torch.utils.data import Subset
 
 from ..evaluation.command import load_data
 from ..guards import StopTraining
-from .cell import analyse, finished_cell, run_cell
+from .cell import analyse, analysis_settings, digest, file_sha, finished_cell, run_cell
+from . import splits
+from .publish import publish
 from .report import write_report
-from .spec import base_config, cell_config, eval_data, load_study, run_rows, teacher_file
-from .teachers import build_teachers
+from .spec import StudyError, base_config, cell_config, eval_data, load_study, run_rows, teacher_file
+from .teachers import build_teacher, build_teachers, used_teachers
 
 
 def duration(seconds: float) -> str:
@@ -49,7 +51,13 @@ class Progress:
         return f"[study] {what} ({self.done} done, {left} left, ETA {eta})"
 
 
-def first(dataset, n: int):
+def bank(dataset, n: int):
+    """The evaluation bank: the first n images of the study's order (splits.py), the students' own images when
+    n equals their data.limit; the test split: its first n images."""
+    return Subset(dataset, splits.first(len(dataset), n)) if n else dataset
+
+
+def first_test(dataset, n: int):
     return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
 
 
@@ -64,10 +72,15 @@ def run_study(spec: DictConfig, log=print) -> dict:
         cell_config(spec, row, seed)
     data_spec = eval_data(spec, base_config(spec))
     train_ds, test_ds, _ = load_data(data_spec)
-    data = (data_spec, first(train_ds, spec.evaluate.train_images), first(test_ds, spec.evaluate.test_images))
-    teachers = build_teachers(spec, train_ds, log) if spec.teachers else {}
+    ev, base, shared = spec.evaluate, base_config(spec), used_teachers(spec)
+    if shared:  # the teachers' gate holds out the end of the order: nothing may train on it
+        splits.check_disjoint(len(train_ds), {"base.data.limit": base.data.limit, "evaluate.train_images":
+                                              ev.train_images, **{f"teachers.{n}.images": spec.teachers[n].images or
+                                                                  base.data.limit for n in shared}}, ev.heldout_images)
+    data = (data_spec, bank(train_ds, ev.train_images), first_test(test_ds, ev.test_images))
+    teachers = build_teachers(spec, train_ds, log)
     teacher_analysis = analyse([t["file"] for t in teachers.values()], spec, data_spec,
-                               Path(spec.out) / "teachers" / "analysis") if teachers else None
+                               teacher_analysis_dir(spec, teachers)) if teachers else None
     done = {cell: finished_cell(spec, *cell) for cell in cells}
     progress = Progress(len(cells), [c for c in done.values() if c])
     log(progress.line(f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}"))
@@ -89,22 +102,38 @@ def run_study(spec: DictConfig, log=print) -> dict:
     return result
 
 
+def teacher_analysis_dir(spec: DictConfig, teachers: dict) -> Path:
+    """The shared teachers' analysis, keyed by its settings and the teacher files' SHA-256."""
+    key = digest({"settings": analysis_settings(spec), "files": {n: file_sha(t["file"], Path(t["file"]).stat().st_mtime_ns)
+                                                                 for n, t in teachers.items()}})
+    return teacher_file(spec, next(iter(teachers))).parent / f"analysis-{key}"
+
+
 def report_only(spec: DictConfig, log=print) -> dict:
     """study.json, study.md, headline.json and the figures from the cells finished so far; nothing is
     trained (the shared teachers' checks and analysis are read from their files, when there)."""
     cells = cells_of(spec)
-    done = [c for c in (finished_cell(spec, *cell, write=False) for cell in cells) if c]
+    done = [c for c in (finished_cell(spec, *cell) for cell in cells) if c]
     teachers = {}
-    for name in spec.teachers:
+    for name in used_teachers(spec):
         check = teacher_file(spec, name).with_suffix(".check.json")
         if check.is_file():
             teachers[name] = {"file": str(teacher_file(spec, name)), **json.loads(check.read_text())}
-    path = Path(spec.out) / "teachers" / "analysis" / "analysis.json"
-    analysis = json.loads(path.read_text()) if path.is_file() else None
+    path = teacher_analysis_dir(spec, teachers) / "analysis.json" if teachers else None
+    analysis = json.loads(path.read_text()) if path and path.is_file() else None
     result = write_report(spec, done, teachers, analysis, len(cells))
     log(f"[study] {len(done)} of {len(cells)} cells finished; wrote {spec.out}/study.json, study.md, headline.json "
         f"and {len(result['figures'])} figures")
     return result
+
+
+def teachers_only(spec: DictConfig, names: list[str], log=print) -> None:
+    unknown = [n for n in names if n not in spec.teachers]
+    if unknown:
+        raise StudyError(f"--teacher {unknown[0]}: no such shared teacher; teachers: {', '.join(spec.teachers)}")
+    base = base_config(spec)
+    for name in names:
+        log(f"[study] teacher {name}: {build_teacher(spec, name, base, log)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +144,21 @@ def main(argv: list[str] | None = None) -> int:
                                                         "version) and write to OUT-smoke")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the cells finished so far "
                                                          "(trains nothing; safe beside a running study)")
+    p.add_argument("--publish", action="store_true", help="judge the claims again and write the report to the "
+                   "study's publish.dir, README's verdict markers and (publish.demo) the demo's copy; trains nothing")
+    p.add_argument("--variant", metavar="NAME", help="apply the study file's `variants: NAME` overrides")
+    p.add_argument("--teacher", action="append", default=[], metavar="NAME",
+                   help="build (or resume) only this shared teacher, then stop; repeat for several. Lets teachers "
+                        "train in parallel processes before the study itself runs")
     args = p.parse_args(argv)
-    spec = load_study(args.study, args.overrides, smoke=args.smoke)
+    spec = load_study(args.study, args.overrides, smoke=args.smoke, variant=args.variant)
     try:
-        report_only(spec) if args.report else run_study(spec)
+        if args.teacher:
+            teachers_only(spec, args.teacher)
+        elif args.publish:
+            publish(spec)
+        else:
+            report_only(spec) if args.report else run_study(spec)
     except StopTraining as stop:
         print(f"hybrid-distill study: {stop}", file=sys.stderr)
         return stop.exit_code

@@ -81,6 +81,19 @@ def present(rows: dict, names) -> list[str]:
     return [m for m in names if any(m in r for r in rows.values())]
 
 
+def teacher_head_table(heads: dict) -> list[str]:
+    """Each shared teacher's per-head attention distance over the uniform-attention distance, per layer."""
+    if not heads:
+        return []
+    depth = max(len(t["per_head"]) for t in heads.values())
+    lines = ["### Shared teachers' attention distance per head (x the uniform-attention distance)", "",
+             "| teacher | " + " | ".join(f"L{i}" for i in range(1, depth + 1)) + " |", "|---" * (depth + 1) + "|"]
+    for name, t in heads.items():
+        lines.append(f"| {name} | " + " | ".join(", ".join(f"{d / t['uniform']:.2f}" for d in layer)
+                                                 for layer in t["per_head"]) + " |")
+    return lines + [""]
+
+
 def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, figures: list[str]) -> str:
     rows, prov = result["rows"], result["provenance"]
     n_cells = sum(len(c) for c in result["cells"].values())
@@ -93,6 +106,7 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
                   "| teacher | kind | k-NN | raw pixels | bank / held out |", "|---|---|---|---|---|",
                   *[f"| {n} | {t['kind']} | {t['knn_top1']:.2f} | {t['pixels_knn_top1']:.2f} | "
                     f"{t['bank']} / {t['heldout']} |" for n, t in teachers.items()], ""]
+    lines += teacher_head_table(result.get("teacher_heads", {}))
     accuracy = present(rows, ACCURACY)
     lines += table("Top-1 accuracy (%) on the test split", rows, accuracy)
     lines += table(f"Paired differences against `{result['reference']}` (row - reference)", result["paired"], accuracy)
@@ -101,7 +115,7 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
                        key=lambda m: int(m.split("L")[-1]))
         lines += table(f"{metric} per layer", rows, names, digits)
     if result.get("claims"):
-        lines += paper_claims.markdown([paper_claims.Claim(**c) for c in result["claims"]])
+        lines += paper_claims.markdown(result["claims"], (spec.claims or {}).get("registered", ""))
     lines += ["Figures: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in figures), "",
               "Every cell's numbers, config and provenance: study.json and cells/ROW/seedN/cell.json.", ""]
     return "\n".join(lines)
@@ -116,7 +130,19 @@ def headline(spec: DictConfig, result: dict, cells: list[dict], cells_total: int
     return {"study": spec.name, "git_sha": prov["git_sha"], "device": prov["device"], "cpu": prov.get("cpu"),
             "cells": f"{len(cells)} of {cells_total}", "cell_hours": sum(c["seconds"] for c in cells) / 3600,
             "rows": rows, "columns": "mean, 95% interval low, high, seeds",
-            "claims": [{k: c[k] for k in ("name", "text", "held")} for c in result.get("claims", [])]}
+            "claims": result.get("claims", [])}
+
+
+def teacher_facts(teacher_analysis: dict) -> dict:
+    """{teacher: {distance, nmi (per layer), per_head (distance), uniform}} from the teachers' analysis."""
+    return {name: {"distance": m["distance"]["per_layer"], "nmi": m["nmi"]["per_layer"],
+                   "per_head": m["distance"]["per_head"], "uniform": m["uniform_distance"]}
+            for name, m in teacher_analysis["models"].items()}
+
+
+def judged(spec: DictConfig, result: dict, teacher_analysis: dict) -> list[dict]:
+    roles = paper_claims.ClaimRoles(**OmegaConf.to_container(spec.claims))
+    return [asdict(c) for c in paper_claims.judge_claims(result, teacher_facts(teacher_analysis), roles)]
 
 
 def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_analysis: dict | None,
@@ -125,11 +151,11 @@ def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_an
     result = {**aggregate(spec, cells), "interval": INTERVAL_NOTE, "provenance": provenance(),
               "cells": {row: {str(c["seed"]): c["run_dir"] for c in cells if c["row"] == row} for row in run_rows(spec)},
               "teachers": teachers, "study": OmegaConf.to_container(spec, enum_to_str=True)}
+    if teacher_analysis:
+        result["teacher_heads"] = {n: {k: t[k] for k in ("per_head", "uniform")}
+                                   for n, t in teacher_facts(teacher_analysis).items()}
     if spec.claims is not None and teacher_analysis:
-        roles = paper_claims.ClaimRoles(**OmegaConf.to_container(spec.claims))
-        per_layer = {name: {m: teacher_layers(teacher_analysis, m)[name] for m in ("distance", "nmi")}
-                     for name in teacher_analysis["models"]}
-        result["claims"] = [asdict(c) for c in paper_claims.judge_claims(result, per_layer, roles)]
+        result["claims"] = judged(spec, result, teacher_analysis)
     names = [str(out / f"{metric}.png") for metric in LAYER_FIGURES]
     result["figures"] = draw(spec, result, teacher_analysis, out) if figures else [p for p in names if Path(p).is_file()]
     (out / "study.json").write_text(json.dumps(result, indent=2))

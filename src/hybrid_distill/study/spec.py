@@ -38,6 +38,7 @@ class StudyError(ConfigError):
 class TeacherKind(str, Enum):
     supervised = "supervised"  # labels, cross-entropy (the stand-in for DeiT / CLIP)
     mae = "mae"                # MAE: 75% random masking, a decoder, normalised-pixel loss
+    controlled = "controlled"  # heads local or long-range by construction (study/controlled.py), not trained
 
 
 @dataclass
@@ -53,14 +54,19 @@ class SharedTeacher:
     crop_scale: Optional[List[float]] = None  # default: the base config's data.crop_scale
     must_beat_pixels: bool = False  # stop the study when the held-out k-NN check does not beat raw pixels
     pos_embed: str = "learned"  # 'sincos': MAE's fixed 2-D sin-cos encoder positions (kind mae only)
+    mask_ratio: float = 0.75  # kind mae: MAE's default (He et al. 2022, 4.1)
+    decoder_depth: int = 2  # kind mae: decoder blocks (MAE ViT-B: 8; 2 at this width)
+    curve_every: int = 0  # record per-head attention distance every N epochs (study/curve.py); 0: never
+    curve_images: int = 256  # held-out training images the curve is read on
+    head_betas: Optional[List[float]] = None  # kind controlled: per head, > 0 local, < 0 long-range, 0 uniform
 
 
 @dataclass
 class EvaluateSpec:
     data: Optional[str] = None  # 'fashion_mnist[:PATH]' or a folder with train/ and val/; default from base data
-    train_images: int = 10000  # k-NN bank / probe / fine-tune images: the first N of the train split (0: all)
+    train_images: int = 10000  # k-NN bank / probe / fine-tune images: the first N of the study's order (splits.py)
     test_images: int = 10000  # the first N of the test split (0: all)
-    heldout_images: int = 10000  # teachers are checked on the last N training images (never the test split)
+    heldout_images: int = 10000  # teacher gate queries: the last N of the order, trained on by no model
     knn: bool = True
     linear: bool = True
     finetune: Optional[Dict[str, Any]] = None  # {preset: fashion_mnist, epochs: 2, ...}: any FinetuneConfig field
@@ -70,6 +76,13 @@ class EvaluateSpec:
 class AnalysisSpec:
     images: int = 200  # a seeded subset of the split, the same for every model
     split: str = "test"
+
+
+@dataclass
+class PublishSpec:
+    dir: str = ""  # where `--publish` writes study.json, study.md, headline.json and figures (e.g. docs/replication)
+    readme: Optional[str] = None  # a file whose `<!-- verdicts:NAME:... -->` markers get the verdict table
+    demo: bool = False  # also the demo's packaged replication.json (the headline the demo quotes)
 
 
 @dataclass
@@ -86,10 +99,15 @@ class StudySpec:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     claims: Optional[ClaimRoles] = None  # the paper's claims judged in study.md (claims.py)
     smoke: List[str] = field(default_factory=list)
+    variants: Dict[str, List[str]] = field(default_factory=dict)  # `--variant NAME`: named overrides of this file
+    publish: Optional[PublishSpec] = None
+    teachers_dir: str = ""  # where shared teachers live (default OUT/teachers); variants may share the main study's
 
 
-def load_study(source: str | Path | dict, overrides: list[str] | None = None, smoke: bool = False) -> DictConfig:
-    """Schema <- file (or dict) <- its `smoke` overrides (with smoke) <- `key=value` overrides, checked."""
+def load_study(source: str | Path | dict, overrides: list[str] | None = None, smoke: bool = False,
+               variant: str | None = None) -> DictConfig:
+    """Schema <- file (or dict) <- its `smoke` overrides (with smoke) or a variant's <- `key=value` overrides,
+    checked."""
     where = str(source) if not isinstance(source, dict) else "study"
     if not isinstance(source, dict):
         path = Path(source)
@@ -103,7 +121,10 @@ def load_study(source: str | Path | dict, overrides: list[str] | None = None, sm
             raise StudyError(f"{path}: a study file is a mapping with seeds, base and rows")
         source.setdefault("name", path.stem)
     spec = as_study(merge(OmegaConf.structured(StudySpec()), source, where))
-    extra = (list(spec.smoke) if smoke else []) + list(overrides or [])
+    if variant is not None and variant not in spec.variants:
+        raise StudyError(f"--variant {variant}: the study has no such variant; variants: "
+                         f"{', '.join(spec.variants) or 'none (add variants: {NAME: [key=value, ...]})'}")
+    extra = (list(spec.smoke) if smoke else []) + (list(spec.variants[variant]) if variant else []) + list(overrides or [])
     for item in extra:
         if "=" not in item:
             raise StudyError(f"study override '{item}' is not key=value (e.g. seeds=[0,1])")
@@ -136,6 +157,8 @@ def check_study(spec: DictConfig) -> None:
         if t.pos_embed not in ("learned", "sincos") or t.pos_embed == "sincos" and t.kind is not TeacherKind.mae:
             raise StudyError(f"teachers.{name}.pos_embed='{t.pos_embed}': 'learned', or 'sincos' (MAE's fixed "
                              "encoder positions) for kind: mae")
+        if (t.kind is TeacherKind.controlled) != (t.head_betas is not None):
+            raise StudyError(f"teachers.{name}: head_betas (one per head) is for kind: controlled, and required by it")
     check_finetune(spec.evaluate.finetune)
     check_claims(spec)
 
@@ -226,7 +249,7 @@ def row_diff(spec: DictConfig, row: str, seen: tuple = ()) -> dict:
 
 
 def teacher_file(spec: DictConfig, name: str) -> Path:
-    return Path(spec.out) / "teachers" / f"{name}.pt"
+    return Path(spec.teachers_dir or Path(spec.out) / "teachers") / f"{name}.pt"
 
 
 def base_config(spec: DictConfig) -> DictConfig:

@@ -1,0 +1,126 @@
+"""What the locality study rests on: disjoint image sets, the controlled teacher, the MIM teacher's curve."""
+import json
+
+import pytest
+import torch
+
+from hybrid_distill.analysis.metrics import uniform_distance
+from hybrid_distill.data.subset import limit_indices
+from hybrid_distill.models.load import create_vit
+from hybrid_distill.study import StudyError, load_study
+from hybrid_distill.study import splits
+from hybrid_distill.study.controlled import make_controlled
+from hybrid_distill.study.curve import head_distances
+from hybrid_distill.study.spec import base_config
+
+from test_study import tiny_study
+
+SHIPPED = ["configs/studies/fashion_mnist_196.yaml", "configs/studies/locality.yaml"]
+TRAIN = 60000  # Fashion-MNIST's train split
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_gate_queries_are_disjoint_from_every_trained_set_as_documented(path):
+    spec = load_study(path)
+    base, ev = base_config(spec), spec.evaluate
+    students = set(limit_indices(TRAIN, base.data.limit))  # what data.limit trains the students on
+    bank = set(splits.first(TRAIN, ev.train_images))
+    gate = set(splits.last(TRAIN, ev.heldout_images))
+    assert len(gate) == ev.heldout_images and bank == students  # the bank is the students' own images
+    for name, t in spec.teachers.items():
+        teacher = set(splits.first(TRAIN, t.images or base.data.limit))
+        assert students <= teacher  # students distil on images their teachers saw (documented in splits.py)
+        assert not teacher & gate and set(splits.last(TRAIN, t.curve_images)) <= gate, name
+    assert not students & gate and not bank & gate
+
+
+def test_a_study_whose_held_out_images_would_be_trained_on_is_refused():
+    with pytest.raises(StudyError, match="teachers.sup.images: 55000 training images \\+ 10000 held out exceed"):
+        splits.check_disjoint(TRAIN, {"teachers.sup.images": 55000}, 10000)
+    splits.check_disjoint(TRAIN, {"teachers.sup.images": 50000}, 10000)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Images whose label is their index in the split: the gate's k-NN shows which images it read."""
+
+    def __init__(self, n: int):
+        from PIL import Image
+        self.n, self.image = n, Image.new("L", (28, 28))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.image, i
+
+
+def test_the_teacher_gate_reads_the_teachers_images_as_bank_and_the_held_out_end_as_queries(monkeypatch):
+    from hybrid_distill.study import teachers as module
+    seen = []
+    monkeypatch.setattr(module, "knn_classify", lambda bf, bl, qf, ql: seen.append((bl.tolist(), ql.tolist()))
+                        or {"top1": 0.0})
+    model = create_vit("vit_tiny_patch16_224", img_size=28, patch_size=7, embed_dim=32, depth=1, num_heads=2)
+    module.heldout_check(model, Indexed(40), n_bank=24, n_heldout=10, side=28)
+    for bank, queries in seen:  # the model's features, then raw pixels: the same images each time
+        assert sorted(bank) == splits.first(40, 24) and sorted(queries) == splits.last(40, 10)
+        assert not set(bank) & set(queries)
+
+
+def test_controlled_heads_attend_as_their_betas_say():
+    encoder = create_vit("vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=2, num_heads=4)
+    make_controlled(encoder, [4.0, 1.0, 0.0, -1.0])
+    images = torch.randn(8, 3, 28, 28)
+    ratio = torch.tensor(head_distances(encoder, images)) / uniform_distance((7, 7), (4, 4))  # (layers, H)
+    assert (ratio[:, 0] < 0.4).all() and (ratio[:, 0] < ratio[:, 1]).all() and (ratio[:, 1] < 0.8).all()
+    assert torch.allclose(ratio[:, 2], torch.ones(2), atol=1e-4)  # beta 0: uniform attention exactly
+    assert (ratio[:, 3] > 1.2).all()  # beta < 0: the farthest patches
+    with pytest.raises(ValueError, match="one beta per head"):
+        make_controlled(encoder, [1.0, 2.0])
+
+
+def test_controlled_relation_is_eq2_on_the_position_dimensions():
+    from hybrid_distill.models.attention import attention_logits
+    from hybrid_distill.models.tokens import embed_tokens
+    from hybrid_distill.study.controlled import position_dims
+    encoder = make_controlled(create_vit("vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=1,
+                                         num_heads=4), [2.0, 0.5, 0.0, -1.0])
+    block = encoder.blocks[0]
+    x = block.norm1(embed_tokens(encoder, torch.randn(2, 3, 28, 28)))  # (B, N, D)
+    raw = attention_logits(block.attn, x) / block.attn.scale  # (B, H, N, N): R = Q K^T, eq. 2
+    p = x[..., position_dims(64)]  # (B, N, 16)
+    kernel = p @ p.transpose(-2, -1)  # c_i c_j sum_k cos(w_k dx) + cos(w_k dy)
+    for h, beta in enumerate([2.0, 0.5, 0.0, -1.0]):
+        torch.testing.assert_close(raw[:, h], beta * kernel, rtol=1e-4, atol=1e-4)
+
+
+def tiny_mae_study(idx_folder, out):
+    study = tiny_study(idx_folder, out)
+    study["teachers"]["mae"].update(epochs=3, curve_every=1, curve_images=8)
+    study["evaluate"]["heldout_images"] = 16
+    return load_study(study)
+
+
+def test_an_interrupted_mae_teacher_resumes_to_the_same_weights_and_curve(idx_folder, tmp_path, monkeypatch):
+    from hybrid_distill.study import curve
+    from hybrid_distill.study.teachers import build_teacher
+    whole = tiny_mae_study(idx_folder, tmp_path / "whole")
+    reference = torch.load(build_teacher(whole, "mae", base_config(whole), log=lambda _: None), weights_only=True)
+    spec = tiny_mae_study(idx_folder, tmp_path / "cut")
+    real_point = curve.point
+
+    def stop_after_epoch_2(encoder, images, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # killed while recording epoch 2: its state is not saved yet
+        return real_point(encoder, images, epoch)
+
+    monkeypatch.setattr(curve, "point", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher(spec, "mae", base_config(spec), log=lambda _: None)
+    monkeypatch.setattr(curve, "point", real_point)
+    resumed = torch.load(build_teacher(spec, "mae", base_config(spec), log=lambda _: None), weights_only=True)
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
+    curves = [json.loads((tmp_path / d / "teachers" / "mae.curve.json").read_text()) for d in ("whole", "cut")]
+    assert [e["epoch"] for e in curves[1]] == [0, 1, 2, 3] and curves[0] == curves[1]
+    assert len(curves[0][-1]["per_head"]) == 3 and curves[0][-1]["uniform"] == pytest.approx(
+        uniform_distance((4, 4), (7, 7)))
