@@ -76,9 +76,33 @@ def test_signal_before_the_first_step_exits_75_without_a_checkpoint(idx_folder, 
     trainer = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path)))
     preemption = Preemption()
     preemption.requested = True  # as if SIGTERM came during start-up
-    with pytest.raises(StopTraining, match="preempted before step 1") as stop:
+    with pytest.raises(StopTraining, match="preempted by a signal before step 1: nothing new to save") as stop:
         trainer.fit(preemption)
     assert stop.value.exit_code == EXIT_PREEMPTED and not ckpt.list_checkpoints(trainer.run_dir)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_exits_130_a_second_aborts(idx_folder, tmp_path, capsys):
+    from hybrid_distill.guards import EXIT_INTERRUPTED
+    values = tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 5})
+    trainer = Trainer(from_dict(values))
+    preemption = Preemption()
+    after = trainer.after_step
+    trainer.after_step = lambda *a: (after(*a), trainer.step == 2 and os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(StopTraining, match=r"interrupted \(Ctrl-C\) after step 2: checkpoint saved") as stop:
+        trainer.fit(preemption)  # a real SIGINT, caught by the handler fit installed
+    assert stop.value.exit_code == EXIT_INTERRUPTED == 130 and "Ctrl-C again to abort" in capsys.readouterr().err
+    assert [p.name for p in ckpt.list_checkpoints(trainer.run_dir)] == ["checkpoint-00000002.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the run
+    resumed = Trainer(from_dict(values), resume="auto")
+    assert resumed.step == 2
+    second = Preemption()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert second.interrupted
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: at once
+    finally:
+        second.restore()
 
 
 def test_signal_at_the_last_step_finishes_with_exit_0(idx_folder, tmp_path):

@@ -143,15 +143,18 @@ def test_unreadable_images_are_skipped_and_reported_or_stop_the_run(idx_folder, 
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_with_the_documented_code_then_resumes(idx_folder, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, EXIT_PREEMPTED, "preempted by a signal"),
+                                             (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_sigterm_or_ctrl_c_saves_and_exits_with_the_documented_code_then_resumes(idx_folder, tmp_path, sig, code,
+                                                                                  said):
     values = tiny_run_config(idx_folder, tmp_path, **{"train.epochs": 50})
     config = write_config(tmp_path, values)
     proc = subprocess.Popen(train_cmd(config), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(tmp_path / "tiny" / "metrics.jsonl", 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_PREEMPTED, err
-    assert "preempted" in err
+    assert proc.returncode == code, err
+    assert said in err and "Traceback" not in err
     saved = files.list_checkpoints(tmp_path / "tiny")[-1]
     assert files.is_complete(saved)
     step = torch.load(saved, weights_only=True)["step"]

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as err:
         print(f"hybrid-distill {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training, or a second one inside it: one line, no traceback
+        print(f"\nhybrid-distill {command}: interrupted (Ctrl-C); nothing more was saved", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python docs, signal / SIGPIPE note)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -5,10 +5,12 @@ Exit codes of `hybrid-distill train` (documented in README):
   2   bad input, found before training
   3   stopped by a guard: too many non-finite steps in a row, or too many unreadable samples
   75  preempted (SIGTERM / SIGUSR1): a checkpoint was written; requeue and it resumes by itself
+  130 interrupted (Ctrl-C): the step finished and a checkpoint was written; a second Ctrl-C aborts at once
 """
 import atexit
 import multiprocessing
 import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ import torch.distributed as dist
 
 EXIT_GUARD = 3
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a Ctrl-C
 
 
 class StopTraining(Exception):
@@ -38,24 +41,39 @@ def _any_rank(flag: bool) -> bool:
 
 class Preemption:
     """SIGTERM (sent by SLURM / Kubernetes before a kill) and SIGUSR1 (`sbatch --signal=USR1@120`)
-    ask the run to finish its step, save and exit with EXIT_PREEMPTED. SLURM signals the whole
-    process group: loader workers ignore both (`ignore_preemption_signals`), so the main process
-    alone decides, at a step boundary."""
+    ask the run to finish its step, save and exit with EXIT_PREEMPTED; a first Ctrl-C (SIGINT) does the
+    same and exits with EXIT_INTERRUPTED, a second one aborts at once. SLURM signals the whole process
+    group, a terminal's Ctrl-C too: loader workers ignore all three (`ignore_preemption_signals`), so the
+    main process alone decides, at a step boundary."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
-        self.requested, self.previous = False, {}
+        self.requested, self.interrupted, self.previous = False, False, {}
         try:
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         except ValueError:  # not the main thread (a notebook worker, say): no signal handling there
             pass
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
+    def _interrupt(self, signum, frame) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
+        self.interrupted = self.requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without saving)",
+              file=sys.stderr, flush=True)
+
     def should_stop(self) -> bool:
         return _any_rank(self.requested)
+
+    def stopped(self, where: str, save: bool = True) -> StopTraining:
+        """The StopTraining this signal asks for, its message saying `where` and how to resume."""
+        what, code = ("interrupted (Ctrl-C)", EXIT_INTERRUPTED) if self.interrupted else \
+            ("preempted by a signal", EXIT_PREEMPTED)
+        return StopTraining(f"{what} {where}; resume with --resume auto (exit code {code})", code, save=save)
 
     def restore(self) -> None:
         for s, handler in self.previous.items():
@@ -65,7 +83,7 @@ class Preemption:
 def ignore_preemption_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: a signal to the process group must not kill the workers before
     the main process has saved (it would die of 'DataLoader worker ... killed by signal')."""
-    for s in Preemption.SIGNALS:
+    for s in (*Preemption.SIGNALS, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
 
 

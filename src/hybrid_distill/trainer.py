@@ -215,8 +215,7 @@ class Trainer:
         self.stepping, self.batches = False, None
         try:
             if preemption.should_stop():
-                raise StopTraining(f"preempted before step {self.step + 1}: nothing new to save; resume with "
-                                   f"--resume auto (exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=False)
+                raise preemption.stopped(f"before step {self.step + 1}: nothing new to save", save=False)
             if self.bad.failed:
                 self.bad.check()  # a resumed run keeps the verdict of the run it continues
             while self.step < last:
@@ -280,8 +279,7 @@ class Trainer:
             if self.step >= last:
                 return  # the run is complete: a signal now changes nothing (exit 0)
             if preemption.should_stop():
-                raise StopTraining(f"preempted by a signal; resume with --resume auto (exit code {EXIT_PREEMPTED})",
-                                   EXIT_PREEMPTED)
+                raise preemption.stopped(f"after step {self.step}: checkpoint saved")
 
     def images(self, batch):
         """uint8 images (B, 3, S, S); data.decode=gpu: decoded, cropped and flipped on the device."""
