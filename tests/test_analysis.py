@@ -205,7 +205,7 @@ def fashion_mnist_dir(root, n=12):
     return root
 
 
-def test_analyze_command_end_to_end(tmp_path):
+def test_analyze_command_end_to_end(tmp_path, capsys):
     data = fashion_mnist_dir(tmp_path)
     kw = dict(img_size=28, patch_size=4, embed_dim=24, depth=3, num_heads=2)
     for name in ("student", "teacher"):
@@ -217,6 +217,8 @@ def test_analyze_command_end_to_end(tmp_path):
     assert rc == 0
     report = json.loads((out / "analysis.json").read_text())
     assert set(report["models"]) == {"student", "teacher", "vit_tiny_patch16_224"}
+    nmi = report["models"]["student"]["nmi"]["per_layer"]
+    assert max(nmi) < 0.05 and f"NMI per layer [{nmi[0]:.3g}," in capsys.readouterr().out  # near-uniform, not 0.0
     assert report["data"]["num_images"] == 10 and len(report["data"]["indices"]) == 10
     assert "git_sha" in report["provenance"]
     student, timm_model = report["models"]["student"], report["models"]["vit_tiny_patch16_224"]

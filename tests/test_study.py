@@ -316,3 +316,28 @@ def test_an_mae_teacher_with_sincos_positions_keeps_them_fixed_and_is_another_re
         build_teacher(learned, "mae", base_config(learned))
     shipped = load_study("configs/studies/fashion_mnist_196.yaml")  # lists in the recipe (crop_scale)
     assert recipe_record(shipped, "sup", base_config(shipped))["teacher"]["crop_scale"] == [0.8, 1.0]
+
+
+def test_distance_figure_draws_uniform_attention(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from hybrid_distill.study.figures import layer_figure
+    shown = []
+    monkeypatch.setattr(plt, "close", shown.append)
+    rows = {"hybrid": [{"mean": 14.5, "ci95": [14.4, 14.6], "n": 3}, {"mean": 14.4, "ci95": None, "n": 3}]}
+    layer_figure(rows, {"mae": [14.3, 14.2]}, "distance", "note", tmp_path / "d.png", uniform=14.56)
+    labels = [line.get_label() for line in shown[0].axes[0].lines]
+    assert "uniform attention (14.56)" in labels and "teacher mae" in labels
+
+
+def test_study_takes_overrides_after_its_flags_and_names_a_folders_split(idx_folder, tmp_path, capsys):
+    study = tiny_study(idx_folder, tmp_path / "out")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path), "--report", "seeds=[0]", "evaluate.data=/data/folder"]) == 0
+    assert "0 of 2 cells finished" in capsys.readouterr().out
+    spec = load_study(study, ["evaluate.data=/data/folder"])
+    from hybrid_distill.study.report import markdown
+    result = {"rows": {"hybrid": {"knn/top1": {"mean": 1.0, "std": None, "ci95": None, "n": 1}}}, "paired": {},
+              "reference": "hybrid", "provenance": {"git_sha": "x", "packages": {"torch": "t", "timm": "m"},
+                                                    "device": "cpu"}, "cells": {}}
+    assert "Top-1 accuracy (%) on /data/folder/val (the evaluation split)" in markdown(spec, result, {}, 2, [])

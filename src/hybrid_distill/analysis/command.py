@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     for spec, label in zip(args.models, model_labels(args.models)):
         results[label], figures[label] = analyse(load(spec, args), spec, base, indices, args, device)
         print(f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
-              f"NMI per layer {[round(v, 3) for v in results[label]['nmi']['per_layer']]}")
+              f"NMI per layer [{', '.join(f'{v:.3g}' for v in results[label]['nmi']['per_layer'])}]")
     args.out.mkdir(parents=True, exist_ok=True)
     paths = [] if args.no_figures else draw(results, figures, args.out)
     report = {"command": "analyze", "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

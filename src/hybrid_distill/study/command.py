@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", action="append", default=[], metavar="NAME",
                    help="build (or resume) only this shared teacher, then stop; repeat for several. Lets teachers "
                         "train in parallel processes before the study itself runs")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before or after the flags, as `train` takes them
     spec = load_study(args.study, args.overrides, smoke=args.smoke, variant=args.variant)
     try:
         if args.teacher:

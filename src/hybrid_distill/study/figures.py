@@ -17,8 +17,9 @@ TITLES = {
 
 
 def layer_figure(rows: dict[str, list[dict]], teachers: dict[str, list[float]], metric: str, note: str,
-                 path: Path) -> Path:
-    """rows: {row: [summary of layer 1, layer 2, ...]} (stats.summary dicts); teachers: {name: [per layer]}."""
+                 path: Path, uniform: float | None = None) -> Path:
+    """rows: {row: [summary of layer 1, layer 2, ...]} (stats.summary dicts); teachers: {name: [per layer]};
+    uniform: the distance of uniform attention, drawn so that a near-flat axis is read against it."""
     ylabel, title = TITLES[metric]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for label, layers in rows.items():
@@ -29,6 +30,8 @@ def layer_figure(rows: dict[str, list[dict]], teachers: dict[str, list[float]], 
                             color=line.get_color(), alpha=0.15, lw=0)
     for (label, values), grey in zip(teachers.items(), ("black", "dimgray", "darkgray", "silver")):
         ax.plot(range(1, len(values) + 1), values, ls="--", color=grey, lw=1, label=f"teacher {label}")
+    if uniform is not None:
+        ax.axhline(uniform, ls=":", color="gray", lw=1, label=f"uniform attention ({uniform:.2f})")
     ax.set_xlabel("layer")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)

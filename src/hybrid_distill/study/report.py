@@ -55,8 +55,10 @@ def draw(spec: DictConfig, result: dict, teacher_analysis: dict | None, out: Pat
     for metric in LAYER_FIGURES:
         rows = {row: layers(r, metric) for row, r in result["rows"].items() if layers(r, metric)}
         if rows:
+            uniform = next(iter(teacher_analysis["models"].values()))["uniform_distance"] \
+                if teacher_analysis and metric == "distance" else None
             paths.append(str(layer_figure(rows, teacher_layers(teacher_analysis, metric), metric, note,
-                                          out / f"{metric}.png")))
+                                          out / f"{metric}.png", uniform)))
     return paths
 
 
@@ -108,7 +110,9 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
                     f"{t['bank']} / {t['heldout']} |" for n, t in teachers.items()], ""]
     lines += teacher_head_table(result.get("teacher_heads", {}))
     accuracy = present(rows, ACCURACY)
-    lines += table("Top-1 accuracy (%) on the test split", rows, accuracy)
+    data = spec.evaluate.data
+    split = "the test split" if not data or data.startswith("fashion_mnist") else f"{data}/val (the evaluation split)"
+    lines += table(f"Top-1 accuracy (%) on {split}", rows, accuracy)
     lines += table(f"Paired differences against `{result['reference']}` (row - reference)", result["paired"], accuracy)
     for metric, digits in (("distance", 2), ("spread", 2), ("nmi", 4)):
         names = sorted({m for r in rows.values() for m in r if m.startswith(f"{metric}/L")},
@@ -148,6 +152,7 @@ def judged(spec: DictConfig, result: dict, teacher_analysis: dict) -> list[dict]
 def write_report(spec: DictConfig, cells: list[dict], teachers: dict, teacher_analysis: dict | None,
                  cells_total: int, figures: bool = True) -> dict:
     out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
     result = {**aggregate(spec, cells), "interval": INTERVAL_NOTE, "provenance": provenance(),
               "cells": {row: {str(c["seed"]): c["run_dir"] for c in cells if c["row"] == row} for row in run_rows(spec)},
               "teachers": teachers, "study": OmegaConf.to_container(spec, enum_to_str=True)}
