@@ -1,4 +1,5 @@
 """Exports load where users load them: timm's own loaders, and the OpenMMLab ViT classes."""
+import json
 import sys
 import types
 
@@ -52,9 +53,11 @@ def test_timm_single_file_loads_with_the_documented_call(tmp_path, name):
 
 def test_export_suffix_mismatch_is_refused_in_one_line(tmp_path, capsys):
     path, _ = student_file(tmp_path)
-    assert export_main([str(path), "--format", "mmseg", "--out", str(tmp_path / "x.safetensors")]) == 1
-    assert "FILE.pth" in capsys.readouterr().err
-    assert export_main([str(path), "--format", "timm", "--out", str(tmp_path / "x.ckpt")]) == 1
+    from hybrid_distill.cli import main
+    assert main(["export", str(path), "--format", "mmseg", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "writes FILE.pth" in capsys.readouterr().err
+    assert main(["export", str(path), "--format", "timm", "--out", str(tmp_path / "x.ckpt")]) == 2
+    assert not list(tmp_path.glob("x.*"))  # refused before anything was written
 
 
 def test_mm_export_lists_the_settings_mmseg_needs(tmp_path):
@@ -97,3 +100,17 @@ def test_mm_exports_load_strictly_into_the_openmmlab_vit(tmp_path, monkeypatch, 
         bare = mm_backbone(layout, dict(result["settings"], patch_bias=False))
         with pytest.raises(RuntimeError, match="patch_embed.projection.bias"):
             bare.load_state_dict(torch.load(tmp_path / f"{layout}.pth", weights_only=True)["state_dict"])
+
+
+def test_export_records_itself_and_may_replace_only_its_own_files(tmp_path, capsys):
+    from hybrid_distill.cli import main
+    path, _ = student_file(tmp_path)
+    out = tmp_path / "student.safetensors"
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    record = json.loads((tmp_path / "student.safetensors.export.json").read_text())
+    assert record["format"] == "timm" and record["run"] == str(path) and record["provenance"]["git_sha"]
+    assert main(["export", str(path), "--out", str(out)]) == 0  # its own file: replaced
+    foreign = tmp_path / "notes.pth"
+    foreign.write_bytes(b"someone's file")
+    assert main(["export", str(path), "--out", str(foreign)]) == 2
+    assert foreign.read_bytes() == b"someone's file" and "was not written by" in capsys.readouterr().err

@@ -4,8 +4,11 @@ import sys
 from pathlib import Path
 
 from ..cli_parser import Parser
+from ..config import ConfigError
+from ..files import write_atomic
+from ..provenance import provenance
 from ..validate import timm_arch, weight_file, writable_dir
-from .export import FORMATS, export
+from .export import FORMATS, TORCH_SUFFIXES, export
 from .offline import known_pretrained
 from .teachers import build_teacher_backbone, resolve_arch, teacher_table
 
@@ -88,10 +91,34 @@ def export_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     weight_file("RUN", args.run)
     writable_dir("--out", args.out.parent)
+    export_target(args.out, args.format)
     try:
         result = export(args.run, args.format, args.out, verify=args.verify)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
+    record = {**result, "run": str(args.run), "provenance": provenance()}
+    write_atomic(export_record(args.out), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def export_record(out: Path) -> Path:
+    """What `export` writes beside its files (what, from which run, by which code): also the mark that lets
+    a later export replace them."""
+    return out / "export.json" if not out.suffix else out.with_name(out.name + ".export.json")
+
+
+def export_target(out: Path, fmt: str) -> None:
+    """--out names a path export may write: the format's kind of path, outside any run's checkpoints/,
+    and new or written by an earlier export (never a file someone else made)."""
+    if fmt == "timm" and out.suffix not in ("", ".safetensors", *TORCH_SUFFIXES) or \
+            fmt != "timm" and out.suffix not in TORCH_SUFFIXES:
+        kinds = "a folder (no suffix), FILE.safetensors or FILE.pth" if fmt == "timm" else "FILE.pth"
+        raise ConfigError(f"--out {out}: --format {fmt} writes {kinds}, not '{out.suffix}'")
+    if "checkpoints" in out.absolute().parts:
+        raise ConfigError(f"--out {out} is inside a run's checkpoints/ folder; export somewhere else")
+    taken = out.exists() and not (out.is_dir() and not any(out.iterdir()))
+    if taken and not export_record(out).is_file():
+        raise ConfigError(f"--out {out} exists and was not written by hybrid-distill export; choose a new path "
+                          "(or delete it yourself)")
