@@ -38,3 +38,22 @@ def test_run_from_teacher_files_offline_records_hashes(idx_folder, tmp_path, no_
     # the teacher got the file's weights, not a fresh init
     expected = tiny_vit(1).state_dict()["blocks.0.attn.qkv.weight"]
     assert torch.equal(trainer.teachers.teachers["mim"].model.blocks[0].attn.qkv.weight.cpu(), expected)
+
+
+def test_a_weights_file_of_another_patch_size_stops_in_one_line_unless_resampling_is_asked(tmp_path, capsys):
+    from hybrid_distill.config import ConfigError, TeacherConfig
+    from hybrid_distill.files import save_model_file
+    from hybrid_distill.models.load import create_vit
+    from hybrid_distill.models.teacher import build_teacher_model
+    from hybrid_distill.summary import teacher_line
+    kw = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2)
+    save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "p7.pt")
+    cfg = TeacherConfig(arch="vit_tiny_patch16_224", weights=str(tmp_path / "p7.pt"),
+                        model_kwargs={"patch_size": 4}, match_grid=False)
+    with pytest.raises(ConfigError, match=r"teachers.t: .*p7.pt has 7x7 patches but the model is built with 4x4"):
+        build_teacher_model("t", cfg)
+    cfg.resample = True  # asked for by name: timm resamples the kernel, and the summary shows the result
+    model, record = build_teacher_model("t", cfg)
+    assert tuple(model.patch_embed.patch_size) == (4, 4)
+    line = teacher_line("t", record)
+    assert "28x28 px in, 4x4 patches, 7x7 grid, 1 prefix token(s)" in line

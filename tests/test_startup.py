@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from hybrid_distill import __version__
@@ -65,3 +66,25 @@ def test_progress_bar_ends_at_its_total(tmp_path):
     log.log(92, {"epoch": 0})  # the end-of-run record; the last shown step was 80 (log_every apart)
     log.close()
     assert log.bar.n == 92
+
+
+def test_a_warm_up_of_half_the_run_is_warned_with_the_lr_it_reaches(idx_folder, tmp_path, capsys):
+    from hybrid_distill.config import from_dict
+    from hybrid_distill.trainer import Trainer
+    from conftest import tiny_run_config
+    Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"optim.warmup_epochs": 1, "train.epochs": 2})))
+    out = capsys.readouterr().out
+    # 96 images / 16 = 6 steps an epoch: warm-up 6 of 12 steps, lr 1.5e-4 * 16 / 256 * 6 / 6 at its end
+    assert "warning: the warm-up (6 steps) is half the run (12 steps) or more: the lr reaches at most 9.37e-06" in out
+    Trainer(from_dict(tiny_run_config(idx_folder, tmp_path / "b", **{"optim.warmup_epochs": 1, "train.epochs": 3})))
+    assert "warning: the warm-up" not in capsys.readouterr().out
+
+
+def test_a_resume_past_where_the_config_stops_is_refused(idx_folder, tmp_path):
+    from hybrid_distill.config import ConfigError, from_dict
+    from hybrid_distill.trainer import Trainer, train
+    from conftest import tiny_run_config
+    train(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 3})))
+    with pytest.raises(ConfigError, match="checkpoint is at step 3, past step 2 where this config stops"):
+        Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 2})), resume="auto")
+    assert Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 3})), resume="auto").step == 3

@@ -117,6 +117,7 @@ class TeacherConfig:
     weights: str = "pretrained"  # 'pretrained' (timm / HF hub), 'random' (tests only), or a file path
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
+    resample: bool = False  # let timm resample a weights file's patch kernel of another size (else refused)
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
     features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
     feature_block: int = -1  # -1: last block; another block is matched at its student block, own head

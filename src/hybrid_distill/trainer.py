@@ -84,6 +84,10 @@ class Trainer:
             raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
         self.init_from(init_from)
         self.resume(resume_path)
+        if self.step > self.last_step():
+            raise ConfigError(f"the run's checkpoint is at step {self.step}, past step {self.last_step()} where this "
+                              "config stops (train.max_steps, train.epochs): raise them to continue it, or start a "
+                              "new run")
         if self.dist.main:
             print(startup_summary(self), flush=True)
 

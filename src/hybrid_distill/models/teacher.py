@@ -39,7 +39,11 @@ def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tup
     if cfg.match_grid and student_grid is not None:
         kwargs = grid_model_kwargs(cfg.arch, tuple(student_grid), kwargs)
     file = None if cfg.weights in ("pretrained", "random") else cfg.weights
-    return build_teacher_backbone(cfg.arch, file=file, pretrained=cfg.weights == "pretrained", model_kwargs=kwargs)
+    try:
+        return build_teacher_backbone(cfg.arch, file=file, pretrained=cfg.weights == "pretrained",
+                                      model_kwargs=kwargs, resample=cfg.resample)
+    except ValueError as err:  # a file that does not fit the model asked for: bad input, one line (exit 2)
+        raise ConfigError(f"teachers.{name}: {err}") from None
 
 
 class Teacher(nn.Module):

@@ -217,9 +217,25 @@ def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names if not list(model.get_submodule(n).parameters()))
 
 
-def load_into(model: nn.Module, payload: dict, source: str = "checkpoint") -> str:
-    """Convert `payload` and load it strictly into the timm `model`; returns the detected format."""
+PATCH_KEYS = ("patch_embed.proj.weight", "visual.conv1.weight")  # timm, OpenAI CLIP (before timm converts it)
+
+
+def check_patch(sd: dict, model: nn.Module, source: str, resample: bool) -> None:
+    """timm's filter silently resamples a patch kernel of another size (FlexiViT): only when asked."""
+    file_kernel = next((tuple(sd[k].shape[-2:]) for k in PATCH_KEYS if k in sd), None)
+    model_kernel = tuple(model.patch_embed.patch_size)
+    if file_kernel is not None and file_kernel != model_kernel and not resample:
+        raise ValueError(f"{source} has {file_kernel[0]}x{file_kernel[1]} patches but the model is built with "
+                         f"{model_kernel[0]}x{model_kernel[1]} (model_kwargs.patch_size); build it with "
+                         f"patch_size {file_kernel[0]}, or set the teacher's resample: true to resample the kernel")
+
+
+def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resample: bool = False) -> str:
+    """Convert `payload` and load it strictly into the timm `model`; returns the detected format. A patch
+    kernel of another size is refused unless `resample`; position embeddings of another grid are
+    interpolated (the teacher's match_grid), and the start-up summary shows the grid built."""
     sd, fmt = to_timm_names(payload)
+    check_patch(sd, model, source, resample)
     sd = checkpoint_filter_fn(sd, model)  # timm: OpenAI CLIP names, pos-embed / patch resampling
     drop = _classifier_keys(model)
     sd = {k: v for k, v in sd.items() if not (drop and k.startswith(drop))}

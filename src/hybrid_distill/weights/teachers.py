@@ -93,26 +93,26 @@ def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
             "source": source, "license": license, "arch": arch, "format": fmt}
 
 
-def _from_own_run(path: Path, payload: dict, model_kwargs: dict) -> tuple[nn.Module, dict]:
+def _from_own_run(path: Path, payload: dict, model_kwargs: dict, resample: bool = False) -> tuple[nn.Module, dict]:
     """A student of one of our runs (or a model file) as the next stage's teacher (dBOT-style)."""
     own = own_model(payload)
     own.model_kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
     model = create_vit(own.arch, **{**own.model_kwargs, **model_kwargs})
-    load_into(model, {"model": own.state_dict}, source=str(path))
+    load_into(model, {"model": own.state_dict}, source=str(path), resample=resample)
     if own.mean and own.std:
         set_mean_std(model, own.mean, own.std)
     return model, _record(path, f"hybrid-distill {own.format}", OWN_RUN_LICENSE, own.arch, own.format)
 
 
-def _from_file(arch: str, file: Path, model_kwargs: dict) -> tuple[nn.Module, dict]:
+def _from_file(arch: str, file: Path, model_kwargs: dict, resample: bool = False) -> tuple[nn.Module, dict]:
     payload = load_weights(file)
     if isinstance(payload, dict) and payload.get("format") in (MODEL_FORMAT, CHECKPOINT_FORMAT):
-        return _from_own_run(file, payload, model_kwargs)
+        return _from_own_run(file, payload, model_kwargs, resample)
     if not arch:
         raise ValueError(f"{file} is an official checkpoint: name its timm arch too "
                          "(see `hybrid-distill teachers list`)")
     model = create_vit(arch, **model_kwargs)
-    fmt = load_into(model, payload, source=str(file))
+    fmt = load_into(model, payload, source=str(file), resample=resample)
     if is_torchscript_archive(file) and type(model.blocks[0].mlp.act).__name__ != "QuickGELU":
         raise ValueError(f"{file} is an OpenAI CLIP archive, which uses QuickGELU; '{arch}' does not. Use "
                          f"{arch.split('.')[0].replace('_clip_', '_clip_quickgelu_')}.openai")
@@ -135,19 +135,20 @@ def _hub_file(arch: str, cache_dir) -> Path | None:
 
 def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained: bool = False,
                            model_kwargs: dict | None = None, *, cache_dir: str | Path | None = None,
-                           ) -> tuple[nn.Module, dict]:
+                           resample: bool = False) -> tuple[nn.Module, dict]:
     """A frozen-to-be timm ViT and its manifest record {'file', 'sha256', 'source', 'license', ...}.
 
     arch: timm name (tag picks mean/std) or a `teachers list` name; may be empty when `file` is ours.
     file: an official checkpoint (MAE, DeiT, DINO, OpenAI CLIP, open_clip, HF, mmseg/mmpretrain, any
           of them as safetensors) or one of our run checkpoints / run directories / model files.
     pretrained: without a file, weights through timm / the HF hub (`cache_dir`: where they are cached).
+    resample: let a file's patch kernel of another size be resampled to the model's (else refused).
     """
     name, arch, kwargs = arch, resolve_arch(arch or ""), dict(model_kwargs or {})
     if file is not None:
         path = Path(file)
         path = newest_checkpoint(path) if path.is_dir() else path
-        model, record = _from_file(arch, path, kwargs)
+        model, record = _from_file(arch, path, kwargs, resample)
     elif pretrained:
         cached = _hub_file(arch, cache_dir)
         if cached is None and not hub_reachable():
@@ -161,4 +162,7 @@ def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained
         record = {"file": None, "sha256": None, "source": "random init", "license": None, "arch": arch,
                   "format": None}
     mean, std = mean_std(model)
-    return model.eval(), dict(record, mean=list(mean), std=list(std))
+    pe = model.patch_embed
+    geometry = {"img_size": list(pe.img_size), "patch_size": list(pe.patch_size), "grid": list(pe.grid_size),
+                "prefix_tokens": int(getattr(model, "num_prefix_tokens", 1))}
+    return model.eval(), dict(record, mean=list(mean), std=list(std), **geometry)
