@@ -19,6 +19,9 @@ from conftest import TINY, tiny_run_config
 
 # selections after blocks 0 and 1 of 6: the MIM teacher stops before block 4, whose q and k it reads
 TRIMMED = {"masking.blocks": [0, 1]}
+# an Eva-family MIM teacher: rotary embeddings and 4 registers (P = 5)
+DINOV3_MIM = {"arch": "vit_small_patch16_dinov3", "weights": "random", "model_kwargs": dict(TINY),
+              "relation_blocks": [-3, -2]}
 
 
 def make_bench(**extra) -> Bench:
@@ -65,7 +68,7 @@ def assert_same(a, b, rtol=1e-5, grad_rtol=1e-4):
 @pytest.mark.parametrize("extra", [TRIMMED, {**TRIMMED, "teachers.mim.relation_kind": "softmax",
                                              "teachers.sup.relation_blocks": [-1], "student.drop_path": 0.0},
                                    {"masking.strategy": "last", "model_kwargs_reg": 2},
-                                   {"masking.strategy": "random"}])
+                                   {"masking.strategy": "random"}, {**TRIMMED, "teachers.mim": DINOV3_MIM}])
 def test_the_trainers_step_and_the_plain_step_give_the_same_losses_and_gradients(extra):
     extra = dict(extra)
     if extra.pop("model_kwargs_reg", None):  # register tokens in every model: P = 3 prefix tokens

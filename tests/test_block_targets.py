@@ -35,7 +35,7 @@ def test_last_masking_selects_once_after_the_pickers_final_block(idx_folder, tmp
     assert teachers.schedule == {5: 16}  # 49 -> 16, the progressive schedule's final count
     mim = teachers.teachers["mim"]
     images = torch.rand(2, 3, 28, 28)
-    x = mim.embed(images)
+    x, _ = mim.embed(images)
     for block in mim.model.blocks:  # every block runs, although relations stop at block 4
         x = block(x)
     assert torch.equal(teachers(images).keep, least_redundant(x[:, 1:], 16))
@@ -49,7 +49,7 @@ def test_block_features_get_their_own_heads_at_their_student_blocks(idx_folder, 
     assert sorted(out.relations["mim"]) == [3, 4] and out.relations["mim"][3].shape == (2, 17, 48)
     # the target is the teacher's block output at CLS + kept, whitened, without the final norm
     mim, keep = teachers.teachers["mim"], targets.keep
-    x = mim.embed(images)
+    x, _ = mim.embed(images)
     for block in mim.model.blocks[:4]:
         x = block(x)
     rows = torch.cat([x[:, :1], torch.stack([t[1:][k] for t, k in zip(x, keep)])], dim=1)

@@ -56,30 +56,32 @@ def head_form(x: torch.Tensor, heads: RelationHeads) -> torch.Tensor:
     return x.mean(dim=1, keepdim=True) if heads is RelationHeads.head_mean else x
 
 
-def msa_heads(attn, x: torch.Tensor) -> torch.Tensor:
+def msa_heads(attn, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
     """eq. 2's MSA^i = Softmax(Q K^T / sqrt(hd)) V per head from a block's normed input x (B, N, D):
     (B, H, N, hd), read before timm's `attn.norm` and output projection `attn.proj` (the concatenation
-    of heads that eq. 2 writes as MSA is what `proj` maps)."""
-    q, k, v = qkv_heads(attn, x)
+    of heads that eq. 2 writes as MSA is what `proj` maps). rope: x's patches' rotary embedding (Eva)."""
+    q, k, v = qkv_heads(attn, x, rope)
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
 
 def teacher_target(kind: RelationKind, heads: RelationHeads, attn: nn.Module, x: torch.Tensor,
-                   read: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                   read: Callable[[torch.Tensor], torch.Tensor], rope: torch.Tensor | None = None,
+                   rope_read: torch.Tensor | None = None) -> torch.Tensor:
     """The teacher's target at one block, fp32 (token targets in the teacher's dtype: it finishes them
     like its features, `Teacher.finish_tokens`). x (B, N, D): the block's normed input (`reads_input`) or
-    its output; read: (B, N, ...) -> (B, 1 + K, ...) at CLS + the kept tokens.
+    its output; read: (B, N, ...) -> (B, 1 + K, ...) at CLS + the kept tokens; rope, rope_read: the rotary
+    embedding (Eva family, `tokens.rope_at`) of x's patches and of the kept ones.
     Relations use q k^T of the kept rows and columns only (q and k are per token, so these equal the rows
     and columns of the full N x N logits). MSA keys every token present (eq. 1 masks the output,
     T(x) ⊙ M) and reads the kept rows."""
     if kind is RelationKind.features:
         return read(x)
     if kind is RelationKind.msa:
-        out = msa_heads(attn, x)  # (B, H, N, hd)
+        out = msa_heads(attn, x, rope)  # (B, H, N, hd)
         B, H, N, hd = out.shape
         flat = read(out.transpose(1, 2).reshape(B, N, H * hd))  # (B, 1 + K, H * hd)
         return head_form(flat.view(B, -1, H, hd).transpose(1, 2).float(), heads)
-    logits = attention_logits(attn, read(x))  # (B, H, 1 + K, 1 + K)
+    logits = attention_logits(attn, read(x), rope_read)  # (B, H, 1 + K, 1 + K)
     return relation_form(logits.float(), attn.scale, kind, heads)
 
 

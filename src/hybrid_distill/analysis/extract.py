@@ -15,7 +15,7 @@ from torch import nn
 from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
 from hybrid_distill.models.attention import attention_probs, check_block
 from hybrid_distill.masking import all_indices
-from hybrid_distill.models.tokens import embed_tokens
+from hybrid_distill.models.tokens import embed_with_rope, rope_at
 
 METRICS = ("distance", "distance_plain", "nmi")
 
@@ -33,7 +33,7 @@ def check_vit(model: nn.Module) -> None:
             raise TypeError(f"attention analysis needs a timm VisionTransformer; {type(model).__name__} "
                             f"has no `{name}`. Load the model with hybrid_distill.files.load_model.")
     for block in model.blocks:
-        check_block(block)
+        check_block(block, eva=True)
     if getattr(model, "decoder", None) is not None and model.num_prefix_tokens != 1:
         raise TypeError("decoder analysis needs a student with a CLS token and no registers")
 
@@ -62,10 +62,11 @@ def reduce_attention(model: nn.Module, images: torch.Tensor,
     model.eval()
     try:
         with torch.autocast(device.type, enabled=False):
-            x = embed_tokens(model, images.to(device, torch.float32))  # (B, N, D) entering block 0
+            x, rope = embed_with_rope(model, images.to(device, torch.float32))  # (B, N, D) entering block 0
+            every = all_indices(x.shape[0], x.shape[1] - model.num_prefix_tokens, device)
             out = []
             for i, block in enumerate(model.blocks):
-                x, probs = attention_probs(block, x)
+                x, probs = attention_probs(block, x, rope_at(rope, every, i))
                 out.append(reduce(i, probs))
             decoder = getattr(model, "decoder", None)
             if decoder is not None:  # every token, no mask: the decoder as direct distillation runs it

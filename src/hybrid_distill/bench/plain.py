@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from ..config import RelationKind
 from ..losses import distill_losses
-from ..masking import KeepGiven
+from ..masking import KeepGiven, all_indices
 from ..models.attention import block_with_logits
 from ..models.student import Student, StudentOutput
 from ..models.teacher import Teacher, TeacherOutput
-from ..models.tokens import embed_tokens
+from ..models.tokens import embed_tokens, rope_at
 from ..relations import relation_form
 from ..targets import Targets, TeacherSet
 
@@ -28,10 +28,11 @@ def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
             or (teacher.cfg.features and teacher.feature_block != teacher.depth - 1):
         raise ValueError(f"the plain step covers last-block features and q k^T relations; teacher "
                          f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block")
-    x = teacher.embed(pixels)  # (B, P + L, D)
+    x, rope = teacher.embed(pixels)  # (B, P + L, D), the patches' rotary embedding (Eva) or None
     P, logits, feats = teacher.model.num_prefix_tokens, {}, None
+    every = all_indices(x.shape[0], x.shape[1] - P, x.device)
     for i, block in enumerate(teacher.model.blocks):
-        x, logits[i] = block_with_logits(block, x)  # (B, N, D), (B, H, N, N)
+        x, logits[i] = block_with_logits(block, x, rope=rope_at(rope, every, i))  # (B, N, D), (B, H, N, N)
         if i in select.blocks:
             mask = narrow_mask(x[:, P:], mask, lambda patches: select(i, patches))
         if i == teacher.feature_block:

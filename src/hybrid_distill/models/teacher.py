@@ -1,4 +1,5 @@
-"""A frozen teacher: a timm ViT that owns its normalisation, stays in eval mode and has no gradients.
+"""A frozen teacher: a timm ViT (a VisionTransformer or the Eva family: EVA-02, DINOv3, PE) that owns its
+normalisation, stays in eval mode and has no gradients.
 
 It sees the full image (paper eq. 1: T(x) ⊙ M) and returns its targets at the kept tokens only:
 features at one block, and at its relation blocks R = q k^T, MSA or the block's output (eq. 2,
@@ -14,11 +15,11 @@ from torch import nn
 from ..config import ConfigError, RelationKind, TeacherConfig, TeacherPrecision
 from ..masking import all_indices, gather_tokens, positions_within
 from ..relations import form, resolve_block, teacher_target
-from .attention import check_block, choose_attention
+from .attention import check_block, choose_attention, run_block
 from .load import mean_std
 from .precision import apply_precision
-from .tokens import (Normalize, check_class_token, cls_and_patches, embed_tokens, grid_size, image_size,
-                     keep_with_prefix)
+from .tokens import (Normalize, check_class_token, cls_and_patches, embed_with_rope, grid_size, image_size,
+                     keep_with_prefix, rope_at)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Teacher(nn.Module):
                  device: torch.device | None = None):
         super().__init__()
         for block in model.blocks:
-            check_block(block)
+            check_block(block, eva=True)
         check_class_token(model, f"teacher '{name}' ({cfg.arch})")
         if grid_size(model) != tuple(student_grid):
             patch = model.patch_embed.patch_size[0]
@@ -95,19 +96,21 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 1] at the student's size -> (B, P + L, D), resized to this teacher's input size."""
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pixels in [0, 1] at the student's size -> (B, P + L, D), resized to this teacher's input size, and
+        the model's rotary embedding of its L patches (None without one; `tokens.embed_with_rope`)."""
         size = image_size(self.model)
         if tuple(pixels.shape[-2:]) != size:
             pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
         dtype = self.model.patch_embed.proj.weight.dtype  # bf16 for bf16 and fp8 teachers
-        return embed_tokens(self.model, self.normalize(pixels).to(dtype))
+        return embed_with_rope(self.model, self.normalize(pixels).to(dtype))
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor, select) -> TeacherOutput:
         """MAE's forward_encoder order: normalise and embed, run the blocks up to the last one needed,
-        narrow the kept patches where the selector acts (masking.py), read the targets at CLS + kept."""
-        x = self.embed(pixels)  # (B, P + L, D)
+        narrow the kept patches where the selector acts (masking.py), read the targets at CLS + kept. The
+        rotary embedding (Eva family) follows the patch rows still there, as timm's patch dropout gathers it."""
+        x, rope = self.embed(pixels)  # (B, P + L, D)
         P = self.model.num_prefix_tokens
         B, L = x.shape[0], x.shape[1] - P
         keep = select.start(B, L, x.device)  # (B, K) kept patch indices
@@ -120,7 +123,7 @@ class Teacher(nn.Module):
                 normed[i] = (block.norm1(x), rows)  # the block's q and k are read from its normed input
             if i == stop:
                 break
-            x = block(x)  # (B, P + n, D)
+            x = run_block(block, x, rope_at(rope, rows, i))  # (B, P + n, D)
             if i in select.blocks:
                 chosen = select(i, gather_tokens(x[:, P:], positions_within(rows, keep)))  # (B, k) within keep
                 keep = keep.gather(1, chosen)
@@ -131,7 +134,7 @@ class Teacher(nn.Module):
             if i in self.relation_blocks and not from_input:
                 normed[i] = (x, rows)  # T^i: the block's output
         return TeacherOutput(keep, self.feature_target(features, keep, self.feature_block),
-                             self.relation_targets(normed, keep))
+                             self.relation_targets(normed, keep, rope))
 
     def read(self, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(B, P + n, D) with patch rows `rows` -> (B, 1 + K, D) at CLS + the kept patches."""
@@ -150,11 +153,12 @@ class Teacher(nn.Module):
         x = x.float()
         return F.layer_norm(x, x.shape[-1:]) if self.cfg.whiten else x
 
-    def relation_targets(self, normed: dict, keep: torch.Tensor) -> dict[int, torch.Tensor]:
+    def relation_targets(self, normed: dict, keep: torch.Tensor, rope) -> dict[int, torch.Tensor]:
         """The target of each relation block (config relation_kind, relations.py), at CLS + kept tokens."""
         out = {}
         for i, (x, rows) in normed.items():
             target = teacher_target(self.kind, self.cfg.relation_heads, self.model.blocks[i].attn, x,
-                                    lambda t: self.read(t, rows, keep))
+                                    lambda t: self.read(t, rows, keep), rope_at(rope, rows, i),
+                                    rope_at(rope, keep, i))
             out[i] = self.finish_tokens(target, i) if form(self.kind).tokens else target
         return out

@@ -1,4 +1,4 @@
-"""Token layout of a timm VisionTransformer: embedding, prefix tokens, grid.
+"""Token layout of a timm VisionTransformer or Eva: embedding, prefix tokens, rotary embeddings, grid.
 
 A sequence is P prefix tokens (CLS first, then registers) and L patches. Models run on all prefix
 tokens and the kept patches (`keep_with_prefix`); targets and predictions are read at CLS + kept
@@ -15,10 +15,32 @@ from ..masking import gather_tokens
 def embed_tokens(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """Normalised pixels (B, 3, H, W) -> (B, P + L, D): patches, prefix tokens, positions, norm_pre
     (timm vision_transformer.py, forward_features). norm_pre is per token, so gathering tokens after
-    it equals gathering before it.
+    it equals gathering before it. For models without rotary embeddings (the students); see `embed_with_rope`.
     """
+    return embed_with_rope(model, pixels)[0]
+
+
+def embed_with_rope(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`embed_tokens` and the model's rotary embedding of its L patches: timm's Eva `_pos_embed` returns
+    both (timm/models/eva.py, forward_features), the embedding (L, 2 hd), or (depth, H, L, 2 hd) with one
+    per block (rope_type='mixed'); None for a VisionTransformer."""
     x = model._pos_embed(model.patch_embed(pixels))
-    return model.norm_pre(model.patch_drop(x))
+    if not isinstance(x, tuple):
+        return model.norm_pre(model.patch_drop(x)), None
+    x, rope = x  # Eva drops patches (in training only) inside _pos_embed
+    return model.norm_pre(x), rope
+
+
+def rope_at(rope: torch.Tensor | None, index: torch.Tensor, block: int) -> torch.Tensor | None:
+    """The rotary embedding (`embed_with_rope`) of the patches at index (B, n), for one block, in the layout
+    timm's Eva attention takes: (B, 1, n, 2 hd), or (B, H, n, 2 hd) per head (as timm's
+    apply_keep_indices_nlc gathers it for patch dropout). None without rotary embeddings."""
+    if rope is None:
+        return None
+    if rope.dim() == 4:  # (depth, H, L, 2 hd): one embedding per block
+        rope = rope[block]
+    rope = rope if rope.dim() == 3 else rope.unsqueeze(0)  # (H or 1, L, 2 hd)
+    return rope[:, index].transpose(0, 1)  # (B, H or 1, n, 2 hd)
 
 
 def keep_with_prefix(tokens: torch.Tensor, index: torch.Tensor, num_prefix: int) -> torch.Tensor:
