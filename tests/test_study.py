@@ -341,3 +341,19 @@ def test_study_takes_overrides_after_its_flags_and_names_a_folders_split(idx_fol
               "reference": "hybrid", "provenance": {"git_sha": "x", "packages": {"torch": "t", "timm": "m"},
                                                     "device": "cpu"}, "cells": {}}
     assert "Top-1 accuracy (%) on /data/folder/val (the evaluation split)" in markdown(spec, result, {}, 2, [])
+
+
+@pytest.mark.slow  # spawns two worker processes (about 40 s on 2 cores)
+def test_two_cells_at_once_in_worker_processes_give_the_same_cells(idx_folder, tmp_path):
+    """parallel.py: `--jobs 2` trains cells in spawned workers on one thread each; the cells are those one
+    process makes, bit for bit (each cell is seeded and keyed by content)."""
+    results = {}
+    for jobs in (1, 2):
+        study = random_teacher_study(idx_folder, tmp_path / f"jobs{jobs}")
+        spec = load_study(study)
+        run_study(spec, log=lambda _: None, jobs=jobs, threads=1)
+        results[jobs] = {(row, s): cell_module.finished_cell(spec, row, s)["metrics"] for row in spec.rows
+                         for s in spec.seeds}
+    assert results[1] == results[2] and len(results[1]) == 4
+    with pytest.raises(StudyError, match="at least 1"):
+        run_study(load_study(random_teacher_study(idx_folder, tmp_path / "x")), log=lambda _: None, jobs=0)

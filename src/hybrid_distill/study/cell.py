@@ -32,7 +32,7 @@ from ..trainer import train
 from .spec import StudyError, cell_config
 
 LAYER_METRICS = ("distance", "distance_plain", "nmi")
-BOOKKEEPING = ("step", "epoch", "lr", "img_per_s")  # logged beside the loss parts, not results
+BOOKKEEPING = ("step", "epoch", "lr", "img_per_s", "time")  # logged beside the loss parts, not results
 
 
 def digest(what) -> str:

@@ -9,16 +9,17 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import Subset
 
 from ..evaluation.command import load_data
 from ..guards import StopTraining
-from .cell import analyse, analysis_settings, digest, file_sha, finished_cell, run_cell
+from .cell import analyse, analysis_settings, digest, file_sha, finished_cell
 from . import splits
+from .parallel import default_jobs, run_cells
 from .publish import publish
 from .report import write_report
 from .spec import StudyError, base_config, cell_config, eval_data, load_study, run_rows, teacher_file
@@ -51,12 +52,6 @@ class Progress:
         return f"[study] {what} ({self.done} done, {left} left, ETA {eta})"
 
 
-def bank(dataset, n: int):
-    """The evaluation bank: the first n images of the study's order (splits.py), the students' own images when
-    n equals their data.limit; the test split: its first n images."""
-    return Subset(dataset, splits.first(len(dataset), n)) if n else dataset
-
-
 def first_test(dataset, n: int):
     return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
 
@@ -65,11 +60,9 @@ def cells_of(spec: DictConfig) -> list[tuple[str, int]]:
     return [(row, seed) for row in run_rows(spec) for seed in spec.seeds]
 
 
-def run_study(spec: DictConfig, log=print) -> dict:
-    """Every cell of the study (skipping finished ones), then the aggregate; returns study.json's content."""
-    cells = cells_of(spec)
-    for row, seed in cells:  # every row's config is checked before any work
-        cell_config(spec, row, seed)
+def evaluation_data(spec: DictConfig) -> tuple:
+    """(evaluation data spec, bank subset of the train split, test subset), the held-out end checked first;
+    the whole train split is the bank's `.dataset`."""
     data_spec = eval_data(spec, base_config(spec))
     train_ds, test_ds, _ = load_data(data_spec)
     ev, base, shared = spec.evaluate, base_config(spec), used_teachers(spec)
@@ -77,22 +70,33 @@ def run_study(spec: DictConfig, log=print) -> dict:
         splits.check_disjoint(len(train_ds), {"base.data.limit": base.data.limit, "evaluate.train_images":
                                               ev.train_images, **{f"teachers.{n}.images": spec.teachers[n].images or
                                                                   base.data.limit for n in shared}}, ev.heldout_images)
-    data = (data_spec, bank(train_ds, ev.train_images), first_test(test_ds, ev.test_images))
-    teachers = build_teachers(spec, train_ds, log)
-    teacher_analysis = analyse([t["file"] for t in teachers.values()], spec, data_spec,
+    bank = Subset(train_ds, splits.first(len(train_ds), ev.train_images))  # the students' own images (splits.py)
+    return data_spec, bank, first_test(test_ds, ev.test_images)
+
+
+def run_study(spec: DictConfig, log=print, jobs: int = 1, threads: int | None = None) -> dict:
+    """Every cell of the study (skipping finished ones), `jobs` at a time in worker processes (parallel.py;
+    the command's default is one per core) on `threads` torch threads each (None: as torch is), then the
+    aggregate; returns study.json's content."""
+    if jobs < 1 or threads is not None and threads < 1:
+        raise StudyError(f"--jobs {jobs} / --threads {threads}: each must be at least 1")
+    cells = cells_of(spec)
+    for row, seed in cells:  # every row's config is checked before any work
+        cell_config(spec, row, seed)
+    data = evaluation_data(spec)
+    teachers = build_teachers(spec, data[1].dataset, log)
+    teacher_analysis = analyse([t["file"] for t in teachers.values()], spec, data[0],
                                teacher_analysis_dir(spec, teachers)) if teachers else None
     done = {cell: finished_cell(spec, *cell) for cell in cells}
+    todo = [cell for cell in cells if not done[cell]]
     progress = Progress(len(cells), [c for c in done.values() if c])
-    log(progress.line(f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}"))
+    log(progress.line(f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}, "
+                      f"{jobs} cell(s) at a time on {threads or torch.get_num_threads()} thread(s) each"))
     result = None
-    for i, (row, seed) in enumerate(cells, 1):
-        if done[(row, seed)]:
-            continue
-        log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: start"))
-        start = time.perf_counter()
-        done[(row, seed)] = run_cell(spec, row, seed, data)
-        progress.finish(time.perf_counter() - start)
-        log(progress.line(f"cell {i}/{len(cells)} {row} seed {seed}: finished in {duration(progress.session[-1])}"))
+    for row, seed, cell, seconds in run_cells(spec, todo, data, jobs, threads):
+        done[(row, seed)] = cell
+        progress.finish(seconds)
+        log(progress.line(f"cell {row} seed {seed}: finished in {duration(seconds)}"))
         row_done = all(done[(row, s)] for s in spec.seeds)  # figures once a row is complete: savefig is slow
         result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells),
                               figures=row_done)
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                                                         "version) and write to OUT-smoke")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the cells finished so far "
                                                          "(trains nothing; safe beside a running study)")
+    p.add_argument("--jobs", type=int, help="cells trained at once, each in its own process (default: one per "
+                   "core on a CPU, 1 with a GPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1: measured fastest "
+                   "per core, and it does not collapse when the machine is shared; docs/replication/throughput)")
     p.add_argument("--publish", action="store_true", help="judge the claims again and write the report to the "
                    "study's publish.dir, README's verdict markers and (publish.demo) the demo's copy; trains nothing")
     p.add_argument("--variant", metavar="NAME", help="apply the study file's `variants: NAME` overrides")
@@ -158,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.publish:
             publish(spec)
         else:
-            report_only(spec) if args.report else run_study(spec)
+            if args.report:
+                report_only(spec)
+            else:
+                run_study(spec, jobs=args.jobs or default_jobs(len(cells_of(spec))), threads=args.threads)
     except StopTraining as stop:
         print(f"hybrid-distill study: {stop}", file=sys.stderr)
         return stop.exit_code
