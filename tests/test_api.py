@@ -39,3 +39,30 @@ def test_import_is_light_and_names_the_api():
     code = "import sys, hybrid_distill; print('torch' in sys.modules, sorted(hybrid_distill.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False") and "'train'" in out and "'load_student'" in out
+
+
+def test_evaluate_is_the_eval_commands_code_with_its_defaults(tmp_path, capsys):
+    """The API once used crop 1.0 where `eval` uses 0.875 on a folder (46.25 against 48.75 top-1)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from hybrid_distill.cli import main
+    from hybrid_distill.files import save_model_file
+    from hybrid_distill.models.load import create_vit
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 20)):
+        for i in range(n):
+            folder = tmp_path / "data" / split / f"c{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "m.pt")
+    assert main(["eval", "knn", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data"), "--k", "5"]) == 0
+    cli = json.loads(next((tmp_path / "eval").glob("knn-*.json")).read_text())
+    api = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "knn", k=5, out=tmp_path / "api")
+    assert api["top1"] == cli["top1"] and api["top5"] == cli["top5"] and api["data"]["crop_pct"] == 0.875
+    probe = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "linear", epochs=2, no_cache=True)
+    assert probe["protocol"] == "linear" and (tmp_path / "eval").is_dir()  # the docstring's epochs= is accepted

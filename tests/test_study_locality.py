@@ -124,3 +124,22 @@ def test_an_interrupted_mae_teacher_resumes_to_the_same_weights_and_curve(idx_fo
     assert [e["epoch"] for e in curves[1]] == [0, 1, 2, 3] and curves[0] == curves[1]
     assert len(curves[0][-1]["per_head"]) == 3 and curves[0][-1]["uniform"] == pytest.approx(
         uniform_distance((4, 4), (7, 7)))
+
+
+def test_publish_copies_and_draws_a_teachers_curve_before_any_cell(tmp_path, monkeypatch):
+    from hybrid_distill.study.publish import publish
+    monkeypatch.chdir(tmp_path)
+    spec = load_study({"name": "s", "out": "runs/s", "rows": {"a": {}},
+                       "teachers": {"mae": {"kind": "mae", "curve_every": 5, "epochs": 10}},
+                       "publish": {"dir": "docs/s"}})
+    curve = [{"epoch": e, "uniform": 10.0, "per_head": [[10.0, 9.0], [8.0, 5.0 + e / 10]], "min_ratio": 0.5}
+             for e in (0, 5, 10)]
+    (tmp_path / "runs/s/teachers").mkdir(parents=True)
+    (tmp_path / "runs/s/teachers/mae.curve.json").write_text(json.dumps(curve))
+    assert publish(spec, log=lambda _: None) == {}  # no report yet: the curve alone
+    assert json.loads((tmp_path / "docs/s/teachers/mae.curve.json").read_text()) == curve
+    assert (tmp_path / "docs/s/mae_curve.png").stat().st_size > 1000
+    spec.teachers.mae.curve_every = 0
+    (tmp_path / "docs/s/mae_curve.png").unlink()
+    with pytest.raises(StudyError, match="nothing to publish"):
+        publish(spec, log=lambda _: None)

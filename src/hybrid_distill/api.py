@@ -41,18 +41,27 @@ def load_student(run: str | Path):
 
 
 def evaluate(model, data: str, protocol: str = "knn", **options) -> dict:
-    """k-NN, linear probe or fine-tuning of a run / checkpoint / model file / timm name (or a model
-    object) on `data` (a folder with train/ and val/, or fashion_mnist[:PATH]); options as the
-    protocol's function takes them (e.g. k=20, preset='imagenet', epochs=10)."""
-    from .evaluation import finetune_eval, knn_eval, linear_eval
-    from .evaluation.command import load_data
-    from .files import load_model
-    protocols = {"knn": knn_eval, "linear": linear_eval, "finetune": finetune_eval}
-    if protocol not in protocols:
-        raise ValueError(f"unknown protocol '{protocol}'; choose one of {sorted(protocols)}")
-    train_ds, test_ds, _ = load_data(data)
-    model = load_model(str(model)) if isinstance(model, (str, Path)) else model
-    return protocols[protocol](model, train_ds, test_ds, **options)
+    """`hybrid-distill eval PROTOCOL MODEL --data DATA`, the same code and defaults: model a run / checkpoint /
+    model file / timm name (results written where the command writes them) or a model object (written only
+    with out=...); options are the command's flags (k=20, crop_pct=0.875, epochs=10, preset='imagenet',
+    pool='mean', out=..., ...)."""
+    from torch import nn
+
+    from .evaluation.command import PROTOCOLS, build_parser, evaluate_args
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol '{protocol}'; choose one of {sorted(PROTOCOLS)}")
+    spec = "<model object>" if isinstance(model, nn.Module) else str(model)
+    args = build_parser().parse_args([protocol, spec, "--data", str(data), *flags(options)])
+    return evaluate_args(args, model if isinstance(model, nn.Module) else None)
+
+
+def flags(options: dict) -> list[str]:
+    """{'crop_pct': 0.875, 'no_cache': True} -> ['--crop-pct', '0.875', '--no-cache']: a command's flags."""
+    argv = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return argv
 
 
 def analyze(models: list, data: str, out: str | Path, **options) -> dict:
@@ -60,11 +69,7 @@ def analyze(models: list, data: str, out: str | Path, **options) -> dict:
     figures written to `out`; options are `hybrid-distill analyze` flags (num_images=200, ...)."""
     import json
     from .analysis.command import main as analyze_main
-    argv = [str(m) for m in models] + ["--data", str(data), "--out", str(out)]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    analyze_main(argv)
+    analyze_main([str(m) for m in models] + ["--data", str(data), "--out", str(out), *flags(options)])
     return json.loads((Path(out) / "analysis.json").read_text())
 
 

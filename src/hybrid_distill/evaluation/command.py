@@ -11,6 +11,7 @@ Under torchrun, features are extracted on all ranks and gathered; rank 0 writes 
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,20 +125,30 @@ def result_path(out: Path, args, result: dict, data_name: str) -> Path:
     return out / f"{args.protocol}-{data_name}-{variant}{source_tag(result['source'])}.json"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def evaluate_args(args, model=None) -> dict:
+    """One evaluation as the command's arguments describe it: the CLI and `hybrid_distill.evaluate` (which may
+    pass a model object; results are then written only with --out) share this, defaults included."""
     check_args(args)
     with process_group("cuda" if torch.cuda.is_available() else "cpu"):
         train, test, info = load_data(args.data)
-        model, source = load_eval_model(args.model, args.arch, args.pretrained), model_source(args.model)
-        out = args.out or default_out(args.model)
-        result = run_protocol(args, model, train, test, info, out, source)
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            result = {**result, "model": args.model, "source": source, "data": info}
+        source = None if model is not None else model_source(args.model)
+        model = model if model is not None else load_eval_model(args.model, args.arch, args.pretrained)
+        out = args.out or (default_out(args.model) if source is not None else None)
+        result = run_protocol(args, model, train, test, info, out or Path(tempfile.mkdtemp()), source)
+        result = {**result, "model": args.model, "source": source, "data": info}
+        if out is not None and (not dist.is_initialized() or dist.get_rank() == 0):
             path = result_path(out, args, result, info["name"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
-            print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {path}")
+            result["path"] = str(path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = evaluate_args(args)
+    if "path" in result:
+        print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {result['path']}")
     return 0
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import claims as paper_claims
+from . import curve
 from .report import judged, markdown
-from .spec import StudyError, run_rows
+from .spec import StudyError, run_rows, teacher_file
 
 DEMO_COPY = Path(__file__).resolve().parent.parent / "demo" / "replication.json"
 
@@ -55,25 +56,48 @@ def source(spec: DictConfig) -> tuple[dict, dict, Path]:
                      "run the study (or `--report`) first")
 
 
+def publish_curves(spec: DictConfig, out: Path) -> list[Path]:
+    """Each shared teacher's attention-distance curve (study/curve.py), as recorded and drawn."""
+    written = []
+    for name, t in spec.teachers.items():
+        source = teacher_file(spec, name).with_suffix(".curve.json")
+        if t.curve_every and source.is_file():
+            data = curve.read(source)
+            (out / "teachers").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, out / "teachers" / source.name)
+            title = (f"teacher {name} ({t.kind.value}, {t.epochs} epochs, {t.images} images): the most local head "
+                     f"per layer, epochs 0-{data[-1]['epoch']}")
+            written += [out / "teachers" / source.name, curve.plot(data, out / f"{name}_curve.png", title)]
+    return written
+
+
 def publish(spec: DictConfig, log=print) -> dict:
     if spec.publish is None or not spec.publish.dir:
         raise StudyError("the study file has no `publish: {dir: ...}`: say where its report goes")
-    result, analysis, folder = source(spec)
-    if spec.claims is not None:
-        result["claims"] = judged(spec, result, analysis)
     out = Path(spec.publish.dir)
     out.mkdir(parents=True, exist_ok=True)
+    curves = publish_curves(spec, out)
+    try:
+        result, analysis, folder = source(spec)
+    except StudyError:
+        if not curves:
+            raise
+        log(f"[study] {spec.name}: no report yet; published the teachers' curves: " + ", ".join(map(str, curves)))
+        return {}
+    if spec.claims is not None:
+        result["claims"] = judged(spec, result, analysis)
     if folder != out:  # a fresh report: its figures and the teachers' analysis travel with it
         for name in result.get("figures", []):
             shutil.copy2(folder / Path(name).name, out / Path(name).name)
         (out / "analysis").mkdir(exist_ok=True)
         (out / "analysis" / "analysis.json").write_text(json.dumps(analysis, indent=2))
+    written = curves
     headline = {**json.loads((folder / "headline.json").read_text()), "claims": result.get("claims", [])}
     total = len(run_rows(spec)) * len(spec.seeds)
     (out / "study.json").write_text(json.dumps(result, indent=2))
     (out / "study.md").write_text(markdown(spec, result, result.get("teachers", {}), total, result.get("figures", [])))
     (out / "headline.json").write_text(json.dumps(headline, indent=2))
-    written = [out / "study.json", out / "study.md", out / "headline.json"]
+    written += [out / "study.json", out / "study.md", out / "headline.json"]
     registered = spec.claims.registered if spec.claims is not None else ""
     if spec.publish.readme:
         readme = Path(spec.publish.readme)
