@@ -114,6 +114,12 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
     split = "the test split" if not data or data.startswith("fashion_mnist") else f"{data}/val (the evaluation split)"
     lines += table(f"Top-1 accuracy (%) on {split}", rows, accuracy)
     lines += table(f"Paired differences against `{result['reference']}` (row - reference)", result["paired"], accuracy)
+    layers_judged = list(spec.claims.relation_layers) if spec.claims is not None else []
+    heads = [m for m in sorted({m for r in rows.values() for m in r if m.startswith("head_distance/")})
+             if int(m.split("/")[1][1:]) in layers_judged]
+    uniform = next(iter(result.get("teacher_heads", {}).values()), {}).get("uniform")
+    lines += table("attention distance per head at the relation layers (px" + (f"; uniform attention {uniform:.2f}"
+                   if uniform else "") + "; the teachers' per head above, as a ratio)", rows, heads, 2)
     for metric, digits in (("distance", 2), ("spread", 2), ("nmi", 4)):
         names = sorted({m for r in rows.values() for m in r if m.startswith(f"{metric}/L")},
                        key=lambda m: int(m.split("L")[-1]))
