@@ -58,6 +58,17 @@ CONFIG_CASES = [
     ("teachers.mim.relation_blocks=[-7]", "teachers.mim.relation_blocks"),
     ("teachers.sup.feature_block=6", "teachers.sup.feature_block"),
     ("teachers.sup.feature_block=-99", "teachers.sup.feature_block"), ("teachers.sup.weight=-1", "teachers.sup.weight"),
+    # NaN compares false with every bound and inf passes every lower one: each is refused by name
+    ("optim.blr=inf", "optim.blr"), ("optim.blr=nan", "optim.blr"), ("optim.weight_decay=nan", "optim.weight_decay"),
+    ("loss.beta=inf", "loss.beta"), ("loss.beta=nan", "loss.beta"), ("optim.warmup_epochs=inf", "optim.warmup_epochs"),
+    ("optim.warmup_epochs=nan", "optim.warmup_epochs"), ("student.mean=[nan,0.5,0.5]", "student.mean"),
+    ("student.std=[inf,1,1]", "student.std"), ("optim.min_lr=inf", "optim.min_lr"), ("optim.clip_grad=nan", "optim.clip_grad"),
+    ("masking.keep_ratio=nan", "masking.keep_ratio"), ("teachers.sup.weight=inf", "teachers.sup.weight"),
+    ("teachers.mim.weight=nan", "teachers.mim.weight"), ("data.hflip=nan", "data.hflip"),
+    ("student.drop_path=nan", "student.drop_path"), ("data.max_bad_fraction=nan", "data.max_bad_fraction"),
+    ("optim.betas=[nan,0.9]", "optim.betas"), ("optim.betas=[0.9,inf]", "optim.betas"),
+    ("data.crop_scale=[nan,1.0]", "data.crop_scale"), ("optim.blr=-inf", "optim.blr"),
+    ("optim.betas.5=0.1", "optim.betas.5=0.1"), ("name=" + "a" * 300, "300 bytes long"),
     ("student.model_kwargs.embed_dim=50", "student.model_kwargs"),
     ("teachers.sup.model_kwargs.bogus_kw=1", "teachers.sup.model_kwargs"), ("optim.blr=abc", "optim.blr"),
     ("train.epochs=1.5", "train.epochs"), ("unknown.key=1", "unknown"), ("train.amp=fp8", "train.amp"),
@@ -71,6 +82,9 @@ CONFIG_CASES = [
 ]
 
 CASES = [(train(*o.split()), key) for o, key in CONFIG_CASES] + [
+    (["train", "{d}/dup.yaml"], "key 'blr' appears twice"), (["train", "{d}/bomb.yaml"], "expands to more than 100,000 values"),
+    (["train", "{d}/base5.yaml"], "base=5 must be a file name"), (["train", "{d}/interp.yaml"], "cannot resolve"),
+    (["train", "{d}/newline.yaml"], "must be one folder name"), (["train", "{d}/c.yaml", "name=${{nope.x}}"], "cannot resolve"),
     (train("teachers.sup.weights={d}/garbage.pt"), "{d}/garbage.pt"),
     (train("teachers.sup.weights={d}/empty.pt"), "{d}/empty.pt"),
     (train("teachers.sup.weights={d}/missing.pt"), "{d}/missing.pt"),
@@ -149,6 +163,13 @@ def world(tmp_path_factory):
     (d / "scalar.yaml").write_text("hello\n")
     (d / "binary.yaml").write_bytes(bytes(range(256)))
     (d / "unknown.yaml").write_text("bogus: 1\n")
+    (d / "dup.yaml").write_text("optim:\n  blr: 1.0e-4\n  blr: 2.0e-4\n")  # YAML would keep the last silently
+    laughs = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']  # the 'billion laughs': 9^9 nodes
+    laughs += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    (d / "bomb.yaml").write_text("\n".join(laughs) + "\n")
+    (d / "base5.yaml").write_text("base: 5\n")
+    (d / "interp.yaml").write_text("name: ${oc.env:HYBRID_DISTILL_NOT_SET_XYZ}\n")
+    (d / "newline.yaml").write_text('name: "a\\nb"\n')
     (d / "garbage.pt").write_bytes(os.urandom(2000).replace(b"PK", b"pk"))
     (d / "empty.pt").write_bytes(b"")
     (d / "afile").write_text("a file, not a folder")

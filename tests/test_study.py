@@ -357,3 +357,14 @@ def test_two_cells_at_once_in_worker_processes_give_the_same_cells(idx_folder, t
     assert results[1] == results[2] and len(results[1]) == 4
     with pytest.raises(StudyError, match="at least 1"):
         run_study(load_study(random_teacher_study(idx_folder, tmp_path / "x")), log=lambda _: None, jobs=0)
+
+
+def test_a_cells_key_ignores_where_it_writes_and_how_it_logs(idx_folder, tmp_path):
+    from hybrid_distill.study.cell import cell_run
+    study = random_teacher_study(idx_folder, tmp_path / "a")
+    key = cell_run(load_study(study), "hybrid", 0)[0].name
+    for change in (["base.train.log_every=7"], ["base.data.num_workers=2"], ["base.train.ckpt_every_steps=3"]):
+        assert cell_run(load_study(study, change), "hybrid", 0)[0].name == key, change
+    assert cell_run(load_study({**study, "out": str(tmp_path / "b")}), "hybrid", 0)[0].name == key
+    for change in (["base.optim.blr=1e-3"], ["base.data.limit=32"], ["rows.hybrid.teachers.mim.weight=0.5"]):
+        assert cell_run(load_study(study, change), "hybrid", 0)[0].name != key, change

@@ -7,6 +7,7 @@ import pytest
 from hybrid_distill.study import load_study
 from hybrid_distill.study.claims import cells
 from hybrid_distill.study.publish import DEMO_COPY, markers, readme_block
+from hybrid_distill.study.report import judged
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -43,6 +44,9 @@ def test_readme_study_md_and_the_demo_say_the_headlines_verdicts(study, variant,
     md = (out / "study.md").read_text()
     for c in claims:
         assert cells(f"({c['name']}) {c['text']}", f"**{c['verdict']}**", c["why"]) in md
-    assert json.loads((out / "study.json").read_text())["claims"] == claims
+    study = json.loads((out / "study.json").read_text())
+    assert study["claims"] == claims
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert judged(spec, study, analysis) == claims  # today's rules on the published numbers give the same
     if spec.publish.demo:
         assert json.loads(DEMO_COPY.read_text()) == headline

@@ -212,6 +212,8 @@ def _valid_keys(node: Any, key: str) -> list[str]:
 def merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
+    except (TypeError, ValueError) as err:  # e.g. optim.betas.5=0.1: a key into a list
+        raise ConfigError(f"{where}: {_one_line(err)}") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or ""
         valid = _valid_keys(base, key)
@@ -233,15 +235,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value (e.g. optim.blr=1e-4)")
         cfg = merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    resolve(cfg)
     check(cfg)
     return cfg
+
+
+def resolve(cfg: DictConfig) -> None:
+    """Interpolations (`${oc.env:HOME}`, `${optim.blr}`) resolved now, in place: one that cannot be is bad input."""
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "a value"
+        raise ConfigError(f"{key}: cannot resolve its interpolation ({_one_line(err).split(' full_key')[0]})") from None
+
+
+MAX_NODES = 100_000  # a config has hundreds; YAML aliases can make a few lines expand to billions
+
+
+def strict_loader():
+    """yaml.SafeLoader that refuses duplicate keys in a mapping (YAML would keep the last silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
+            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if twice is not None:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{twice}' appears twice in one mapping",
+                                                        node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def check_size(value, path: Path) -> None:
+    """Refuse a document whose aliases expand past MAX_NODES (the 'billion laughs'): PyYAML shares the
+    aliased objects, but every later copy (OmegaConf's) would expand them."""
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(f"{path} expands to more than {MAX_NODES:,} values (YAML aliases repeating aliases?); "
+                              "write the settings out")
+        stack.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
 
 
 def yaml_mapping(path: Path) -> dict:
     """The experiment file as a mapping; not YAML, or YAML that is not a mapping, fails in one line."""
     import yaml
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=strict_loader())  # noqa: S506 (a SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -251,6 +295,7 @@ def yaml_mapping(path: Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} holds a YAML {type(values).__name__}, not a mapping of settings "
                           "(e.g. 'optim: {blr: 1e-4}')")
+    check_size(values, path)
     return values
 
 

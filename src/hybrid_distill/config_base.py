@@ -21,6 +21,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     bases = node.pop(BASE_KEY, None) if isinstance(node, DictConfig) else None
     if bases is None:
         return node
-    bases = [bases] if isinstance(bases, str) else list(bases)
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, (list, tuple)) or OmegaConf.is_list(bases)) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base={bases!r} must be a file name or a "
+                          "list of them (e.g. base: hybrid_vitb_mae_clip.yaml)")
+    bases = list(bases)
     merged = [read_yaml(path.parent / base, seen + (path,)) for base in bases]
     return OmegaConf.merge(*merged, node)

@@ -4,6 +4,7 @@ raised as ConfigError, which every command turns into exit code 2.
 
 Models are not built here: depths come from a model built on the meta device (no memory, no init).
 """
+import math
 import os
 import re
 from pathlib import Path
@@ -17,17 +18,26 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
 
 
+def finite(key: str, value) -> None:
+    """NaN compares false with everything and inf passes every lower bound: neither is a setting."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} must be a finite number")
+
+
 def at_least(key: str, value, low) -> None:
+    finite(key, value)
     if value < low:
         raise ConfigError(f"{key}={value} must be >= {low}")
 
 
 def positive(key: str, value) -> None:
+    finite(key, value)
     if not value > 0:
         raise ConfigError(f"{key}={value} must be > 0")
 
 
 def within(key: str, value, low, high, open_low: bool = False) -> None:
+    finite(key, value)
     if not (low < value <= high if open_low else low <= value <= high):
         raise ConfigError(f"{key}={value} must be in {'(' if open_low else '['}{low}, {high}]")
 
@@ -56,9 +66,12 @@ def writable_dir(key: str, path: str | Path) -> None:
 
 def run_name(name: str) -> None:
     """One plain path component, so the run stays inside output_dir."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise ConfigError(f"name={name!r} must be one folder name (no '/', not '.' or '..'): "
+    if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
+        raise ConfigError(f"name={name!r} must be one folder name (printable, no '/', not '.' or '..'): "
                           "runs stay inside output_dir")
+    if len(name.encode()) > 200:
+        raise ConfigError(f"name={name[:20]}... is {len(name.encode())} bytes long; a folder name takes at most 200 "
+                          "here (255 on most file systems, less the suffixes added to it)")
 
 
 def weight_file_problem(path: Path) -> str | None:
@@ -201,7 +214,8 @@ def check_student(s: DictConfig) -> None:
     within("student.drop_path", s.drop_path, 0, 1)
     pair("student.mean", s.mean, 3)
     pair("student.std", s.std, 3)
-    for i, std in enumerate(s.std):
+    for i, (mean, std) in enumerate(zip(s.mean, s.std)):
+        finite(f"student.mean[{i}]", mean)
         positive(f"student.std[{i}]", std)
     if s.mask_recon.patch is not None:
         at_least("student.mask_recon.patch", s.mask_recon.patch, 1)

@@ -54,10 +54,28 @@ def teacher_shas(cfg: DictConfig) -> dict:
     return out
 
 
+# where a run writes and how it reports, not what it computes (the loader's workers draw seeded per sample)
+NOT_RESULTS = {"": ("name", "output_dir"), "data": ("num_workers", "pin_memory", "persistent_workers",
+                                                  "prefetch_factor"),
+               "train": ("log_every", "progress", "tensorboard", "trackers", "ckpt_every_steps", "keep_checkpoints")}
+
+
+def student_inputs(cfg: DictConfig) -> dict:
+    """The training config less NOT_RESULTS: what decides the trained student, with the teacher files."""
+    values, shas = to_dict(cfg), teacher_shas(cfg)
+    for section, keys in NOT_RESULTS.items():
+        node = values if not section else values[section]
+        for key in keys:
+            node.pop(key, None)
+    for name in shas:  # a teacher file counts by its content, wherever it lies
+        values["teachers"][name].pop("weights")
+    return {"config": values, "teachers": shas}
+
+
 def cell_run(spec: DictConfig, row: str, seed: int) -> tuple[DictConfig, Path]:
     """The cell's training config and run directory, named by the hash of what decides the student."""
     cfg = cell_config(spec, row, seed)
-    cfg.name = f"seed{seed}-{digest({'config': to_dict(cfg), 'teachers': teacher_shas(cfg)})}"
+    cfg.name = f"seed{seed}-{digest(student_inputs(cfg))}"
     return cfg, Path(cfg.output_dir) / cfg.name
 
 

@@ -9,7 +9,6 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -17,13 +16,13 @@ from torch.utils.data import Subset
 
 from ..evaluation.command import load_data
 from ..guards import StopTraining
-from .cell import analyse, analysis_settings, digest, file_sha, finished_cell
+from .cell import analyse, finished_cell
 from . import splits
 from .parallel import default_jobs, run_cells
 from .publish import publish
 from .report import write_report
 from .spec import StudyError, base_config, cell_config, eval_data, load_study, run_rows, teacher_file
-from .teachers import build_teacher, build_teachers, used_teachers
+from .teachers import build_teacher, build_teachers, teacher_analysis_dir, used_teachers
 
 
 def duration(seconds: float) -> str:
@@ -104,13 +103,6 @@ def run_study(spec: DictConfig, log=print, jobs: int = 1, threads: int | None = 
         result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells))
     log(f"[study] wrote {spec.out}/study.json, study.md and {len(result['figures'])} figures")
     return result
-
-
-def teacher_analysis_dir(spec: DictConfig, teachers: dict) -> Path:
-    """The shared teachers' analysis, keyed by its settings and the teacher files' SHA-256."""
-    key = digest({"settings": analysis_settings(spec), "files": {n: file_sha(t["file"], Path(t["file"]).stat().st_mtime_ns)
-                                                                 for n, t in teachers.items()}})
-    return teacher_file(spec, next(iter(teachers))).parent / f"analysis-{key}"
 
 
 def report_only(spec: DictConfig, log=print) -> dict:

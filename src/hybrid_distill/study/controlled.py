@@ -8,8 +8,10 @@ head's query and key read exactly those dimensions, so
 
     R_h(i, j) = q_i . k_j = beta_h * c_i c_j * sum_k [cos(w_k (x_i - x_j)) + cos(w_k (y_i - y_j))]    (eq. 2)
 
-with c_i the token's LayerNorm scale. beta_h > 0 peaks at distance 0 (a local head, sharper as beta
-grows), beta_h < 0 at the farthest patches (a long-range head), beta_h = 0 is uniform attention. The
+up to LayerNorm's per-token centring (it shifts the position dimensions by the token's mean over all
+dimensions; the kernel stays the dominant term, correlation about 0.9), c_i the token's LayerNorm scale.
+beta_h > 0 peaks at distance 0 (a local head, sharper as beta grows), beta_h < 0 at the farthest patches
+(a long-range head), beta_h = 0 is uniform attention. Betas may differ per block. The
 other dimensions carry the image (a random patch embedding, random values, projections and MLPs), so
 the token features that pick the kept tokens (paper eq. 4) still depend on the image. It is a test
 instrument, labelled as such wherever it is used, not a pre-trained model.
@@ -29,14 +31,17 @@ def position_dims(dim: int) -> list[int]:
 
 
 @torch.no_grad()
-def make_controlled(encoder: nn.Module, betas: list[float], pos_scale: float = 1.0, seed: int = 0) -> nn.Module:
-    """Rewrite a timm ViT (random init) in place so head h of every block scores positions with betas[h]."""
-    D, heads = encoder.embed_dim, encoder.blocks[0].attn.num_heads
+def make_controlled(encoder: nn.Module, betas: list, pos_scale: float = 1.0, seed: int = 0) -> nn.Module:
+    """Rewrite a timm ViT (random init) in place so head h of block i scores positions with betas[h] (the
+    same in every block) or betas[i][h] (one list per block)."""
+    D, heads, depth = encoder.embed_dim, encoder.blocks[0].attn.num_heads, len(encoder.blocks)
     hd = D // heads
-    if len(betas) != heads or D % 4 or D // 4 <= max(FREQS) or hd < 4 * len(FREQS):
-        raise ValueError(f"controlled teacher: need one beta per head ({heads}), a width divisible by 4 above "
-                         f"{4 * max(FREQS)} and a head width of at least {4 * len(FREQS)}; got {len(betas)} betas, "
-                         f"width {D}, head width {hd}")
+    per_block = [list(b) for b in betas] if betas and isinstance(betas[0], (list, tuple)) else [list(betas)] * depth
+    if len(per_block) != depth or any(len(b) != heads for b in per_block) or D % 4 or D // 4 <= max(FREQS) \
+            or hd < 4 * len(FREQS):
+        raise ValueError(f"controlled teacher: need one beta per head ({heads}), in one list or one per block "
+                         f"({depth}), a width divisible by 4 above {4 * max(FREQS)} and a head width of at least "
+                         f"{4 * len(FREQS)}; got {betas} at width {D}, head width {hd}")
     torch.manual_seed(seed)
     pos = position_dims(D)
     encoder.pos_embed.zero_()
@@ -46,14 +51,14 @@ def make_controlled(encoder: nn.Module, betas: list[float], pos_scale: float = 1
         writer.weight[pos] = 0.0  # nothing writes to the position dimensions: they stay positions in every block
         if writer.bias is not None:
             writer.bias[pos] = 0.0
-    for block in encoder.blocks:
+    for block, block_betas in zip(encoder.blocks, per_block):
         block.norm1.weight.fill_(1.0)
         block.norm1.bias.zero_()
         w, b = block.attn.qkv.weight, block.attn.qkv.bias  # (3D, D): q rows, k rows, v rows
         w[: 2 * D] = 0.0
         if b is not None:
             b[: 2 * D] = 0.0
-        for h, beta in enumerate(betas):
+        for h, beta in enumerate(block_betas):
             scale = abs(beta) ** 0.5
             for j, d in enumerate(pos):
                 w[h * hd + j, d] = scale  # q_h = sqrt|beta| * positions

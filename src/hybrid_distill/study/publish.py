@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from . import claims as paper_claims
 from . import curve
 from .report import judged, markdown
+from .teachers import teacher_analysis_dir
 from .spec import StudyError, run_rows, teacher_file
 
 DEMO_COPY = Path(__file__).resolve().parent.parent / "demo" / "replication.json"
@@ -43,17 +44,23 @@ def replace_block(text: str, name: str, block: str, where: Path) -> str:
 
 
 def source(spec: DictConfig) -> tuple[dict, dict, Path]:
-    """(study.json content, the shared teachers' analysis, the folder they come from)."""
-    for folder in (Path(spec.out), Path(spec.publish.dir)):
-        if (folder / "study.json").is_file():
-            result = json.loads((folder / "study.json").read_text())
-            found = sorted(folder.glob("teachers/analysis-*/analysis.json")) + [folder / "analysis" / "analysis.json"]
-            analysis = next((p for p in found if p.is_file()), None)
-            if analysis is None:
-                raise StudyError(f"{folder}: no teachers' analysis to judge the claims with; run the study first")
-            return result, json.loads(analysis.read_text()), folder
-    raise StudyError(f"nothing to publish: neither {spec.out}/study.json nor {spec.publish.dir}/study.json exists; "
-                     "run the study (or `--report`) first")
+    """(study.json content, the shared teachers' analysis, the folder they come from): the fresh report in
+    OUT with the analysis of exactly its teacher files (keyed like `--report` finds it), else the copy
+    already published with the analysis published beside it."""
+    out, published = Path(spec.out), Path(spec.publish.dir)
+    if (out / "study.json").is_file():
+        result = json.loads((out / "study.json").read_text())
+        analysis = teacher_analysis_dir(spec, result.get("teachers", {})) / "analysis.json" \
+            if result.get("teachers") else None
+        if analysis is None or not analysis.is_file():
+            raise StudyError(f"{out}/study.json has no analysis of its shared teachers ({analysis}); run the study "
+                             "(or `--report`) again")
+        return result, json.loads(analysis.read_text()), out
+    if (published / "study.json").is_file() and (published / "analysis" / "analysis.json").is_file():
+        return (json.loads((published / "study.json").read_text()),
+                json.loads((published / "analysis" / "analysis.json").read_text()), published)
+    raise StudyError(f"nothing to publish: neither {out}/study.json nor {published}/study.json (with "
+                     "analysis/analysis.json) exists; run the study (or `--report`) first")
 
 
 def publish_curves(spec: DictConfig, out: Path) -> list[Path]:
@@ -77,13 +84,10 @@ def publish(spec: DictConfig, log=print) -> dict:
     out = Path(spec.publish.dir)
     out.mkdir(parents=True, exist_ok=True)
     curves = publish_curves(spec, out)
-    try:
-        result, analysis, folder = source(spec)
-    except StudyError:
-        if not curves:
-            raise
+    if curves and not (Path(spec.out) / "study.json").is_file() and not (out / "study.json").is_file():
         log(f"[study] {spec.name}: no report yet; published the teachers' curves: " + ", ".join(map(str, curves)))
         return {}
+    result, analysis, folder = source(spec)
     if spec.claims is not None:
         result["claims"] = judged(spec, result, analysis)
     if folder != out:  # a fresh report: its figures and the teachers' analysis travel with it

@@ -104,7 +104,11 @@ def markdown(spec: DictConfig, result: dict, teachers: dict, cells_total: int, f
              f"`{result['reference']}`; git {prov['git_sha']}, torch {prov['packages']['torch']}, "
              f"timm {prov['packages']['timm']}, {prov['device']}.", "", f"Mean ± std [{INTERVAL_NOTE}].", ""]
     if teachers:
-        lines += ["### Shared teachers (k-NN top-1 on held-out training images; never the test split)", "",
+        held_out = all("split_seed" in t for t in teachers.values())  # the gate of splits.py (git a41c725 on)
+        where = ("training images held out from every model's training (the end of the study's order)" if held_out
+                 else "the last training images in file order, NOT held out: many are the teachers' own training "
+                      "images (the gate before git a41c725; docs/replication/README.md)")
+        lines += [f"### Shared teachers (k-NN top-1 on {where}; never the test split)", "",
                   "| teacher | kind | k-NN | raw pixels | bank / held out |", "|---|---|---|---|---|",
                   *[f"| {n} | {t['kind']} | {t['knn_top1']:.2f} | {t['pixels_knn_top1']:.2f} | "
                     f"{t['bank']} / {t['heldout']} |" for n, t in teachers.items()], ""]

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, from_dict, merge
+from ..config import ConfigError, from_dict, merge, yaml_mapping
 from .claims import ClaimRoles
 
 TEACHER_REF = "teacher:"
@@ -113,12 +113,7 @@ def load_study(source: str | Path | dict, overrides: list[str] | None = None, sm
         path = Path(source)
         if not path.is_file():
             raise StudyError(f"study file not found: {path} (see configs/studies/)")
-        try:
-            source = OmegaConf.to_container(OmegaConf.load(path))
-        except Exception as err:  # YAML syntax: the parser's first line names the place
-            raise StudyError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(source, dict):
-            raise StudyError(f"{path}: a study file is a mapping with seeds, base and rows")
+        source = yaml_mapping(path)  # not YAML, not a mapping, duplicate keys, an alias bomb: one line
         source.setdefault("name", path.stem)
     spec = as_study(merge(OmegaConf.structured(StudySpec()), source, where))
     if variant is not None and variant not in spec.variants:
@@ -157,6 +152,9 @@ def check_study(spec: DictConfig) -> None:
         if t.pos_embed not in ("learned", "sincos") or t.pos_embed == "sincos" and t.kind is not TeacherKind.mae:
             raise StudyError(f"teachers.{name}.pos_embed='{t.pos_embed}': 'learned', or 'sincos' (MAE's fixed "
                              "encoder positions) for kind: mae")
+        if t.curve_every and t.curve_images > spec.evaluate.heldout_images:
+            raise StudyError(f"teachers.{name}.curve_images={t.curve_images} must lie inside the held-out end, "
+                             f"evaluate.heldout_images={spec.evaluate.heldout_images}: lower it")
         if (t.kind is TeacherKind.controlled) != (t.head_betas is not None):
             raise StudyError(f"teachers.{name}: head_betas (one per head) is for kind: controlled, and required by it")
     check_finetune(spec.evaluate.finetune)
@@ -168,7 +166,7 @@ def check_claims(spec: DictConfig) -> None:
     if spec.claims is None:
         return
     c = spec.claims
-    named = [c.hybrid, *c.single, c.sup_student, *c.masking.values(), c.decoder, c.mask_recon]
+    named = [c.hybrid, *c.single, c.sup_student, *c.masking.values(), c.decoder, c.mask_recon, c.relation_control]
     unknown = [r for r in named if r is not None and r not in spec.rows]
     if unknown:
         raise StudyError(f"claims: row '{unknown[0]}' is not a row; rows: {', '.join(spec.rows)}")

@@ -5,7 +5,7 @@
     students' images            order[:base.data.limit]   (data.limit draws the same permutation)
     evaluation bank / probe     order[:evaluate.train_images]
     teacher gate queries        order[-evaluate.heldout_images:]
-    teacher curve images        order[-curve_images:]     (inside the gate's queries)
+    teacher curve images        order[-curve_images:]     (inside the gate's queries: curve_images <= heldout_images)
 
 The students distil on images their teachers trained on (as the paper's students see ImageNet,
 which their teachers saw); the gate's queries and the curve's images are seen by no model in

@@ -22,6 +22,7 @@ from ..evaluation.features import Transformed, embed_dataset, extract_features
 from ..evaluation.knn import knn_classify
 from ..files import load_model, save_model_file
 from ..models.load import create_vit
+from .cell import analysis_settings, digest, file_sha
 from .controlled import make_controlled
 from . import curve
 from ..data.subset import LIMIT_SEED
@@ -171,3 +172,10 @@ def require_beats_pixels(name: str, check: dict, path: Path) -> None:
         raise StudyError(f"teacher {name}: k-NN top-1 {check['knn_top1']:.2f} on held-out training images does not "
                          f"beat raw pixels ({check['pixels_knn_top1']:.2f}); change its recipe (teachers.{name}) "
                          f"and delete {path}")
+
+
+def teacher_analysis_dir(spec: DictConfig, teachers: dict) -> Path:
+    """The shared teachers' analysis, keyed by its settings and the teacher files' SHA-256."""
+    key = digest({"settings": analysis_settings(spec), "files": {n: file_sha(t["file"], Path(t["file"]).stat().st_mtime_ns)
+                                                                 for n, t in teachers.items()}})
+    return teacher_file(spec, next(iter(teachers))).parent / f"analysis-{key}"
