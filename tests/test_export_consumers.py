@@ -10,7 +10,6 @@ import torch
 from conftest import TINY, tiny_vit
 from hybrid_distill.files import save_model_file
 from hybrid_distill.weights import export
-from hybrid_distill.weights.command import export_main
 
 MEAN, STD = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
 
