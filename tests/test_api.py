@@ -64,5 +64,8 @@ def test_evaluate_is_the_eval_commands_code_with_its_defaults(tmp_path, capsys):
     cli = json.loads(next((tmp_path / "eval").glob("knn-*.json")).read_text())
     api = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "knn", k=5, out=tmp_path / "api")
     assert api["top1"] == cli["top1"] and api["top5"] == cli["top5"] and api["data"]["crop_pct"] == 0.875
+    from hybrid_distill.files import load_model
+    as_object = hybrid_distill.evaluate(load_model(str(tmp_path / "m.pt")), tmp_path / "data", "knn", k=5)
+    assert as_object["top1"] == cli["top1"] and "path" not in as_object  # a model object: nothing written
     probe = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "linear", epochs=2, no_cache=True)
     assert probe["protocol"] == "linear" and (tmp_path / "eval").is_dir()  # the docstring's epochs= is accepted

@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args) -> None:
-    """Every flag in range and the model readable, before data or model are loaded."""
-    model_spec("MODEL", args.model)
+def check_args(args, model_given: bool = False) -> None:
+    """Every flag in range and the model readable (unless the API passed a model object), before data or
+    model are loaded."""
+    if not model_given:
+        model_spec("MODEL", args.model)
     for flag in ("epochs", "batch_size", "k"):
         if getattr(args, flag) is not None:
             at_least(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
@@ -128,7 +130,7 @@ def result_path(out: Path, args, result: dict, data_name: str) -> Path:
 def evaluate_args(args, model=None) -> dict:
     """One evaluation as the command's arguments describe it: the CLI and `hybrid_distill.evaluate` (which may
     pass a model object; results are then written only with --out) share this, defaults included."""
-    check_args(args)
+    check_args(args, model_given=model is not None)
     with process_group("cuda" if torch.cuda.is_available() else "cpu"):
         train, test, info = load_data(args.data)
         source = None if model is not None else model_source(args.model)
