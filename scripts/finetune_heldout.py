@@ -8,6 +8,7 @@ provenance.
     .venv/bin/python scripts/finetune_heldout.py runs/studies/fashion_mnist_196/cells/hybrid/seed0 \
         --epochs 6 --train-subset 10000 --lrs 1e-2 2e-3 --out runs/finetune_heldout.json
 """
+
 import argparse
 import json
 import time
@@ -28,8 +29,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-subset", type=int, default=5000, help="fine-tune images drawn from the bank")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-2], help="lrs at batch 256 (the preset's ref_batch)")
-    p.add_argument("--layer-decays", type=float, nargs="+", default=[0.75],
-                   help="MAE's layer-wise lr decay (the preset's 0.75; ViT-B's 0.65 over 12 blocks is 0.65**2 per block at depth 6)")
+    p.add_argument(
+        "--layer-decays",
+        type=float,
+        nargs="+",
+        default=[0.75],
+        help="MAE's layer-wise lr decay (the preset's 0.75; ViT-B's 0.65 over 12 blocks is 0.65**2 a block at depth 6)",
+    )
     p.add_argument("--bank", type=int, default=10_000, help="the first N training images")
     p.add_argument("--heldout", type=int, default=2000, help="scored on the last N training images")
     p.add_argument("--out", default="runs/finetune_heldout.json")
@@ -43,14 +49,35 @@ def main() -> None:
     for run in args.runs:
         for lr, decay in [(lr, decay) for lr in args.lrs for decay in args.layer_decays]:
             start, tag = time.perf_counter(), f"{run} lr {lr:.0e} layer decay {decay:g}"
-            log = lambda line: print(f"{tag}: {line} ({time.perf_counter() - start:.0f} s)", flush=True)  # noqa: E731
-            r = finetune_eval(load_model(run), bank, held_out, "fashion_mnist", epochs=args.epochs,
-                              train_subset=args.train_subset, seed=0, lr=lr, layer_decay=decay, log=log)
-            records.append({"run": run, "lr": lr, "layer_decay": decay, "heldout_top1": r["top1"],
-                            "per_epoch": [e.get("test_top1") for e in r["epochs"]]})
+
+            def log(line, tag=tag, start=start):
+                print(f"{tag}: {line} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+            r = finetune_eval(
+                load_model(run),
+                bank,
+                held_out,
+                "fashion_mnist",
+                epochs=args.epochs,
+                train_subset=args.train_subset,
+                seed=0,
+                lr=lr,
+                layer_decay=decay,
+                log=log,
+            )
+            records.append(
+                {
+                    "run": run,
+                    "lr": lr,
+                    "layer_decay": decay,
+                    "heldout_top1": r["top1"],
+                    "per_epoch": [e.get("test_top1") for e in r["epochs"]],
+                }
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "records": records, "provenance": provenance()},
-                                         indent=2))
+    Path(args.out).write_text(
+        json.dumps({"args": vars(args), "records": records, "provenance": provenance()}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ head and layer on test images; no accuracy is read from the test split).
 
     .venv/bin/python scripts/mae_positions.py --images 10000 --epochs 10 --out runs/mae_positions
 """
+
 import argparse
 from pathlib import Path
 
@@ -23,11 +24,31 @@ def main() -> None:
     args = p.parse_args()
     files = []
     for pos in ("learned", "sincos"):
-        spec = load_study(args.study, [f"out={args.out}/{pos}", f"teachers.mae.pos_embed={pos}",
-                                       f"teachers.mae.images={args.images}", f"teachers.mae.epochs={args.epochs}"])
+        spec = load_study(
+            args.study,
+            [
+                f"out={args.out}/{pos}",
+                f"teachers.mae.pos_embed={pos}",
+                f"teachers.mae.images={args.images}",
+                f"teachers.mae.epochs={args.epochs}",
+            ],
+        )
         files.append(str(build_teacher(spec, "mae", base_config(spec))))
-    analyze_main([*files, "--data", "fashion_mnist", "--split", "test", "--num-images", "200", "--map-images", "2",
-                  "--out", str(Path(args.out) / "analysis")])
+    analyze_main(
+        [
+            *files,
+            "--data",
+            "fashion_mnist",
+            "--split",
+            "test",
+            "--num-images",
+            "200",
+            "--map-images",
+            "2",
+            "--out",
+            str(Path(args.out) / "analysis"),
+        ]
+    )
 
 
 if __name__ == "__main__":

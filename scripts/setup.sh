@@ -13,7 +13,7 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>/dev/null; then
+if ! { .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>/dev/null && [ -x .venv/bin/ruff ]; }; then
   # PyPI's Linux torch wheel brings its CUDA libraries: .venv takes 5.7 GiB, plus pip's temporary files.
   # Say so before pip dies half-way with "No space left on device" (only when torch is still to come).
   need_gib=8

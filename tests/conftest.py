@@ -1,4 +1,5 @@
 """Shared fixtures: tiny ViTs and configs that run in seconds on a CPU."""
+
 import gzip
 from pathlib import Path
 
@@ -35,15 +36,16 @@ def idx_folder(tmp_path):
     """A small Fashion-MNIST-format folder: 96 train and 32 test images of 10 classes."""
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 96), ("t10k", 32)):
-        write_idx(tmp_path / "fmnist", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                  np.arange(n) % 10)
+        write_idx(tmp_path / "fmnist", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
     return tmp_path / "fmnist"
 
 
 def tiny_run_config(idx_folder, out, **extra):
     teacher = {"arch": "vit_tiny_patch16_224", "weights": "random", "model_kwargs": dict(TINY)}
     values = {
-        "name": "tiny", "output_dir": str(out), "seed": 0,
+        "name": "tiny",
+        "output_dir": str(out),
+        "seed": 0,
         "data": {"dataset": "fashion_mnist", "path": str(idx_folder), "img_size": 28, "num_workers": 0},
         "student": {"arch": "vit_tiny_patch16_224", "model_kwargs": dict(TINY), "drop_path": 0.1},
         "teachers": {"sup": {**teacher, "features": True}, "mim": {**teacher, "relation_blocks": [-3, -2]}},

@@ -1,9 +1,11 @@
 """Attention distance, NMI, extraction, monitor and the analyze command."""
+
 import copy
 import json
 import math
 from functools import partial
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,6 @@ from hybrid_distill.analysis.command import main as analyze
 from hybrid_distill.analysis.extract import query_maps
 from hybrid_distill.files import save_model_file
 from hybrid_distill.models.load import create_vit
-
-import conftest
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3)
 
@@ -35,6 +35,7 @@ def one_hot(targets: list[int], L: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- distance, by hand
+
 
 def test_distance_one_hot_on_known_keys():
     # 3x3 grid, patch 16: every query attends to the bottom-right cell (2, 2).
@@ -89,6 +90,7 @@ def test_distance_rejects_wrong_grid():
 
 # ---------------------------------------------------------------- NMI, by hand
 
+
 def test_nmi_uniform_attention_is_zero():
     attn = torch.full((2, 3, 17, 17), 1 / 17, dtype=torch.float64)
     torch.testing.assert_close(attention_nmi(attn), torch.zeros(2, 3, dtype=torch.float64))
@@ -110,8 +112,9 @@ def test_nmi_is_per_image_not_of_the_mean_map():
     per_image = attention_nmi(attn)
     of_mean = attention_nmi(attn.mean(dim=0, keepdim=True))
     torch.testing.assert_close(per_image, torch.ones(2, 1, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(of_mean, torch.tensor([[1 - math.log(2) / math.log(L)]], dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        of_mean, torch.tensor([[1 - math.log(2) / math.log(L)]], dtype=torch.float64), atol=1e-5, rtol=0
+    )
     assert per_image.mean() - of_mean.mean() > 0.3
 
 
@@ -147,8 +150,9 @@ def timm_attention_by_hook(model, images) -> list[torch.Tensor]:
     return maps
 
 
-@pytest.mark.parametrize("extra", [{}, {"reg_tokens": 2}, {"pre_norm": True},
-                                   {"class_token": False, "global_pool": "avg"}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"reg_tokens": 2}, {"pre_norm": True}, {"class_token": False, "global_pool": "avg"}]
+)
 def test_extraction_equals_timm_non_fused_and_leaves_model_unchanged(extra):
     model = tiny_vit(**extra).train()
     images = torch.randn(2, 3, 16, 16)
@@ -190,14 +194,17 @@ def test_monitor_equals_direct_metric_calls():
     maps = timm_attention_by_hook(model, images)
     assert len(logged) == 3 * 3
     for i, probs in enumerate(maps):
-        expect = {"distance": attention_distance(probs, 4, 4).mean(),
-                  "distance_plain": attention_distance(probs, 4, 4, renormalize=False).mean(),
-                  "nmi": attention_nmi(probs).mean()}
+        expect = {
+            "distance": attention_distance(probs, 4, 4).mean(),
+            "distance_plain": attention_distance(probs, 4, 4, renormalize=False).mean(),
+            "nmi": attention_nmi(probs).mean(),
+        }
         for name, value in expect.items():
             assert logged[f"attn/{name}/layer{i:02d}"] == pytest.approx(float(value), rel=1e-5, abs=1e-6)
 
 
 # ---------------------------------------------------------------- the command, end to end
+
 
 def fashion_mnist_dir(root, n=12):
     rng = np.random.default_rng(0)
@@ -211,9 +218,29 @@ def test_analyze_command_end_to_end(tmp_path, capsys):
     for name in ("student", "teacher"):
         save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / f"{name}.pt")
     out = tmp_path / "out"
-    rc = analyze([str(tmp_path / "student.pt"), str(tmp_path / "teacher.pt"), "vit_tiny_patch16_224",
-                  "--img-size", "32", "--data", f"fashion_mnist:{data}", "--num-images", "10",
-                  "--batch-size", "4", "--out", str(out), "--layers", "1", "-1", "--queries", "0.5,0.5", "0,1"])
+    rc = analyze(
+        [
+            str(tmp_path / "student.pt"),
+            str(tmp_path / "teacher.pt"),
+            "vit_tiny_patch16_224",
+            "--img-size",
+            "32",
+            "--data",
+            f"fashion_mnist:{data}",
+            "--num-images",
+            "10",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--layers",
+            "1",
+            "-1",
+            "--queries",
+            "0.5,0.5",
+            "0,1",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "analysis.json").read_text())
     assert set(report["models"]) == {"student", "teacher", "vit_tiny_patch16_224"}
@@ -235,10 +262,12 @@ def test_analyze_names_bad_input(tmp_path, capsys):
     kw = dict(img_size=28, patch_size=4, embed_dim=24, depth=2, num_heads=2)
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "m.pt")
     common = ["--data", f"fashion_mnist:{data}", "--out", str(tmp_path / "o")]
-    cases = {"outside the 7x7 patch grid": [str(tmp_path / "m.pt"), "--num-images", "2", "--queries", "7,0"],
-             "exceeds the 12 images": [str(tmp_path / "m.pt"), "--num-images", "13"],
-             "unknown timm model": ["vit_nonexistent_model", "--num-images", "2"],
-             "no such model file": [str(tmp_path / "missing.pt"), "--num-images", "2"]}
+    cases = {
+        "outside the 7x7 patch grid": [str(tmp_path / "m.pt"), "--num-images", "2", "--queries", "7,0"],
+        "exceeds the 12 images": [str(tmp_path / "m.pt"), "--num-images", "13"],
+        "unknown timm model": ["vit_nonexistent_model", "--num-images", "2"],
+        "no such model file": [str(tmp_path / "missing.pt"), "--num-images", "2"],
+    }
     for message, argv in cases.items():
         assert analyze(argv + common) == 2
         assert message in capsys.readouterr().err
@@ -246,6 +275,7 @@ def test_analyze_names_bad_input(tmp_path, capsys):
 
 def test_analyze_reads_an_image_folder(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
         (tmp_path / "images" / cls).mkdir(parents=True)
@@ -255,8 +285,22 @@ def test_analyze_reads_an_image_folder(tmp_path):
     kw = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2)
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "m.pt")
     out = tmp_path / "out"
-    assert analyze([str(tmp_path / "m.pt"), "--data", str(tmp_path / "images"), "--num-images", "5",
-                    "--map-images", "0", "--out", str(out)]) == 0
+    assert (
+        analyze(
+            [
+                str(tmp_path / "m.pt"),
+                "--data",
+                str(tmp_path / "images"),
+                "--num-images",
+                "5",
+                "--map-images",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "analysis.json").read_text())
     assert report["models"]["m"]["grid_size"] == [4, 4] and "query_maps" not in report["models"]["m"]
     assert sorted(p.rsplit("/", 1)[1] for p in report["figures"]) == ["distance.png", "distance_plain.png", "nmi.png"]
@@ -264,9 +308,15 @@ def test_analyze_reads_an_image_folder(tmp_path):
 
 def test_model_labels_tell_run_directories_of_the_same_name_apart(tmp_path):
     from hybrid_distill.analysis.command import model_labels
+
     for row in ("hybrid", "distill_sup"):
         (tmp_path / "cells" / row / "seed0").mkdir(parents=True)
     (tmp_path / "sup.pt").write_bytes(b"")
     specs = [str(tmp_path / "cells" / r / "seed0") for r in ("hybrid", "distill_sup")]
-    assert model_labels([*specs, str(tmp_path / "sup.pt"), "vit_tiny_patch16_224", "vit_tiny_patch16_224"]) == \
-        ["hybrid-seed0", "distill_sup-seed0", "sup", "vit_tiny_patch16_224", "vit_tiny_patch16_224-2"]
+    assert model_labels([*specs, str(tmp_path / "sup.pt"), "vit_tiny_patch16_224", "vit_tiny_patch16_224"]) == [
+        "hybrid-seed0",
+        "distill_sup-seed0",
+        "sup",
+        "vit_tiny_patch16_224",
+        "vit_tiny_patch16_224-2",
+    ]

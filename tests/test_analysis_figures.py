@@ -1,5 +1,6 @@
 """Analysis figures that do not mislead: a distance axis from 0 with the uniform-attention reference,
 one colour scale with its bar on the attention maps, example images from different classes."""
+
 import json
 
 import numpy as np
@@ -41,8 +42,25 @@ def test_attention_maps_have_one_scale_a_colour_bar_and_images_of_different_clas
     data = class_sorted_folder(tmp_path / "images")
     kw = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2)
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "m.pt")
-    assert analyze([str(tmp_path / "m.pt"), "--data", str(data), "--num-images", "12", "--map-images", "2",
-                    "--layers", "1", "2", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        analyze(
+            [
+                str(tmp_path / "m.pt"),
+                "--data",
+                str(data),
+                "--num-images",
+                "12",
+                "--map-images",
+                "2",
+                "--layers",
+                "1",
+                "2",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "out" / "analysis.json").read_text())["models"]["m"]
     shown = report["query_maps"]["image_indices"]
     assert [index // 4 for index in shown] == [0, 1]  # the first image of two classes, not two of class 0

@@ -1,4 +1,5 @@
 """The README's Python API example runs as written, and the API's pieces behave as documented."""
+
 import re
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def test_overrides_use_double_underscores_for_dots():
 def test_import_is_light_and_names_the_api():
     import subprocess
     import sys
+
     code = "import sys, hybrid_distill; print('torch' in sys.modules, sorted(hybrid_distill.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False") and "'train'" in out and "'load_student'" in out
@@ -51,6 +53,7 @@ def test_evaluate_is_the_eval_commands_code_with_its_defaults(tmp_path, capsys):
     from hybrid_distill.cli import main
     from hybrid_distill.files import save_model_file
     from hybrid_distill.models.load import create_vit
+
     rng = np.random.default_rng(0)
     for split, n in (("train", 40), ("val", 20)):
         for i in range(n):
@@ -65,6 +68,7 @@ def test_evaluate_is_the_eval_commands_code_with_its_defaults(tmp_path, capsys):
     api = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "knn", k=5, out=tmp_path / "api")
     assert api["top1"] == cli["top1"] and api["top5"] == cli["top5"] and api["data"]["crop_pct"] == 0.875
     from hybrid_distill.files import load_model
+
     as_object = hybrid_distill.evaluate(load_model(str(tmp_path / "m.pt")), tmp_path / "data", "knn", k=5)
     assert as_object["top1"] == cli["top1"] and "path" not in as_object  # a model object: nothing written
     probe = hybrid_distill.evaluate(tmp_path / "m.pt", tmp_path / "data", "linear", epochs=2, no_cache=True)

@@ -1,12 +1,15 @@
 """The trainer's step (engine.forward_backward) and the plain step compute the same thing; the bench
 times the trainer's step; the bench command runs."""
+
 import json
 
 import pytest
 import torch
+from conftest import TINY, tiny_run_config
 
 from hybrid_distill.bench import phases
-from hybrid_distill.bench.command import main as bench_main, variants
+from hybrid_distill.bench.command import main as bench_main
+from hybrid_distill.bench.command import variants
 from hybrid_distill.bench.phases import Bench, NullClock, Switches
 from hybrid_distill.bench.plain import plain_forward_backward
 from hybrid_distill.build import build_models
@@ -15,13 +18,15 @@ from hybrid_distill.data.transforms import to_unit
 from hybrid_distill.engine import forward_backward
 from hybrid_distill.runtime import RunContext
 
-from conftest import TINY, tiny_run_config
-
 # selections after blocks 0 and 1 of 6: the MIM teacher stops before block 4, whose q and k it reads
 TRIMMED = {"masking.blocks": [0, 1]}
 # an Eva-family MIM teacher: rotary embeddings and 4 registers (P = 5)
-DINOV3_MIM = {"arch": "vit_small_patch16_dinov3", "weights": "random", "model_kwargs": dict(TINY),
-              "relation_blocks": [-3, -2]}
+DINOV3_MIM = {
+    "arch": "vit_small_patch16_dinov3",
+    "weights": "random",
+    "model_kwargs": dict(TINY),
+    "relation_blocks": [-3, -2],
+}
 
 
 def make_bench(**extra) -> Bench:
@@ -47,7 +52,9 @@ def trainer_step(bench: Bench, images):
 
 def plain_step(bench: Bench, images):
     torch.manual_seed(1)
-    return detached(plain_forward_backward(bench.student, bench.teachers, images, bench.run, NullClock()), bench.student)
+    return detached(
+        plain_forward_backward(bench.student, bench.teachers, images, bench.run, NullClock()), bench.student
+    )
 
 
 def losses_and_grads(bench: Bench, sw, images):
@@ -65,10 +72,21 @@ def assert_same(a, b, rtol=1e-5, grad_rtol=1e-4):
     assert any(g.abs().sum() > 0 for g in grads_b.values())
 
 
-@pytest.mark.parametrize("extra", [TRIMMED, {**TRIMMED, "teachers.mim.relation_kind": "softmax",
-                                             "teachers.sup.relation_blocks": [-1], "student.drop_path": 0.0},
-                                   {"masking.strategy": "last", "model_kwargs_reg": 2},
-                                   {"masking.strategy": "random"}, {**TRIMMED, "teachers.mim": DINOV3_MIM}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        TRIMMED,
+        {
+            **TRIMMED,
+            "teachers.mim.relation_kind": "softmax",
+            "teachers.sup.relation_blocks": [-1],
+            "student.drop_path": 0.0,
+        },
+        {"masking.strategy": "last", "model_kwargs_reg": 2},
+        {"masking.strategy": "random"},
+        {**TRIMMED, "teachers.mim": DINOV3_MIM},
+    ],
+)
 def test_the_trainers_step_and_the_plain_step_give_the_same_losses_and_gradients(extra):
     extra = dict(extra)
     if extra.pop("model_kwargs_reg", None):  # register tokens in every model: P = 3 prefix tokens
@@ -86,8 +104,9 @@ def test_the_benchs_optimised_step_is_the_trainers(monkeypatch):
     images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
     times = bench.step(Switches(), images)
     assert len(calls) == 1 and calls[0]["lap"].__self__.times  # the bench's clock, through the same function
-    assert {"input", "teacher mim", "teacher sup", "student forward", "losses", "student backward",
-            "optimiser"} == set(times)
+    assert {"input", "teacher mim", "teacher sup", "student forward", "losses", "student backward", "optimiser"} == set(
+        times
+    )
 
 
 def test_every_switch_off_gives_the_same_losses():
@@ -113,13 +132,42 @@ def test_bf16_teachers_stay_close_and_targets_are_fp32():
 def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     import yaml
+
     cfg.write_text(yaml.safe_dump(tiny_run_config("/unused", tmp_path, **TRIMMED)))
     out = tmp_path / "bench.json"
-    assert bench_main([str(cfg), "--batch", "4", "--steps", "2", "--warmup", "0", "--device", "cpu",
-                       "--out", str(out), "optim.weight_decay=0.01"]) == 0
+    assert (
+        bench_main(
+            [
+                str(cfg),
+                "--batch",
+                "4",
+                "--steps",
+                "2",
+                "--warmup",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "optim.weight_decay=0.01",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
-    for word in ("plain", "optimised", "teacher mim", "teacher sup", "student forward", "student backward",
-                 "losses", "optimiser", "ratio", "GFLOP", "- fused_attention"):
+    for word in (
+        "plain",
+        "optimised",
+        "teacher mim",
+        "teacher sup",
+        "student forward",
+        "student backward",
+        "losses",
+        "optimiser",
+        "ratio",
+        "GFLOP",
+        "- fused_attention",
+    ):
         assert word in text, word
     result = json.loads(out.read_text())
     assert result["provenance"]["packages"]["torch"]
@@ -170,8 +218,27 @@ def test_plain_and_optimised_steps_agree_on_cuda():
 
 def test_bench_reads_the_real_loader_with_data(idx_folder, tmp_path, capsys):
     import yaml
+
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_run_config(idx_folder, tmp_path)))
-    assert bench_main([str(cfg), "--data", "--batch", "4", "--steps", "1", "--warmup", "0", "--no-ablation",
-                       "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
+    assert (
+        bench_main(
+            [
+                str(cfg),
+                "--data",
+                "--batch",
+                "4",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--no-ablation",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     assert set(json.loads((tmp_path / "b.json").read_text())["steps"]) == {"plain", "optimised"}

@@ -1,4 +1,5 @@
 """The bench's extra parts (scripts/gpu_check.sh runs them on a GPU) run on the CPU with tiny models."""
+
 import json
 import os
 import signal
@@ -6,10 +7,11 @@ import signal
 import pytest
 import torch
 
-from hybrid_distill.bench.command import GRAPHS, main as bench_main, measure, variants
-from hybrid_distill.bench.stop import Stop
+from hybrid_distill.bench.command import GRAPHS, measure, variants
+from hybrid_distill.bench.command import main as bench_main
 from hybrid_distill.bench.phases import Switches
 from hybrid_distill.bench.report import main as report_main
+from hybrid_distill.bench.stop import Stop
 
 TINY_RUN = ["--smoke", "--device", "cpu", "--steps", "1", "--warmup", "0"]
 
@@ -19,8 +21,9 @@ def test_versus_distill_times_both_steps_in_one_process(tmp_path, capsys):
     assert bench_main(["--versus-distill", *TINY_RUN, "--batch", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["median_step_s"]) == {"hybrid", "distill_clip"}
-    assert result["hybrid_over_distill"] == pytest.approx(result["median_step_s"]["hybrid"]
-                                                          / result["median_step_s"]["distill_clip"])
+    assert result["hybrid_over_distill"] == pytest.approx(
+        result["median_step_s"]["hybrid"] / result["median_step_s"]["distill_clip"]
+    )
     assert all(g > 0 for g in result["gflop_per_image"].values())
     assert "Hybrid / Distill-CLIP step time" in capsys.readouterr().out
     report_main([str(tmp_path)])
@@ -30,8 +33,20 @@ def test_versus_distill_times_both_steps_in_one_process(tmp_path, capsys):
 
 def test_input_pipeline_bench_gives_per_core_rates_and_cores_per_gpu(tmp_path, capsys):
     out = tmp_path / "input.json"
-    argv = ["--input-pipeline", str(tmp_path / "jpegs"), "--make", "6", "--seconds", "0.2", "--device", "cpu",
-            "--step-img-s", "1000", "--out", str(out)]
+    argv = [
+        "--input-pipeline",
+        str(tmp_path / "jpegs"),
+        "--make",
+        "6",
+        "--seconds",
+        "0.2",
+        "--device",
+        "cpu",
+        "--step-img-s",
+        "1000",
+        "--out",
+        str(out),
+    ]
     assert bench_main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"pil", "torchvision cpu", "gpu loader side"}  # no GPU here
@@ -70,6 +85,7 @@ def test_a_failing_extra_variant_is_dropped_and_the_others_measured(capsys):
 
 class TimedOutBench:
     """Its fifth step receives SIGTERM, as from `timeout` in scripts/gpu_check.sh."""
+
     calls = 0
 
     def step(self, sw, images):
@@ -92,9 +108,22 @@ def test_sigterm_lets_the_step_in_flight_finish_and_reports_the_repeats_done(cap
 
 def test_a_deadline_stops_before_the_next_step_and_partial_repeats_are_written(capsys, tmp_path):
     seen = []
-    records = measure(FailingBench(), {"plain": None, "optimised": "ok"}, iter(lambda: torch.zeros(1), None),
-                      warmup=1, steps=3, stop=Stop(deadline_s=0.0), on_repeat=seen.append)
+    records = measure(
+        FailingBench(),
+        {"plain": None, "optimised": "ok"},
+        iter(lambda: torch.zeros(1), None),
+        warmup=1,
+        steps=3,
+        stop=Stop(deadline_s=0.0),
+        on_repeat=seen.append,
+    )
     assert records == {} and seen == [] and "stopped (deadline)" in capsys.readouterr().err
-    records = measure(FailingBench(), {"plain": None, "optimised": "ok"}, iter(lambda: torch.zeros(1), None),
-                      warmup=1, steps=2, on_repeat=lambda r: seen.append({n: len(v) for n, v in r.items()}))
+    records = measure(
+        FailingBench(),
+        {"plain": None, "optimised": "ok"},
+        iter(lambda: torch.zeros(1), None),
+        warmup=1,
+        steps=2,
+        on_repeat=lambda r: seen.append({n: len(v) for n, v in r.items()}),
+    )
     assert seen == [{"plain": 0, "optimised": 0}, {"plain": 1, "optimised": 1}, {"plain": 2, "optimised": 2}]

@@ -1,15 +1,15 @@
 """Targets at any teacher block, matched at a named student block (paper eq. 2, Tables 5-8), and the
 `last` ("direct", Table 8) masking: reference values by hand, module contracts, one-line refusals."""
+
 import pytest
 import torch
+from conftest import TINY, tiny_run_config
 
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.masking import least_redundant
 from hybrid_distill.matching import same_relative_depth
-
-from conftest import TINY, tiny_run_config
 
 
 def built(idx_folder, tmp_path, **extra):
@@ -66,8 +66,9 @@ def test_block_features_get_their_own_heads_at_their_student_blocks(idx_folder, 
 
 
 def test_an_intermediate_feature_block_is_matched_at_its_student_block(idx_folder, tmp_path):
-    student, teachers, _ = built(idx_folder, tmp_path, **{"teachers.sup.feature_block": 2,
-                                                         "student.model_kwargs": {**TINY, "depth": 3}})
+    student, teachers, _ = built(
+        idx_folder, tmp_path, **{"teachers.sup.feature_block": 2, "student.model_kwargs": {**TINY, "depth": 3}}
+    )
     assert student.feature_at == {"sup": 0}  # teacher block 2 of 6 -> student block 0 of 3
     assert [(r.key, b) for r, b in student.relation_specs] == [(3, 1), (4, 1)]
     targets, out, parts = step(student, teachers, torch.rand(2, 3, 28, 28))
@@ -76,8 +77,11 @@ def test_an_intermediate_feature_block_is_matched_at_its_student_block(idx_folde
 
 
 def test_student_blocks_names_the_matching_block(idx_folder, tmp_path):
-    student, _, _ = built(idx_folder, tmp_path, **{"student.model_kwargs": {**TINY, "depth": 4},
-                                                  "teachers.mim.student_blocks": {-3: 0, 4: 2}})
+    student, _, _ = built(
+        idx_folder,
+        tmp_path,
+        **{"student.model_kwargs": {**TINY, "depth": 4}, "teachers.mim.student_blocks": {-3: 0, 4: 2}},
+    )
     assert [(r.key, b) for r, b in student.relation_specs] == [(3, 0), (4, 2)]
 
 
@@ -93,21 +97,36 @@ def test_student_msa_matches_its_target_and_by_hand(idx_folder, tmp_path):
         y = block(y)
     attn = bb.blocks[4].attn
     q, k, v = attn.qkv(bb.blocks[4].norm1(y)).reshape(2, 17, 3, 3, 16).permute(2, 0, 3, 1, 4)
-    assert torch.allclose(out.relations["mim"][4], (q @ k.transpose(-2, -1) * 16 ** -0.5).softmax(-1) @ v, atol=1e-5)
+    assert torch.allclose(out.relations["mim"][4], (q @ k.transpose(-2, -1) * 16**-0.5).softmax(-1) @ v, atol=1e-5)
     assert parts["mim/rel4"] > 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"teachers.mim.relation_blocks": [6]},
-     r"^teachers\.mim\.relation_blocks: block 6 does not exist in a model with 6 blocks"),
-    ({"teachers.mim.student_blocks": {-2: 9}}, r"^teachers\.mim\.student_blocks\.-2 \(the student\): block 9 does not"),
-    ({"teachers.mim.student_blocks": {1: 0}}, r"^teachers\.mim\.student_blocks: teacher block 1 gives no target"),
-    ({"teachers.mim.relation_kind": "msa", "student.model_kwargs": {**TINY, "num_heads": 4}},
-     r"^teacher 'mim' has 3 heads but the student has 4: per-head"),
-    ({"teachers.mim.relation_kind": "msa", "teachers.mim.relation_heads": "head_mean",
-      "student.model_kwargs": {**TINY, "embed_dim": 36}},
-     r"^teachers\.mim\.relation_kind=msa compares head outputs of width 16 \(teacher\) and 12 \(student\)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"teachers.mim.relation_blocks": [6]},
+            r"^teachers\.mim\.relation_blocks: block 6 does not exist in a model with 6 blocks",
+        ),
+        (
+            {"teachers.mim.student_blocks": {-2: 9}},
+            r"^teachers\.mim\.student_blocks\.-2 \(the student\): block 9 does not",
+        ),
+        ({"teachers.mim.student_blocks": {1: 0}}, r"^teachers\.mim\.student_blocks: teacher block 1 gives no target"),
+        (
+            {"teachers.mim.relation_kind": "msa", "student.model_kwargs": {**TINY, "num_heads": 4}},
+            r"^teacher 'mim' has 3 heads but the student has 4: per-head",
+        ),
+        (
+            {
+                "teachers.mim.relation_kind": "msa",
+                "teachers.mim.relation_heads": "head_mean",
+                "student.model_kwargs": {**TINY, "embed_dim": 36},
+            },
+            r"^teachers\.mim\.relation_kind=msa compares head outputs of width 16 \(teacher\) and 12 \(student\)",
+        ),
+    ],
+)
 def test_what_the_student_cannot_match_fails_in_one_line(idx_folder, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message) as err:
         built(idx_folder, tmp_path, **extra)

@@ -3,15 +3,15 @@
 Skipped where no CUDA device is visible; every other test also runs on CUDA there, since the tiny
 runs use train.device=auto.
 """
+
 import json
 
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from hybrid_distill.config import from_dict
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")
 

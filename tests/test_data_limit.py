@@ -1,8 +1,9 @@
 """`data.limit` draws a seeded random subset: a class-sorted dataset keeps every class."""
+
 import numpy as np
+from conftest import write_idx
 from omegaconf import OmegaConf
 
-from conftest import write_idx
 from hybrid_distill.config import DataConfig
 from hybrid_distill.data.build import build_dataset
 from hybrid_distill.data.subset import limit_indices

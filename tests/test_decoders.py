@@ -1,21 +1,21 @@
 """Student decoders (paper 2.2-2.3): none / linear / k blocks; trained, never exported; analysed on demand."""
+
 import json
 import math
 
 import pytest
 import torch
+from conftest import TINY, tiny_run_config
 
 from hybrid_distill.analysis.command import main as analyze
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, from_dict
+from hybrid_distill.files import load_model
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.models.decoder import sincos_2d
-from hybrid_distill.files import load_model
 from hybrid_distill.models.load import create_vit
 from hybrid_distill.trainer import Trainer
 from hybrid_distill.weights.export import export
-
-from conftest import TINY, tiny_run_config
 
 
 def feature_config(idx_folder, out, **extra):
@@ -39,7 +39,9 @@ def one_step_grads(cfg):
 
 @pytest.mark.parametrize("depth", [1, 4, 8])
 def test_every_decoder_depth_gets_gradients(idx_folder, tmp_path, depth):
-    cfg = from_dict(feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": depth}))
+    cfg = from_dict(
+        feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": depth})
+    )
     student, out, parts = one_step_grads(cfg)
     assert len(student.decoder.blocks) == depth and student.decoder.mask_token is None
     assert out.features["sup"].shape == (2, 1 + 49, TINY["embed_dim"]) and torch.isfinite(parts["loss"])
@@ -62,15 +64,24 @@ def test_decoder_positions_are_mae_sincos_by_hand():
     pos = sincos_2d(8, (2, 3))  # (1, 1 + 6, 8): per axis dim 4, frequencies 1 and 1/100
     assert pos.shape == (1, 7, 8) and not pos[0, 0].any()  # CLS row is zero
     row, col = 1, 2  # patch 5 in row-major order
-    expect = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
-              math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    expect = [
+        math.sin(col),
+        math.sin(col / 100),
+        math.cos(col),
+        math.cos(col / 100),
+        math.sin(row),
+        math.sin(row / 100),
+        math.cos(row),
+        math.cos(row / 100),
+    ]
     assert torch.allclose(pos[0, 1 + row * 3 + col], torch.tensor(expect), atol=1e-6)
 
 
 @pytest.mark.parametrize("depth", [1, 4, 8])
 def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(idx_folder, tmp_path, depth):
-    values = feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": depth,
-                                                     "train.max_steps": 1})
+    values = feature_config(
+        idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": depth, "train.max_steps": 1}
+    )
     trainer = Trainer(from_dict(values))
     run = trainer.fit()
     decoder_state = {k: v.clone() for k, v in trainer.student.decoder.state_dict().items()}
@@ -83,11 +94,29 @@ def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(i
     assert load_model(str(run)).state_dict().keys() == plain.state_dict().keys()  # eval / analyze: encoder only
     result = export(run, "timm", tmp_path / "student.safetensors", verify=True)
     from safetensors.torch import load_file
+
     assert load_file(result["files"][0]).keys() == plain.state_dict().keys()
 
     out = tmp_path / "analysis"
-    assert analyze([str(run), "--decoder", "--data", f"fashion_mnist:{idx_folder}", "--num-images", "4",
-                    "--map-images", "1", "--layers", "-1", "--out", str(out)]) == 0
+    assert (
+        analyze(
+            [
+                str(run),
+                "--decoder",
+                "--data",
+                f"fashion_mnist:{idx_folder}",
+                "--num-images",
+                "4",
+                "--map-images",
+                "1",
+                "--layers",
+                "-1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "analysis.json").read_text())["models"]["tiny"]
     assert (report["depth"], report["encoder_depth"]) == (TINY["depth"] + depth, TINY["depth"])
     assert len(report["distance"]["per_layer"]) == len(report["nmi"]["per_layer"]) == TINY["depth"] + depth
@@ -97,14 +126,28 @@ def test_decoder_run_resumes_exports_the_encoder_only_and_analyses_the_decoder(i
 def test_analyze_decoder_of_a_run_without_one_fails_in_one_line(idx_folder, tmp_path, capsys):
     run = Trainer(from_dict(feature_config(idx_folder, tmp_path, **{"train.max_steps": 1}))).fit()
     capsys.readouterr()
-    assert analyze([str(run), "--decoder", "--data", f"fashion_mnist:{idx_folder}", "--num-images", "2",
-                    "--out", str(tmp_path / "o")]) == 2
+    assert (
+        analyze(
+            [
+                str(run),
+                "--decoder",
+                "--data",
+                f"fashion_mnist:{idx_folder}",
+                "--num-images",
+                "2",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no decoder blocks (student.decoder=linear)" in err
 
 
 def test_the_plain_bench_step_refuses_a_decoder_student(idx_folder, tmp_path):
     from hybrid_distill.bench.plain import plain_student
+
     cfg = from_dict(feature_config(idx_folder, tmp_path, **{"student.decoder": "blocks", "student.decoder_depth": 1}))
     student, _, _ = build_models(cfg)
     with pytest.raises(ValueError, match="plain step covers section 3's students only"):

@@ -1,6 +1,7 @@
 """timm's Eva family as teachers (EVA-02, DINOv3, PE core): equivalence with the model's own attention,
 rotary embeddings and registers included, through the relation, MSA, block-output, pruning and analysis
 paths; one training step with an Eva MIM teacher; one-line refusal of blocks we cannot open."""
+
 import copy
 import json
 import math
@@ -10,6 +11,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import TINY, tiny_run_config, tiny_vit
 from timm.layers import apply_keep_indices_nlc
 from torch.overrides import TorchFunctionMode
 
@@ -21,8 +23,6 @@ from hybrid_distill.models.attention import UnsupportedBlock, attention_logits
 from hybrid_distill.models.student import Student
 from hybrid_distill.models.teacher import Teacher
 from hybrid_distill.trainer import Trainer
-
-from conftest import TINY, tiny_run_config, tiny_vit
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, num_classes=0)
 # family -> (timm name, kwargs): the variants of q, k and v the Eva attention modules have
@@ -95,8 +95,7 @@ def cls_and(keep: torch.Tensor, P: int) -> torch.Tensor:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_relations_are_the_models_own_pre_softmax_logits(family):
     model = eva(family)
-    teacher = Teacher("mim", TeacherConfig(arch=family, relation_blocks=[0, 1, 2], relation_kind="scaled"),
-                      model, GRID)
+    teacher = Teacher("mim", TeacherConfig(arch=family, relation_blocks=[0, 1, 2], relation_kind="scaled"), model, GRID)
     images = torch.rand(2, 3, 32, 32)
     own = own_softmaxes(model, teacher.normalize(images)).inputs  # (B, H, P + L, P + L) per block
     P = model.num_prefix_tokens
@@ -165,8 +164,7 @@ def test_pruned_dinov3_keeps_its_registers_and_gathers_rope_as_timms_patch_dropo
             rope = apply_keep_indices_nlc(x, full_rope, keep).unsqueeze(1)  # (B, 1, n, 2 hd), as Eva._pos_embed
     assert torch.equal(pruned.keep, keep)
     last = torch.cat([torch.zeros(2, 1, dtype=torch.long), torch.arange(P, P + 5).expand(2, 5)], dim=1)
-    torch.testing.assert_close(pruned.relations[2] * model.blocks[2].attn.scale, at(logits[2], last),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(pruned.relations[2] * model.blocks[2].attn.scale, at(logits[2], last), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["eva02", "dinov3"])
@@ -184,11 +182,19 @@ def test_analysis_maps_are_the_models_own_softmax(family):
 def test_a_training_step_with_an_eva02_mim_teacher(idx_folder, tmp_path, prune):
     """Hybrid config: a ViT supervised teacher's features, an EVA-02 MIM teacher's relations at blocks
     -3, -2 that also picks the kept tokens (49 -> 34 -> 23 -> 16)."""
-    mim = {"arch": "eva02_tiny_patch14_224", "weights": "random", "model_kwargs": dict(TINY),
-           "relation_blocks": [-3, -2]}
-    cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim": mim, "train.max_steps": 1,
-                                                             "masking.prune_teacher": prune,
-                                                             "optim.warmup_epochs": 0}))  # lr > 0 at step 0
+    mim = {
+        "arch": "eva02_tiny_patch14_224",
+        "weights": "random",
+        "model_kwargs": dict(TINY),
+        "relation_blocks": [-3, -2],
+    }
+    cfg = from_dict(
+        tiny_run_config(
+            idx_folder,
+            tmp_path,
+            **{"teachers.mim": mim, "train.max_steps": 1, "masking.prune_teacher": prune, "optim.warmup_epochs": 0},
+        )
+    )  # lr > 0 at step 0
     trainer = Trainer(cfg)
     assert type(trainer.teachers.teachers["mim"].model).__name__ == "Eva"
     before = copy.deepcopy(trainer.student.state_dict())
@@ -204,14 +210,16 @@ def test_a_training_step_with_an_eva02_mim_teacher(idx_folder, tmp_path, prune):
 
 def test_an_unsupported_block_is_refused_in_one_line_naming_what_is_supported(idx_folder, tmp_path, capsys):
     post_norm = eva("eva02", use_post_norm=True)  # EvaBlockPostNorm attends to its un-normed input
-    with pytest.raises(UnsupportedBlock, match=r"VisionTransformer Blocks .* or the Eva family's EvaBlock .*"
-                                               r"got EvaBlockPostNorm with EvaAttention"):
+    with pytest.raises(
+        UnsupportedBlock,
+        match=r"VisionTransformer Blocks .* or the Eva family's EvaBlock .*"
+        r"got EvaBlockPostNorm with EvaAttention",
+    ):
         Teacher("mim", TeacherConfig(arch="x", relation_blocks=[1]), post_norm, GRID)
     with pytest.raises(UnsupportedBlock, match=r"VisionTransformer Blocks \(.*\); got EvaBlock"):
         Student(eva("eva02"), [0.0] * 3, [1.0] * 3, {}, [])  # a student is a VisionTransformer
     Teacher("sup", TeacherConfig(arch="x", features=True), tiny_vit(), (7, 7))  # ViTs as before
-    beit = {"arch": "beit_base_patch16_224", "weights": "random", "model_kwargs": dict(TINY),
-            "relation_blocks": [-2]}
+    beit = {"arch": "beit_base_patch16_224", "weights": "random", "model_kwargs": dict(TINY), "relation_blocks": [-2]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim": beit})))
     assert cli.main(["train", str(tmp_path / "c.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Evaluation that reaches paper Tables 1 and 2: official weight files, timm names with and without
 --pretrained (offline: one line naming `teachers prefetch`), MAE-style average pooling and layer
 decay, dBOT's recipe for CIFAR-100 / Cars / iNat19 and torchvision's readers for them."""
+
 import json
 import subprocess
 import sys
@@ -38,9 +39,23 @@ def test_offline_pretrained_timm_name_fails_in_one_line_naming_prefetch(tmp_path
     data = image_folder(tmp_path / "images")
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_cache"), "PATH": "/usr/bin:/bin"}
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "hybrid_distill.cli", "eval", "knn", "vit_base_patch16_224.mae",
-                             "--pretrained", "--data", str(data)], capture_output=True, text=True, env=env,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybrid_distill.cli",
+            "eval",
+            "knn",
+            "vit_base_patch16_224.mae",
+            "--pretrained",
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2 and time.monotonic() - start < 60
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "hybrid-distill teachers prefetch vit_base_patch16_224.mae" in lines[0], result.stderr
@@ -79,22 +94,35 @@ def test_mae_layer_decay_keeps_fc_norm_and_head_at_full_lr_and_none_means_one_lr
     names = {id(p): n for n, p in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in mae_param_groups(model, 0.05, 0.5) for p in g["params"]}
     assert scale["fc_norm.weight"] == scale["head.weight"] == 1.0 and scale["blocks.3.mlp.fc1.weight"] == 0.5
-    assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 5
+    assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5**5
     assert {g["lr_scale"] for g in mae_param_groups(model, 0.05, None)} == {1.0}
 
 
 def test_dbot_recipe_presets_for_the_small_sets():
     cifar, inat = finetune.make_config("cifar100"), finetune.make_config("inat19")
-    assert (cifar.epochs, inat.epochs, inat.re_prob, cifar.global_pool, cifar.layer_decay) == (1000, 360, 0.1, "token", None)
+    assert (cifar.epochs, inat.epochs, inat.re_prob, cifar.global_pool, cifar.layer_decay) == (
+        1000,
+        360,
+        0.1,
+        "token",
+        None,
+    )
     assert cifar.lr * cifar.batch_size * 8 / cifar.ref_batch == pytest.approx(7.5e-6 * 768 / 512)  # 8 GPUs
     assert finetune.make_config("imagenet").global_pool == "avg"
 
 
 def test_the_cifar100_recipe_runs_with_ema_and_repeated_augmentation():
     data = FakeData(size=32, image_size=(3, 16, 16), num_classes=3)
-    result = finetune.finetune_eval(small_vit(), data, FakeData(size=10, image_size=(3, 16, 16), num_classes=3,
-                                                                random_offset=9),
-                                    "cifar100", batch_size=8, epochs=1, warmup_epochs=0.5, num_workers=0)
+    result = finetune.finetune_eval(
+        small_vit(),
+        data,
+        FakeData(size=10, image_size=(3, 16, 16), num_classes=3, random_offset=9),
+        "cifar100",
+        batch_size=8,
+        epochs=1,
+        warmup_epochs=0.5,
+        num_workers=0,
+    )
     assert result["steps"] == 32 // 8  # the epoch keeps the dataset's length (DeiT / dBOT RASampler)
     assert 0.0 <= result["ema_top1"] <= 100.0 and 0.0 <= result["top1"] <= 100.0
 

@@ -1,4 +1,5 @@
 """Evaluation: k-NN reference values, linear probe without test leakage, layer decay, features, CLI."""
+
 import json
 import math
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from functools import partial
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +16,6 @@ from torchvision.datasets import FakeData
 
 from hybrid_distill.evaluation import command, features, finetune, knn, linear
 from hybrid_distill.files import save_model_file
-
-import conftest
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
 
@@ -45,6 +45,7 @@ class Counting(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------- k-NN
+
 
 def test_knn_hand_computed_votes_depend_on_temperature():
     # query (1, 0); neighbours: (1, 0) class 0 with sim 1.0; (0.6, 0.8) and (0.8, -0.6) class 1 with sims 0.6, 0.8
@@ -79,11 +80,13 @@ def test_knn_chunks_and_top5():
 
 def test_knn_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="same D"):
-        knn.knn_classify(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(2, 5),
-                         torch.zeros(2, dtype=torch.long))
+        knn.knn_classify(
+            torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(2, 5), torch.zeros(2, dtype=torch.long)
+        )
 
 
 # ---------------------------------------------------------------- linear probe
+
 
 def separable(n, classes=4, dim=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -151,6 +154,7 @@ def test_holdout_split_is_seeded_and_disjoint():
 
 # ---------------------------------------------------------------- fine-tuning
 
+
 def test_layer_decay_groups():
     depth, decay = TINY["depth"], 0.65
     model = finetune.prepare_model(tiny_vit(), num_classes=5, drop_path=0.1)
@@ -197,30 +201,68 @@ def test_drop_path_rises_linearly():
 def test_finetune_runs_and_leaves_backbone_untouched(name):
     model = tiny_vit()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = finetune.finetune_eval(model, fake_images(32), fake_images(10, seed=50), name, batch_size=8,
-                                    epochs=1, warmup_epochs=0.5, train_subset=None, num_workers=0)
+    result = finetune.finetune_eval(
+        model,
+        fake_images(32),
+        fake_images(10, seed=50),
+        name,
+        batch_size=8,
+        epochs=1,
+        warmup_epochs=0.5,
+        train_subset=None,
+        num_workers=0,
+    )
     assert result["steps"] == 4 and math.isfinite(result["train_loss"])
     assert result["num_classes"] == 3 and 0.0 <= result["top1"] <= result["top5"] <= 100.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     if name == "fashion_mnist":  # seeded: crops, flips, shuffling and head init repeat exactly
-        again = finetune.finetune_eval(model, fake_images(32), fake_images(10, seed=50), name, batch_size=8,
-                                       epochs=1, warmup_epochs=0.5, train_subset=None, num_workers=0)
+        again = finetune.finetune_eval(
+            model,
+            fake_images(32),
+            fake_images(10, seed=50),
+            name,
+            batch_size=8,
+            epochs=1,
+            warmup_epochs=0.5,
+            train_subset=None,
+            num_workers=0,
+        )
         assert again["train_loss"] == result["train_loss"]
 
 
 @pytest.mark.parametrize("every, scored", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])
 def test_eval_every_scores_those_epochs_and_always_the_last(every, scored):
-    result = finetune.finetune_eval(tiny_vit(), fake_images(16), fake_images(6, seed=50), "fashion_mnist",
-                                    batch_size=8, epochs=3, train_subset=None, num_workers=0, eval_every=every)
+    result = finetune.finetune_eval(
+        tiny_vit(),
+        fake_images(16),
+        fake_images(6, seed=50),
+        "fashion_mnist",
+        batch_size=8,
+        epochs=3,
+        train_subset=None,
+        num_workers=0,
+        eval_every=every,
+    )
     assert [e["epoch"] for e in result["epochs"] if "test_top1" in e] == scored
     assert result["top1"] == result["epochs"][-1]["test_top1"] and len(result["epochs"]) == 3
 
 
 def test_scoring_mid_training_leaves_the_training_as_it_was():
     # the test split's DataLoader draws its seed from torch's generator, which the training's flips use too
-    runs = [finetune.finetune_eval(tiny_vit(), fake_images(16), fake_images(6, seed=50), "fashion_mnist",
-                                   batch_size=8, epochs=3, train_subset=None, num_workers=0, eval_every=every)
-            for every in (1, 0)]
+    runs = [
+        finetune.finetune_eval(
+            tiny_vit(),
+            fake_images(16),
+            fake_images(6, seed=50),
+            "fashion_mnist",
+            batch_size=8,
+            epochs=3,
+            train_subset=None,
+            num_workers=0,
+            eval_every=every,
+        )
+        for every in (1, 0)
+    ]
     assert runs[0]["train_loss"] == runs[1]["train_loss"] and runs[0]["top1"] == runs[1]["top1"]
 
 
@@ -238,6 +280,7 @@ def test_unknown_preset_names_the_choices():
 
 
 # ---------------------------------------------------------------- features
+
 
 def test_features_match_forward_features_and_pool():
     model, data = tiny_vit().eval(), fake_images(10)
@@ -274,6 +317,7 @@ def test_feature_cache_hit_skips_the_dataset(tmp_path):
 
 def _gather_worker(rank, world, port, total, queue):
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     local = torch.arange(total, dtype=torch.float32)[rank::world].view(-1, 1).repeat(1, 2)  # rows rank::world
     # a list, not a tensor: a tensor travels by a file descriptor this process must outlive (flaky)
@@ -285,6 +329,7 @@ def test_gather_strided_uneven_shards_across_two_ranks():
     import socket
 
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -303,6 +348,7 @@ def test_gather_strided_uneven_shards_across_two_ranks():
 
 # ---------------------------------------------------------------- command line
 
+
 def image_folder(root, n_per_class=4):
     for split in ("train", "val"):
         for c, colour in enumerate(("red", "blue")):
@@ -319,11 +365,33 @@ def test_finetune_under_torchrun_two_processes(tmp_path):
     # rank 0 alone writes the result after the test features are gathered from both ranks
     model_file = save_model_file(tiny_vit(), "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
     data = image_folder(tmp_path / "images", n_per_class=8)  # 16 training images
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
-            "-m", "hybrid_distill.cli", "eval", "finetune", str(model_file), "--data", str(data), "--epochs", "2",
-            "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
-    result = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29537",
+        "-m",
+        "hybrid_distill.cli",
+        "eval",
+        "finetune",
+        str(model_file),
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = subprocess.run(
+        argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     written = list((tmp_path / "out").glob("finetune-*.json"))
     assert len(written) == 1 and result.stdout.count("finetune: top-1") == 1
@@ -344,8 +412,12 @@ def test_command_knn_and_linear_write_json(tmp_path):
     assert "git_sha" in result["provenance"] and result["model"] == str(model_file)
     assert len(list((tmp_path / "eval" / "features").glob("*.pt"))) == 2
     out = tmp_path / "results"
-    assert command.main(["linear", str(model_file), "--data", str(data), "--out", str(out), "--epochs", "2",
-                         "--pool", "mean"]) == 0
+    assert (
+        command.main(
+            ["linear", str(model_file), "--data", str(data), "--out", str(out), "--epochs", "2", "--pool", "mean"]
+        )
+        == 0
+    )
     result = json.loads(next(out.glob("linear-images-mean-sha*.json")).read_text())
     assert result["protocol"] == "linear" and result["config"]["pool"] == "mean" and "chosen" in result
 

@@ -1,4 +1,5 @@
 """Exports load where users load them: timm's own loaders, and the OpenMMLab ViT classes."""
+
 import json
 import sys
 import types
@@ -6,8 +7,8 @@ import types
 import pytest
 import timm
 import torch
-
 from conftest import TINY, tiny_vit
+
 from hybrid_distill.files import save_model_file
 from hybrid_distill.weights import export
 
@@ -44,8 +45,13 @@ def test_timm_single_file_loads_with_the_documented_call(tmp_path, name):
     export(path, "timm", tmp_path / name)
     if name.endswith(".pth"):  # a torch file under .pth, never safetensors bytes
         assert set(torch.load(tmp_path / name, weights_only=True)) == set(student.state_dict())
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0,
-                              pretrained_cfg_overlay=dict(file=str(tmp_path / name)), **TINY)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        num_classes=0,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / name)),
+        **TINY,
+    )
     assert torch.equal(features(model), features(student))
     model.load_state_dict(student.state_dict(), strict=True)  # the same keys: nothing left at init
 
@@ -53,6 +59,7 @@ def test_timm_single_file_loads_with_the_documented_call(tmp_path, name):
 def test_export_suffix_mismatch_is_refused_in_one_line(tmp_path, capsys):
     path, _ = student_file(tmp_path)
     from hybrid_distill.cli import main
+
     assert main(["export", str(path), "--format", "mmseg", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "writes FILE.pth" in capsys.readouterr().err
     assert main(["export", str(path), "--format", "timm", "--out", str(tmp_path / "x.ckpt")]) == 2
@@ -76,8 +83,9 @@ def import_mm(monkeypatch):
     except ImportError:
         ops = types.ModuleType("mmcv.ops")
         ops.__file__ = "placeholder"
-        ops.__getattr__ = lambda name: (_ for _ in ()).throw(AttributeError(name)) if name.startswith("__") \
-            else type(name, (), {})
+        ops.__getattr__ = lambda name: (
+            (_ for _ in ()).throw(AttributeError(name)) if name.startswith("__") else type(name, (), {})
+        )
         monkeypatch.setitem(sys.modules, "mmcv.ops", ops)
 
 
@@ -86,6 +94,7 @@ def import_mm(monkeypatch):
 def test_mm_exports_load_strictly_into_the_openmmlab_vit(tmp_path, monkeypatch, layout):
     import_mm(monkeypatch)
     from hybrid_distill.weights.consumers import mm_backbone, mm_tokens
+
     path, student = student_file(tmp_path)
     result = export(path, layout, tmp_path / f"{layout}.pth", verify=True)
     assert result["verified_with"] == f"{layout} VisionTransformer" and result["max_feature_diff"] < 1e-5
@@ -103,6 +112,7 @@ def test_mm_exports_load_strictly_into_the_openmmlab_vit(tmp_path, monkeypatch, 
 
 def test_export_records_itself_and_may_replace_only_its_own_files(tmp_path, capsys):
     from hybrid_distill.cli import main
+
     path, _ = student_file(tmp_path)
     out = tmp_path / "student.safetensors"
     assert main(["export", str(path), "--out", str(out)]) == 0

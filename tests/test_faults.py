@@ -1,6 +1,7 @@
 """Fault injection: process-group preemption with loader workers, run-directory ownership, resume
 refusals, unreadable data and divergence. Tiny models; subprocesses only where a real signal or a
 second process is the point."""
+
 import json
 import os
 import signal
@@ -13,17 +14,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY, tiny_run_config, tiny_vit
 from PIL import Image
 
 from hybrid_distill import files as ckpt
 from hybrid_distill.cli import main
 from hybrid_distill.config import ConfigError, from_dict
-from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, Preemption, StopTraining, worker_killed
 from hybrid_distill.files import save_model_file
+from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, Preemption, StopTraining, worker_killed
 from hybrid_distill.run_dir import LOCK
 from hybrid_distill.trainer import Trainer
-
-from conftest import TINY, tiny_run_config, tiny_vit
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -33,7 +33,9 @@ def train_cmd(config: Path, *extra: str) -> list[str]:
 
 
 def reached(metrics: Path, step: int) -> bool:
-    return metrics.is_file() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines())
+    return metrics.is_file() and any(
+        json.loads(line).get("step", 0) >= step for line in metrics.read_text().splitlines()
+    )
 
 
 def newest_student(run_dir: Path) -> dict:
@@ -45,13 +47,13 @@ def write_config(path: Path, values: dict) -> Path:
     return path
 
 
-def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resumes_exactly(idx_folder, tmp_path,
-                                                                                          capsys):
+def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resumes_exactly(idx_folder, tmp_path, capsys):
     extra = {"train.max_steps": 40, "train.epochs": 7, "data.num_workers": 2, "data.persistent_workers": True}
     straight = write_config(tmp_path / "a.yaml", tiny_run_config(idx_folder, tmp_path / "a", **extra))
     killed = write_config(tmp_path / "b.yaml", tiny_run_config(idx_folder, tmp_path / "b", **extra))
-    proc = subprocess.Popen(train_cmd(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # setsid: its own process group, as under SLURM
+    proc = subprocess.Popen(
+        train_cmd(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # setsid: its own process group, as under SLURM
     reference = subprocess.Popen(train_cmd(straight), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not reached(tmp_path / "b" / "tiny" / "metrics.jsonl", 2):
@@ -83,6 +85,7 @@ def test_signal_before_the_first_step_exits_75_without_a_checkpoint(idx_folder, 
 
 def test_ctrl_c_finishes_the_step_saves_and_exits_130_a_second_aborts(idx_folder, tmp_path, capsys):
     from hybrid_distill.guards import EXIT_INTERRUPTED
+
     values = tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 5})
     trainer = Trainer(from_dict(values))
     preemption = Preemption()
@@ -182,8 +185,14 @@ def image_folder(root: Path, n: int, bad: int) -> None:
 def folder_config(idx_folder, tmp_path, bad: int, **extra):
     image_folder(tmp_path / "images", 96, bad)
     values = tiny_run_config(idx_folder, tmp_path / "runs", **extra)
-    values["data"] = {"dataset": "folder", "path": str(tmp_path / "images"), "img_size": 28, "num_workers": 0,
-                      "max_bad_fraction": 0.1, "bad_check_every": 2}
+    values["data"] = {
+        "dataset": "folder",
+        "path": str(tmp_path / "images"),
+        "img_size": 28,
+        "num_workers": 0,
+        "max_bad_fraction": 0.1,
+        "bad_check_every": 2,
+    }
     return from_dict(values)
 
 
@@ -219,11 +228,14 @@ def test_divergence_saves_a_state_from_before_it_and_a_sane_lr_trains_on(idx_fol
     with pytest.raises(StopTraining, match=r"non-finite .*(loss part|gradient norm)") as stop:
         Trainer(diverging).fit()
     assert stop.value.exit_code == EXIT_GUARD
-    trainer = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 6})), resume="auto",
-                      allow_config_change=True)
+    trainer = Trainer(
+        from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 6})),
+        resume="auto",
+        allow_config_change=True,
+    )
     assert all(v.abs().max() < 100 for v in trainer.student.state_dict().values() if v.is_floating_point())
     trainer.fit()
-    records = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["skipped_steps"] == 0 and trainer.step == 6
 
 

@@ -1,18 +1,18 @@
 """FD's asymmetric encoder (paper B.1): layer scale, shared relative position bias, no absolute positions."""
+
 import pytest
 import torch
+from conftest import TINY, tiny_run_config
 
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
+from hybrid_distill.files import load_model
 from hybrid_distill.losses import distill_losses
 from hybrid_distill.models.attention import block_with_logits
 from hybrid_distill.models.fd_encoder import FDAttention, create_student_vit
-from hybrid_distill.files import load_model
 from hybrid_distill.models.load import create_vit
 from hybrid_distill.trainer import Trainer
 from hybrid_distill.weights.export import export
-
-from conftest import TINY, tiny_run_config
 
 GRID = 7  # TINY: 28 px / 4 px
 
@@ -83,8 +83,9 @@ def test_fd_student_with_token_dropping_gets_every_gradient(idx_folder, tmp_path
 
 
 def test_fd_run_loads_for_eval_and_refuses_layouts_without_the_bias(idx_folder, tmp_path):
-    run = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"student.fd_encoder": True,
-                                                                      "train.max_steps": 1}))).fit()
+    run = Trainer(
+        from_dict(tiny_run_config(idx_folder, tmp_path, **{"student.fd_encoder": True, "train.max_steps": 1}))
+    ).fit()
     model = load_model(str(run))
     assert isinstance(model.blocks[0].attn, FDAttention)
     assert torch.isfinite(model.eval().forward_features(torch.rand(1, 3, 28, 28))).all()

@@ -1,18 +1,18 @@
 """Fine-tuning with each shipped preset, from the command line, on a tiny image folder."""
+
 import json
 
 import pytest
 import timm
+from conftest import TINY, tiny_vit
 from PIL import Image
+from test_evaluation import image_folder
 from timm.data import auto_augment
 
 from hybrid_distill import files as ckpt
-
-from conftest import TINY, tiny_vit
 from hybrid_distill.evaluation import command, finetune
 from hybrid_distill.evaluation.augment import posterize
 from hybrid_distill.files import save_model_file
-from test_evaluation import image_folder
 
 
 def posterize_ops(transform):
@@ -41,8 +41,22 @@ def test_timm_posterize_is_what_we_replace():
 def test_eval_finetune_one_epoch_with_each_preset(tmp_path, preset):
     model_file = save_model_file(tiny_vit(), "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
     data = image_folder(tmp_path / "images")
-    argv = ["finetune", str(model_file), "--data", str(data), "--preset", preset, "--epochs", "1",
-            "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
+    argv = [
+        "finetune",
+        str(model_file),
+        "--data",
+        str(data),
+        "--preset",
+        preset,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert command.main(argv) == 0
     result = json.loads(next((tmp_path / "out").glob("finetune-*.json")).read_text())
     assert result["preset"] == preset and result["steps"] == 2 and 0.0 <= result["top1"] <= 100.0
@@ -62,14 +76,21 @@ def test_eval_json_names_the_checkpoint_and_each_step_gets_its_own_file(tmp_path
     student = tiny_vit()
     config = {"student": {"arch": "vit_tiny_patch16_224", "model_kwargs": TINY, "mean": [0.5] * 3, "std": [0.5] * 3}}
     for step in (5, 9):
-        ckpt.save_checkpoint(ckpt.checkpoint_path(run, step), {"model": {f"backbone.{k}": v for k, v in student.state_dict().items()},
-                                                               "step": step, "config": config})
+        ckpt.save_checkpoint(
+            ckpt.checkpoint_path(run, step),
+            {"model": {f"backbone.{k}": v for k, v in student.state_dict().items()}, "step": step, "config": config},
+        )
     data = image_folder(tmp_path / "images")
     assert command.main(["knn", str(run), "--data", str(data), "--k", "3", "--no-cache"]) == 0
     newest = json.loads((run / "eval" / "knn-images-cls-step00000009.json").read_text())
     assert newest["source"]["step"] == 9 and newest["source"]["path"].endswith("checkpoint-00000009.pt")
     assert newest["source"]["sha256"] == ckpt.sha256_file(ckpt.checkpoint_path(run, 9))
     older = ckpt.checkpoint_path(run, 5)
-    assert command.main(["knn", str(older), "--data", str(data), "--k", "3", "--no-cache", "--out", str(run / "eval")]) == 0
-    assert sorted(p.name for p in (run / "eval").glob("knn-*.json")) == ["knn-images-cls-step00000005.json",
-                                                                         "knn-images-cls-step00000009.json"]
+    assert (
+        command.main(["knn", str(older), "--data", str(data), "--k", "3", "--no-cache", "--out", str(run / "eval")])
+        == 0
+    )
+    assert sorted(p.name for p in (run / "eval").glob("knn-*.json")) == [
+        "knn-images-cls-step00000005.json",
+        "knn-images-cls-step00000009.json",
+    ]

@@ -1,7 +1,9 @@
 """FP8 teachers (train.teacher_precision=fp8): the rowwise e4m3 product against bf16, within e4m3's
 rounding (3 mantissa bits: about 2^-4 relative per element); refusals in one line."""
+
 import pytest
 import torch
+from conftest import tiny_run_config
 from torch import nn
 
 from hybrid_distill.bench.fp8_check import targets_at
@@ -9,8 +11,6 @@ from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, TeacherPrecision, from_dict
 from hybrid_distill.models.fp8 import E4M3_MAX, Float8Linear, fp8_unsupported, quantize_rows, to_float8
 from hybrid_distill.models.precision import resolve_teacher_precision
-
-from conftest import tiny_run_config
 
 CPU = torch.device("cpu")
 needs_fp8 = pytest.mark.skipif(fp8_unsupported(CPU) is not None, reason="no CPU _scaled_mm in this torch build")
@@ -25,7 +25,7 @@ def test_rows_quantise_to_their_own_scale():
     q, scale = quantize_rows(x)
     assert q.dtype == torch.float8_e4m3fn and scale.shape == (2, 1)
     assert torch.equal(scale[:, 0], torch.tensor([2.0, 100.0]) / E4M3_MAX)  # each row's absolute maximum -> 448
-    assert torch.allclose(q.float() * scale, x, rtol=2 ** -3)  # e4m3: 3 mantissa bits
+    assert torch.allclose(q.float() * scale, x, rtol=2**-3)  # e4m3: 3 mantissa bits
 
 
 @needs_fp8
@@ -38,7 +38,7 @@ def test_float8_linear_matches_bf16_within_e4m3_rounding():
         out, ref = fp8(x), linear(x)
     assert out.shape == ref.shape and out.dtype == torch.bfloat16
     assert relative_error(out, ref) < 0.06  # measured 0.037 (ViT-B's MLP shape, random data)
-    assert torch.allclose(fp8.weight.float(), linear.weight.float(), rtol=2 ** -3, atol=1e-6)
+    assert torch.allclose(fp8.weight.float(), linear.weight.float(), rtol=2**-3, atol=1e-6)
 
 
 @needs_fp8

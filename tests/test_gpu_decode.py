@@ -1,8 +1,10 @@
 """data.decode=gpu: the loader sends JPEG bytes and the crop draws of the PIL path (same per-sample
 seeds); decoding on the CPU here (the same function the GPU runs) gives the PIL loader's images up to
 resampling rounding. Refused in one line where it cannot run."""
+
 import pytest
 import torch
+from conftest import tiny_run_config
 from PIL import Image
 
 from hybrid_distill.bench.input_pipeline import make_jpegs
@@ -10,8 +12,6 @@ from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.data.build import build_dataset, build_loader
 from hybrid_distill.data.gpu_decode import EncodedBatch, check_gpu_decode, encoded_inputs
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 
 def folder_config(path, decode: str):

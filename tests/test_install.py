@@ -1,5 +1,6 @@
 """The declared timm minimum has what the models read (scripts/check_timm_minimum.sh runs this file and
 tests/test_models.py against exactly that version)."""
+
 import re
 from pathlib import Path
 
@@ -23,6 +24,19 @@ def test_installed_timm_meets_the_declared_minimum():
 def test_timm_attention_has_every_attribute_the_models_read():
     block = Block(dim=8, num_heads=2)
     assert type(block.attn) is Attention  # models/attention.py check_block
-    for name in ("qkv", "q_norm", "k_norm", "norm", "gate", "proj", "attn_drop", "proj_drop", "scale",
-                 "num_heads", "head_dim", "attn_dim", "fused_attn"):
+    for name in (
+        "qkv",
+        "q_norm",
+        "k_norm",
+        "norm",
+        "gate",
+        "proj",
+        "attn_drop",
+        "proj_drop",
+        "scale",
+        "num_heads",
+        "head_dim",
+        "attn_dim",
+        "fused_attn",
+    ):
         assert hasattr(block.attn, name), name

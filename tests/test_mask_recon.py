@@ -1,16 +1,16 @@
 """Mask feature reconstruction (paper 2.4, B.2): SimMIM-style and dBOT-style students."""
+
 import math
 
 import pytest
 import torch
+from conftest import TINY
+from test_decoders import feature_config
 
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.losses import distill_losses, masked_smooth_l1
 from hybrid_distill.models.mask_recon import cell_mask, visible_indices
-
-from conftest import TINY
-from test_decoders import feature_config
 
 L = 49  # TINY: 28 px / 4 px patches = 7 x 7
 
@@ -94,11 +94,17 @@ def test_cell_mask_masks_whole_cells_of_the_given_count():
     assert kept.shape == (3, 64 - 40) and (~mask).gather(1, kept).all() and (kept.diff(dim=1) > 0).all()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"student.mask_recon.style": "dbot"}, "set student.decoder=blocks"),
-    ({"student.mask_recon.style": "simmim", "student.mask_recon.patch": 8}, "must be a multiple of the student's 4 px"),
-    ({"student.mask_recon.style": "simmim", "student.mask_recon.ratio": 1.0}, "must be in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"student.mask_recon.style": "dbot"}, "set student.decoder=blocks"),
+        (
+            {"student.mask_recon.style": "simmim", "student.mask_recon.patch": 8},
+            "must be a multiple of the student's 4 px",
+        ),
+        ({"student.mask_recon.style": "simmim", "student.mask_recon.ratio": 1.0}, "must be in (0, 1)"),
+    ],
+)
 def test_bad_mask_settings_fail_in_one_line(idx_folder, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_models(from_dict(feature_config(idx_folder, tmp_path, **extra)))
@@ -106,6 +112,7 @@ def test_bad_mask_settings_fail_in_one_line(idx_folder, tmp_path, extra, message
 
 def test_relations_and_token_selection_are_refused(idx_folder, tmp_path):
     from conftest import tiny_run_config
+
     values = tiny_run_config(idx_folder, tmp_path, **{"student.mask_recon.style": "simmim"})
     with pytest.raises(ConfigError, match="set masking.teacher=null"):
         from_dict(values)

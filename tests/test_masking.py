@@ -1,9 +1,17 @@
 """Redundant-token masking: reference values by hand and the paper's ViT-B schedule."""
+
 import torch
 
 from hybrid_distill.config import MaskingConfig, Strategy
-from hybrid_distill.masking import (KeepLeastRedundant, num_kept, positions_within, redundancy_scores,
-                                    redundant_keep_indices, schedule_counts, selection_blocks)
+from hybrid_distill.masking import (
+    KeepLeastRedundant,
+    num_kept,
+    positions_within,
+    redundancy_scores,
+    redundant_keep_indices,
+    schedule_counts,
+    selection_blocks,
+)
 from hybrid_distill.models.tokens import cls_and_patches, keep_with_prefix
 from hybrid_distill.targets import TeacherSet
 
@@ -11,7 +19,7 @@ from hybrid_distill.targets import TeacherSet
 def test_scores_by_hand():
     # unit vectors e1, e1, e2, (e1+e2)/sqrt2 -> mean m = (1 + 1 + 0 + .7071, 0 + 0 + 1 + .7071) / 4
     tokens = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [1.0, 1.0]]])
-    r = 2 ** -0.5
+    r = 2**-0.5
     m = torch.tensor([(2 + r) / 4, (1 + r) / 4])
     unit = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [r, r]])
     assert torch.allclose(redundancy_scores(tokens)[0], unit @ m)
@@ -19,8 +27,9 @@ def test_scores_by_hand():
 
 def test_keep_indices_drop_the_most_mean_like_and_are_sorted():
     # scores by hand: [0.677, 0.677, 0.427, 0.780] -> keep floor(4 * 0.5) = 2 least similar: 2 and then 0 or 1
-    tokens = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [1.0, 1.0]],
-                           [[0.0, 1.0], [1.0, 1.0], [5.0, 0.0], [0.0, 2.0]]])
+    tokens = torch.tensor(
+        [[[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 1.0], [5.0, 0.0], [0.0, 2.0]]]
+    )
     keep = redundant_keep_indices(tokens, 0.5)
     assert keep.dtype == torch.int64 and keep.shape == (2, 2)
     assert keep[0, 1] == 2 and keep[0, 0] in (0, 1)
@@ -39,6 +48,7 @@ def test_vit_b_schedule_196_137_95_66():
 def test_teacher_set_schedules_progressive_and_last():
     class Fake(torch.nn.Module):
         depth = 12
+
     progressive = TeacherSet({"mim": Fake()}, MaskingConfig(teacher="mim"), 196)
     assert progressive.schedule == {0: 137, 4: 95, 8: 66} and progressive.num_kept == 66
     select = progressive.selector(2, "cpu")

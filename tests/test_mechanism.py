@@ -6,11 +6,12 @@ must, after 160 steps, order its heads at the relation layers as the teacher doe
 teacher's Q K^T head by head. The blocks around the relation blocks order their heads the other way, so a
 relation read one block off fails this test, as do heads crossed or a relation that passes no gradient.
 """
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_run_config, write_idx
+
 from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.config import from_dict
 from hybrid_distill.files import load_model, save_model_file
@@ -56,12 +57,28 @@ def distilled(tmp_path_factory):
     torch.manual_seed(0)
     teacher = make_controlled(create_vit("vit_tiny_patch16_224", **VIT), BETAS, POS_SCALE)
     save_model_file(teacher, "vit_tiny_patch16_224", VIT, tmp / "teacher.pt", [0.5] * 3, [0.5] * 3)
-    cfg = tiny_run_config(tmp / "data", tmp / "runs", **{
-        "student.model_kwargs": VIT, "masking": {"teacher": None, "strategy": "none"},
-        "teachers": {"mim": {"arch": "vit_tiny_patch16_224", "weights": str(tmp / "teacher.pt"), "model_kwargs": VIT,
-                             "relation_blocks": [-3, -2], "relation_kind": "raw"}},
-        "optim.batch_size": 32, "optim.blr": 8e-2, "optim.warmup_epochs": 0, "train.epochs": 20,
-        "train.log_every": 1000})
+    cfg = tiny_run_config(
+        tmp / "data",
+        tmp / "runs",
+        **{
+            "student.model_kwargs": VIT,
+            "masking": {"teacher": None, "strategy": "none"},
+            "teachers": {
+                "mim": {
+                    "arch": "vit_tiny_patch16_224",
+                    "weights": str(tmp / "teacher.pt"),
+                    "model_kwargs": VIT,
+                    "relation_blocks": [-3, -2],
+                    "relation_kind": "raw",
+                }
+            },
+            "optim.batch_size": 32,
+            "optim.blr": 8e-2,
+            "optim.warmup_epochs": 0,
+            "train.epochs": 20,
+            "train.log_every": 1000,
+        },
+    )
     student = load_model(str(train(from_dict(cfg))))
     return student.eval(), load_model(str(tmp / "teacher.pt")).eval()
 

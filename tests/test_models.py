@@ -1,20 +1,27 @@
 """Module contracts and equivalence with timm for the student, the teachers and their relations."""
+
 import copy
 
 import pytest
 import timm
 import torch
+from conftest import TINY, tiny_run_config, tiny_vit
 
-from hybrid_distill.config import (ConfigError, MaskingConfig, RelationHeads, RelationKind, TeacherConfig,
-                                   TeacherPrecision, from_dict)
 from hybrid_distill.build import build_models
+from hybrid_distill.config import (
+    ConfigError,
+    MaskingConfig,
+    RelationHeads,
+    RelationKind,
+    TeacherConfig,
+    TeacherPrecision,
+    from_dict,
+)
+from hybrid_distill.losses import distill_losses, smooth_l1
 from hybrid_distill.masking import KeepGiven, KeepLeastRedundant, all_indices, least_redundant
 from hybrid_distill.models.student import RelationSpec, Student
 from hybrid_distill.models.teacher import Teacher
-from hybrid_distill.losses import distill_losses, smooth_l1
 from hybrid_distill.targets import Targets, TeacherSet
-
-from conftest import TINY, tiny_run_config, tiny_vit
 
 
 def every_patch(batch: int = 2, patches: int = 49) -> KeepGiven:
@@ -68,7 +75,7 @@ def test_relations_equal_logits_by_hand_from_non_fused_timm_attention():
     for block in (3, 4):  # the default kind is eq. 2's R = Q K^T, unscaled
         R, probs = hand_logits(model, teacher.normalize(images), block)
         assert torch.allclose(out.relations[block], R, atol=1e-5)
-        assert torch.allclose((out.relations[block] * 16 ** -0.5).softmax(-1), probs, atol=1e-6)
+        assert torch.allclose((out.relations[block] * 16**-0.5).softmax(-1), probs, atol=1e-6)
     keep = torch.tensor([[0, 3, 7], [2, 4, 48]])
     kept = teacher(images, KeepGiven(keep)).relations[4]
     rows = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], dim=1)
@@ -93,7 +100,9 @@ def pruned_by_hand(model, pixels, counts: dict[int, int]):
             keep = keep.gather(1, chosen)
             x = torch.cat([x[:, :1], torch.stack([t[1:][c] for t, c in zip(x, chosen)])], dim=1)
     rows = torch.cat([torch.zeros_like(chosen[:, :1]), chosen + 1], dim=1)  # the last selection, at block 4
-    return keep, {i: torch.stack([lg[b][:, rows[b]][:, :, rows[b]] for b in range(len(lg))]) for i, lg in logits.items()}
+    return keep, {
+        i: torch.stack([lg[b][:, rows[b]][:, :, rows[b]] for b in range(len(lg))]) for i, lg in logits.items()
+    }
 
 
 def test_feature_target_is_final_norm_then_whitened():
@@ -118,8 +127,9 @@ def test_pruned_teacher_gives_the_keep_set_and_relations_written_out_by_hand():
     # without pruning every patch reaches every block: other relations, the first selection alike
     full = picker(images, KeepLeastRedundant(counts))
     assert not torch.allclose(full.relations[3], pruned.relations[3], atol=1e-3)
-    assert torch.equal(picker(images, KeepLeastRedundant({0: 34})).keep,
-                       picker(images, KeepLeastRedundant({0: 34}, prune=True)).keep)
+    assert torch.equal(
+        picker(images, KeepLeastRedundant({0: 34})).keep, picker(images, KeepLeastRedundant({0: 34}, prune=True)).keep
+    )
 
 
 def test_every_student_parameter_gets_a_gradient_and_no_teacher_parameter_does(idx_folder, tmp_path):
@@ -143,8 +153,16 @@ def test_teachers_stay_in_eval_mode_after_train():
 
 
 def test_clip_normalised_teacher_receives_clip_normalised_pixels():
-    model = timm.create_model("vit_base_patch16_clip_quickgelu_224", num_classes=0, pretrained=False,
-                              img_size=28, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+    model = timm.create_model(
+        "vit_base_patch16_clip_quickgelu_224",
+        num_classes=0,
+        pretrained=False,
+        img_size=28,
+        patch_size=4,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+    )
     clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     assert tuple(model.pretrained_cfg["mean"]) == clip_mean
     teacher = Teacher("clip", TeacherConfig(arch="x", features=True), model, (7, 7))
@@ -166,8 +184,11 @@ def test_smooth_l1_by_hand_and_named_weighted_parts():
         relations = {"m": {9: torch.zeros(1, 1, 2, 2), 10: torch.zeros(1, 1, 2, 2)}}
         loss_mask = None
 
-    targets = Targets(torch.zeros(1, 1, dtype=torch.long), {"c": torch.full((1, 2, 1), 4.0)},
-                      {"m": {9: torch.full((1, 1, 2, 2), 1.0), 10: torch.full((1, 1, 2, 2), 3.0)}})
+    targets = Targets(
+        torch.zeros(1, 1, dtype=torch.long),
+        {"c": torch.full((1, 2, 1), 4.0)},
+        {"m": {9: torch.full((1, 1, 2, 2), 1.0), 10: torch.full((1, 1, 2, 2), 3.0)}},
+    )
     parts = distill_losses(Out(), targets, {"c": 1.0, "m": 0.5}, 2.0)
     assert parts["c/feat"].item() == pytest.approx(3.0)  # 4 - 1
     assert parts["m/rel9"].item() == pytest.approx(0.5 / 2 * 0.25)  # alpha / 2 blocks * 0.5 * 1 / 2
@@ -199,8 +220,9 @@ def test_token_grid_mismatch_fails_with_the_fix(idx_folder, tmp_path):
 def test_activation_checkpointing_gives_the_same_gradients(idx_folder, tmp_path):
     grads = []
     for flag in (False, True):
-        cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.activation_checkpointing": flag,
-                                                                   "student.drop_path": 0.0}))
+        cfg = from_dict(
+            tiny_run_config(idx_folder, tmp_path, **{"train.activation_checkpointing": flag, "student.drop_path": 0.0})
+        )
         torch.manual_seed(0)
         student, teachers, _ = build_models(cfg)
         images = torch.rand(2, 3, 28, 28)
@@ -225,7 +247,7 @@ def test_scaled_and_softmax_relations_stay_as_switches(kind):
     teacher = Teacher("mim", TeacherConfig(arch="x", relation_blocks=[4], relation_kind=kind), model, (7, 7))
     images = torch.rand(2, 3, 28, 28)
     R, probs = hand_logits(model, teacher.normalize(images), 4)
-    expected = R * 16 ** -0.5 if kind == "scaled" else probs  # head dim 48 / 3 = 16
+    expected = R * 16**-0.5 if kind == "scaled" else probs  # head dim 48 / 3 = 16
     assert torch.allclose(teacher(images, every_patch()).relations[4], expected, atol=1e-5)
 
 
@@ -234,7 +256,7 @@ def test_msa_target_equals_softmax_of_scaled_qk_times_v_by_hand():
     teacher = Teacher("mim", TeacherConfig(arch="x", relation_blocks=[3], relation_kind="msa"), model, (7, 7))
     images = torch.rand(2, 3, 28, 28)
     R, _, v = hand_logits(model, teacher.normalize(images), 3, with_v=True)
-    by_hand = (R * 16 ** -0.5).softmax(-1) @ v  # (B, H, N, hd): eq. 2's MSA per head
+    by_hand = (R * 16**-0.5).softmax(-1) @ v  # (B, H, N, hd): eq. 2's MSA per head
     out = teacher(images, every_patch()).relations[3]
     assert out.shape == (2, 3, 50, 16) and torch.allclose(out, by_hand, atol=1e-5)
     keep = torch.tensor([[0, 3, 7], [2, 4, 48]])  # kept rows of the full-image MSA (eq. 1: T(x) ⊙ M)

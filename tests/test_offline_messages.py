@@ -1,15 +1,15 @@
 """Offline and piped use of the command line: fast one-line failures that say what to do."""
+
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import tiny_run_config
+from test_offline_teachers import no_network  # noqa: F401  (fixture)
 
 from hybrid_distill.cli import main
 from hybrid_distill.weights import build_teacher_backbone
-
-from conftest import tiny_run_config
-from test_offline_teachers import no_network  # noqa: F401  (fixture)
 
 
 def test_offline_pretrained_teacher_fails_fast_naming_it_and_the_fixes(tmp_path, monkeypatch, no_network):  # noqa: F811
@@ -26,6 +26,7 @@ def test_offline_pretrained_teacher_fails_fast_naming_it_and_the_fixes(tmp_path,
 
 def test_offline_training_ends_in_one_line(idx_folder, tmp_path, monkeypatch, capsys, no_network):  # noqa: F811
     import yaml
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     values = tiny_run_config(idx_folder, tmp_path)
     values["teachers"]["sup"].update(weights="pretrained", arch="deit_tiny_patch16_224.fb_in1k", model_kwargs={})
@@ -50,8 +51,11 @@ def test_help_says_how_to_use_a_copied_cache(capsys):
 
 
 def test_teachers_list_into_a_closed_pipe_has_no_traceback():
-    proc = subprocess.Popen([sys.executable, "-m", "hybrid_distill.cli", "teachers", "list", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybrid_distill.cli", "teachers", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # as `| head` does once it has its lines: the writes that follow get EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -1,22 +1,23 @@
 """Issue 5: a run started from official-format teacher files, with the network cut off, trains and its
 manifest lists each file's SHA-256."""
+
 import hashlib
 import json
 import socket
 
 import pytest
 import torch
+from conftest import tiny_run_config, tiny_vit
 
 from hybrid_distill.config import from_dict
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config, tiny_vit
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network disabled by the test")
+
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -46,10 +47,12 @@ def test_a_weights_file_of_another_patch_size_stops_in_one_line_unless_resamplin
     from hybrid_distill.models.load import create_vit
     from hybrid_distill.models.teacher import build_teacher_model
     from hybrid_distill.summary import teacher_line
+
     kw = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2)
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, tmp_path / "p7.pt")
-    cfg = TeacherConfig(arch="vit_tiny_patch16_224", weights=str(tmp_path / "p7.pt"),
-                        model_kwargs={"patch_size": 4}, match_grid=False)
+    cfg = TeacherConfig(
+        arch="vit_tiny_patch16_224", weights=str(tmp_path / "p7.pt"), model_kwargs={"patch_size": 4}, match_grid=False
+    )
     with pytest.raises(ConfigError, match=r"teachers.t: .*p7.pt has 7x7 patches but the model is built with 4x4"):
         build_teacher_model("t", cfg)
     cfg.resample = True  # asked for by name: timm resamples the kernel, and the summary shows the result

@@ -1,4 +1,5 @@
 """Every shipped paper experiment (configs/paper/*.yaml) builds and takes one optimiser step at tiny size."""
+
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,5 @@
 """Real size: the paper's ViT-B setting, one training step at 224x224 (random init weights)."""
+
 import pytest
 import torch
 
@@ -10,12 +11,17 @@ from hybrid_distill.runtime import RunContext
 
 @pytest.mark.slow
 def test_one_step_vit_b_with_clip_and_mae_teachers():
-    cfg = from_dict({
-        "student": {"arch": "vit_base_patch16_224"},
-        "teachers": {
-            "clip": {"arch": "vit_base_patch16_clip_quickgelu_224", "weights": "random", "features": True},
-            "mim": {"arch": "vit_base_patch16_224", "weights": "random", "relation_blocks": [-3, -2]}},
-        "masking": {"teacher": "mim"}, "optim": {"batch_size": 2}})
+    cfg = from_dict(
+        {
+            "student": {"arch": "vit_base_patch16_224"},
+            "teachers": {
+                "clip": {"arch": "vit_base_patch16_clip_quickgelu_224", "weights": "random", "features": True},
+                "mim": {"arch": "vit_base_patch16_224", "weights": "random", "relation_blocks": [-3, -2]},
+            },
+            "masking": {"teacher": "mim"},
+            "optim": {"batch_size": 2},
+        }
+    )
     student, teachers, _ = build_models(cfg)
     images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     assert teachers(images.float() / 255).keep.shape == (2, 66)

@@ -10,17 +10,17 @@ must be equal; fp32 tensors within torch.testing's fp32 defaults (1e-5 absolute,
 recording was made on an Intel Xeon, and an AMD EPYC's BLAS sums in another order (1.6e-6 apart on the
 relation logits, git 03fccbf); a changed computation moves these values by far more.
 """
+
 from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import tiny_vit
 
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
 from hybrid_distill.engine import build_optimizer, train_step
 from hybrid_distill.runtime import RunContext
-
-from conftest import tiny_vit
 
 RECORDING = Path(__file__).parent / "data" / "regression_step.npz"
 TEACHER = dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=4)
@@ -29,14 +29,21 @@ STUDENT = dict(img_size=32, patch_size=4, embed_dim=32, depth=6, num_heads=4)
 
 def regression_config():
     teacher = {"arch": "vit_tiny_patch16_224", "weights": "random", "model_kwargs": dict(TEACHER)}
-    return from_dict({
-        "seed": 0, "data": {"dataset": "synthetic", "img_size": 32},
-        "student": {"arch": "vit_tiny_patch16_224", "model_kwargs": dict(STUDENT), "drop_path": 0.0},
-        "teachers": {"sup": {**teacher, "features": True},
-                     # the recording's relation form (the default then)
-                     "mim": {**teacher, "relation_blocks": [-3, -2], "weight": 0.5, "relation_kind": "scaled"}},
-        "masking": {"teacher": "mim", "strategy": "progressive", "prune_teacher": False},
-        "optim": {"batch_size": 4}, "train": {"amp": "none", "device": "cpu"}})
+    return from_dict(
+        {
+            "seed": 0,
+            "data": {"dataset": "synthetic", "img_size": 32},
+            "student": {"arch": "vit_tiny_patch16_224", "model_kwargs": dict(STUDENT), "drop_path": 0.0},
+            "teachers": {
+                "sup": {**teacher, "features": True},
+                # the recording's relation form (the default then)
+                "mim": {**teacher, "relation_blocks": [-3, -2], "weight": 0.5, "relation_kind": "scaled"},
+            },
+            "masking": {"teacher": "mim", "strategy": "progressive", "prune_teacher": False},
+            "optim": {"batch_size": 4},
+            "train": {"amp": "none", "device": "cpu"},
+        }
+    )
 
 
 def seeded_timm(kwargs: dict, seed: int) -> dict:
@@ -62,8 +69,9 @@ def step_values() -> dict[str, np.ndarray]:
     cfg, student, teachers = seeded_models()
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     values = teacher_values(teachers, images.float() / 255.0)
-    run = RunContext(torch.device("cpu"), None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
-                     cfg.optim.clip_grad)
+    run = RunContext(
+        torch.device("cpu"), None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, cfg.optim.clip_grad
+    )
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     student.train()
     parts = train_step(student, teachers, [images], build_optimizer(student, cfg.optim), scaler, 1e-3, run)

@@ -1,9 +1,10 @@
 """What an open-source release carries: licence text, citation, changelog, an installable wheel."""
+
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 import hybrid_distill
@@ -32,7 +33,8 @@ def test_changelog_has_an_entry_for_this_version():
 
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_runs():
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "check_wheel.sh")], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "check_wheel.sh")], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"hybrid-distill {hybrid_distill.__version__}" in result.stdout and "wheel ok" in result.stdout

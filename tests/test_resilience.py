@@ -1,5 +1,6 @@
 """Issue 6 on the CPU: preemption, corrupt checkpoints, crash + resume, bad data, non-finite steps,
 and torchrun with 2 processes (gloo) against 1 process with the same global batch."""
+
 import json
 import os
 import random
@@ -13,16 +14,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_run_config
 from PIL import Image
 
-from hybrid_distill import files
-from hybrid_distill import engine
+from hybrid_distill import engine, files
 from hybrid_distill.config import from_dict
 from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, StopTraining
 from hybrid_distill.resume import resolve
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -40,7 +39,9 @@ def train_cmd(config: Path, *extra: str) -> list[str]:
 def wait_for_step(metrics: Path, step: int, proc, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if metrics.is_file() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines()):
+        if metrics.is_file() and any(
+            json.loads(line).get("step", 0) >= step for line in metrics.read_text().splitlines()
+        ):
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
@@ -91,15 +92,16 @@ def test_injected_nan_loss_is_skipped_and_counted(idx_folder, tmp_path, monkeypa
     trainer.fit()
     assert_same(before[1], before[2], atol=0)  # step 2 changed nothing
     assert not torch.equal(before[2]["backbone.cls_token"], before[3]["backbone.cls_token"])
-    records = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in records if "skipped" in r and "loss" in r] == [0.0, 1.0, 0.0]
     assert records[-1]["skipped_steps"] == 1
 
 
 def test_nonfinite_steps_in_a_row_save_and_stop(idx_folder, tmp_path, monkeypatch):
     real = engine.distill_losses
-    monkeypatch.setattr(engine, "distill_losses",
-                        lambda *a, **k: (lambda p: {**p, "loss": p["loss"] * float("inf")})(real(*a, **k)))
+    monkeypatch.setattr(
+        engine, "distill_losses", lambda *a, **k: (lambda p: {**p, "loss": p["loss"] * float("inf")})(real(*a, **k))
+    )
     cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_nonfinite_steps": 3}))
     trainer = Trainer(cfg)
     with pytest.raises(StopTraining, match="3 non-finite steps in a row") as stop:
@@ -126,8 +128,13 @@ def image_folder(root: Path, n: int, bad: int) -> list[str]:
 def test_unreadable_images_are_skipped_and_reported_or_stop_the_run(idx_folder, tmp_path, bad):
     broken = image_folder(tmp_path / "images", 100, bad)
     values = tiny_run_config(idx_folder, tmp_path / "runs", **{"train.epochs": 1})
-    values["data"] = {"dataset": "folder", "path": str(tmp_path / "images"), "img_size": 28, "num_workers": 2,
-                      "max_bad_fraction": 0.1}
+    values["data"] = {
+        "dataset": "folder",
+        "path": str(tmp_path / "images"),
+        "img_size": 28,
+        "num_workers": 2,
+        "max_bad_fraction": 0.1,
+    }
     trainer = Trainer(from_dict(values))
     if bad == 50:
         with pytest.raises(StopTraining, match=r"in epoch 0 were unreadable, above data.max_bad_fraction=0.1"):
@@ -135,18 +142,19 @@ def test_unreadable_images_are_skipped_and_reported_or_stop_the_run(idx_folder, 
         return
     trainer.fit()
     assert trainer.step == 6  # 100 images // 16
-    reported = [l.split("\t")[1] for l in (trainer.run_dir / "bad_samples.txt").read_text().splitlines()]
+    reported = [line.split("\t")[1] for line in (trainer.run_dir / "bad_samples.txt").read_text().splitlines()]
     seen = 6 * 16
     assert set(reported) <= set(broken) and len(reported) >= bad * seen // 100 - 2
-    last = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    last = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["bad_samples"] == len(reported) and last["samples"] == seen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, EXIT_PREEMPTED, "preempted by a signal"),
-                                             (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
-def test_sigterm_or_ctrl_c_saves_and_exits_with_the_documented_code_then_resumes(idx_folder, tmp_path, sig, code,
-                                                                                  said):
+@pytest.mark.parametrize(
+    "sig, code, said",
+    [(signal.SIGTERM, EXIT_PREEMPTED, "preempted by a signal"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
+)
+def test_sigterm_or_ctrl_c_saves_and_exits_with_the_documented_code_then_resumes(idx_folder, tmp_path, sig, code, said):
     values = tiny_run_config(idx_folder, tmp_path, **{"train.epochs": 50})
     config = write_config(tmp_path, values)
     proc = subprocess.Popen(train_cmd(config), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -184,8 +192,19 @@ def test_torchrun_two_processes_equal_one_process(idx_folder, tmp_path, wrap):
     subprocess.run(train_cmd(one), env=ENV, check=True, capture_output=True)
     options = {"train.fsdp": wrap == "fsdp", "train.compile": wrap == "ddp+compile"}
     two = write_config(tmp_path, tiny_run_config(idx_folder, tmp_path / "two", **extra, **options), "two.yaml")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                "-m", "hybrid_distill.cli", "train", str(two)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "hybrid_distill.cli",
+        "train",
+        str(two),
+    ]
     result = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same(final_params(tmp_path / "one" / "tiny"), final_params(tmp_path / "two" / "tiny"))

@@ -1,5 +1,6 @@
 """Resume and restart: overrides after flags, extending a run, a changed config, --init-from,
 and metrics that neither repeat steps nor depend on the world size."""
+
 import json
 import os
 import socket
@@ -8,14 +9,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_run_config
+from test_train import write_yaml
 
 from hybrid_distill import cli
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.distributed import mean_over_ranks
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
-from test_train import write_yaml
 
 # 96 images / batch 16: 6 steps an epoch, 12 in the tiny run's 2 epochs
 
@@ -34,8 +34,10 @@ def test_overrides_after_the_flags_are_accepted(idx_folder, tmp_path, monkeypatc
     seen = {}
     monkeypatch.setattr("hybrid_distill.trainer.train", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or tmp_path)
     path = write_yaml(tmp_path / "c.yaml", tiny_run_config(idx_folder, tmp_path))
-    assert cli.main(["train", str(path), "--resume", "auto", "train.epochs=3", "--allow-config-change",
-                     "optim.blr=1e-4"]) == 0
+    assert (
+        cli.main(["train", str(path), "--resume", "auto", "train.epochs=3", "--allow-config-change", "optim.blr=1e-4"])
+        == 0
+    )
     assert seen["cfg"].train.epochs == 3 and seen["cfg"].optim.blr == 1e-4
     assert seen["resume"] == "auto" and seen["allow_config_change"] is True
 
@@ -53,8 +55,13 @@ def test_resume_with_another_config_shows_it_and_needs_the_flag(idx_folder, tmp_
     tiny(idx_folder, tmp_path, **{"train.max_steps": 4})
     with pytest.raises(ConfigError, match=r"optim\.blr: 0\.00015 -> 0\.0003[\s\S]*--allow-config-change"):
         tiny(idx_folder, tmp_path, resume="auto", **{"train.max_steps": 8, "optim.blr": 3e-4})
-    resumed = tiny(idx_folder, tmp_path, resume="auto", allow=True, **{"train.max_steps": 8, "optim.blr": 3e-4,
-                                                                        "train.log_every": 4})
+    resumed = tiny(
+        idx_folder,
+        tmp_path,
+        resume="auto",
+        allow=True,
+        **{"train.max_steps": 8, "optim.blr": 3e-4, "train.log_every": 4},
+    )
     assert resumed.step == 8 and "optim.blr: 0.00015 -> 0.0003" in capsys.readouterr().out
 
 
@@ -106,6 +113,7 @@ def test_logged_values_are_the_mean_over_ranks():
 def test_keys_added_since_the_checkpoint_and_execution_settings_are_no_change():
     from hybrid_distill.config import from_dict, to_dict
     from hybrid_distill.resume_policy import check_resume_config
+
     new = to_dict(from_dict({"train": {"compile": True}}))
     old = to_dict(from_dict({}))
     del old["train"]["trackers"]  # written before that key existed

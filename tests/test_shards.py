@@ -1,17 +1,17 @@
 """WebDataset shards: training, exact resume from the stream, broken samples reported."""
+
 import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config
 from PIL import Image
 
 from hybrid_distill.config import from_dict
 from hybrid_distill.data.build import DataError, build_dataset, build_loader
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 wds = pytest.importorskip("webdataset")
 
@@ -19,8 +19,10 @@ wds = pytest.importorskip("webdataset")
 @pytest.fixture
 def shards(tmp_path):
     """4 shards x 24 PNGs with .cls; sample 5 of shard 0 is broken bytes."""
+
     def entries(s, i, png):
         return {"png": b"not a png" if (s, i) == (0, 5) else png, "cls": str(i % 10).encode()}
+
     return write_shards(tmp_path, entries, count=4, fmt="PNG", seed=0, prefix="train")
 
 
@@ -40,7 +42,7 @@ def test_shards_train_resume_exactly_and_report_broken_samples(idx_folder, tmp_p
     resumed.fit()
     for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
-    records = [json.loads(l) for l in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("bad_samples", 0) for r in records) >= 1
     lines = (whole.run_dir / "bad_samples.txt").read_text().splitlines()
     assert lines and all("shard stream position" in line for line in lines)
@@ -90,7 +92,10 @@ def test_stream_batches_mix_shards_and_repeat_with_the_seed(tmp_path):
     urls = write_shards(tmp_path, lambda s, i, jpg: {"jpg": jpg, "cls": str(s * 24 + i).encode()})
     stream = build_dataset(from_dict({"data": {"dataset": "wds", "path": urls, "num_samples": 48}}).data)
     stream.transform = lambda image: torch.zeros(1)
-    take = lambda: [sample[1] for _, sample in zip(range(16), iter(stream))]
+
+    def take():
+        return [sample[1] for _, sample in zip(range(16), iter(stream))]
+
     first = take()
     assert {label // 24 for label in first} == {0, 1}  # one batch holds samples of both shards
     assert first != sorted(first) and first == take()  # shuffled, and the same stream after a restart

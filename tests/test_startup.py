@@ -1,17 +1,17 @@
 """What a run says before it starts: summary, --print-config, --dry-run, --version, config `base:`."""
+
 import subprocess
 import sys
 
 import pytest
 import yaml
+from conftest import tiny_run_config
+from test_train import write_yaml
 
 from hybrid_distill import __version__
 from hybrid_distill.cli import main
 from hybrid_distill.config import load_config
 from hybrid_distill.run_log import RunLog
-
-from conftest import tiny_run_config
-from test_train import write_yaml
 
 
 def test_dry_run_prints_the_summary_and_writes_nothing(idx_folder, tmp_path, capsys):
@@ -19,9 +19,16 @@ def test_dry_run_prints_the_summary_and_writes_nothing(idx_folder, tmp_path, cap
     assert main(["train", str(path), "--dry-run", "optim.blr=3e-4"]) == 0
     out = capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
-    for part in ("run directory: ", "backbone parameters", "96 images", "6 steps per epoch x 2 epochs = 12 steps",
-                 "lr: 1.87e-05 peak", "teacher sup: vit_tiny_patch16_224 from random init", "teacher mim:",
-                 "dry run: nothing trained"):
+    for part in (
+        "run directory: ",
+        "backbone parameters",
+        "96 images",
+        "6 steps per epoch x 2 epochs = 12 steps",
+        "lr: 1.87e-05 peak",
+        "teacher sup: vit_tiny_patch16_224 from random init",
+        "teacher mim:",
+        "dry run: nothing trained",
+    ):
         assert part in out, part
 
 
@@ -40,7 +47,8 @@ def test_python_dash_m_runs_the_command():
 
 def test_a_config_builds_on_a_shipped_one_with_base(tmp_path):
     (tmp_path / "variant.yaml").write_text(
-        "base: configs/hybrid_vitb_mae_clip.yaml\nname: variant\nteachers:\n  mim:\n    weight: 0.5\n")
+        "base: configs/hybrid_vitb_mae_clip.yaml\nname: variant\nteachers:\n  mim:\n    weight: 0.5\n"
+    )
     configs = tmp_path / "configs"
     configs.mkdir()
     shipped = "configs/hybrid_vitb_mae_clip.yaml"
@@ -55,7 +63,9 @@ def test_base_loop_fails_in_one_line(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     import pytest
+
     from hybrid_distill.config import ConfigError
+
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "a.yaml")
 
@@ -69,9 +79,11 @@ def test_progress_bar_ends_at_its_total(tmp_path):
 
 
 def test_a_warm_up_of_half_the_run_is_warned_with_the_lr_it_reaches(idx_folder, tmp_path, capsys):
+    from conftest import tiny_run_config
+
     from hybrid_distill.config import from_dict
     from hybrid_distill.trainer import Trainer
-    from conftest import tiny_run_config
+
     Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"optim.warmup_epochs": 1, "train.epochs": 2})))
     out = capsys.readouterr().out
     # 96 images / 16 = 6 steps an epoch: warm-up 6 of 12 steps, lr 1.5e-4 * 16 / 256 * 6 / 6 at its end
@@ -81,9 +93,11 @@ def test_a_warm_up_of_half_the_run_is_warned_with_the_lr_it_reaches(idx_folder, 
 
 
 def test_a_resume_past_where_the_config_stops_is_refused(idx_folder, tmp_path):
+    from conftest import tiny_run_config
+
     from hybrid_distill.config import ConfigError, from_dict
     from hybrid_distill.trainer import Trainer, train
-    from conftest import tiny_run_config
+
     train(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 3})))
     with pytest.raises(ConfigError, match="checkpoint is at step 3, past step 2 where this config stops"):
         Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 2})), resume="auto")

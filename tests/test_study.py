@@ -1,4 +1,5 @@
 """`hybrid-distill study`: aggregation against hand formulas, skip and resume after a crash, bad files."""
+
 import json
 import math
 
@@ -13,25 +14,43 @@ from hybrid_distill.study.command import Progress, report_only
 from hybrid_distill.trainer import Trainer
 
 # 16 tokens, 3 blocks: the progressive schedule 16 -> 11 -> 7 -> 4 after blocks 0, 1, 2; relations at 0, 1
-VIT = {"arch": "vit_tiny_patch16_224",
-       "model_kwargs": dict(img_size=28, patch_size=7, embed_dim=32, depth=3, num_heads=2)}
+VIT = {
+    "arch": "vit_tiny_patch16_224",
+    "model_kwargs": dict(img_size=28, patch_size=7, embed_dim=32, depth=3, num_heads=2),
+}
 
 
 def tiny_study(idx_folder, out, **extra) -> dict:
     """Two rows x two seeds on 96 random 28x28 images with shared teachers trained for one epoch."""
     sup = {"weights": "teacher:sup", "features": True}
     study = {
-        "name": "tiny", "out": str(out), "seeds": [0, 1], "reference": "hybrid",
-        "base": {"data": {"dataset": "fashion_mnist", "path": str(idx_folder), "img_size": 28, "num_workers": 0,
-                          "limit": 48},
-                 "student": {**VIT, "drop_path": 0.1},
-                 "optim": {"batch_size": 16, "warmup_epochs": 1},
-                 "train": {"epochs": 1, "log_every": 1, "progress": False, "tensorboard": False}},
-        "teachers": {"sup": {"kind": "supervised", "images": 48, "epochs": 1, "batch": 16},
-                     "mae": {"kind": "mae", "images": 48, "epochs": 1, "batch": 16}},
-        "rows": {"hybrid": {"teachers": {"sup": sup, "mim": {"weights": "teacher:mae", "relation_blocks": [-3, -2]}},
-                            "masking": {"teacher": "mim"}},
-                 "distill_sup": {"teachers": {"sup": sup}, "masking.teacher": None}},
+        "name": "tiny",
+        "out": str(out),
+        "seeds": [0, 1],
+        "reference": "hybrid",
+        "base": {
+            "data": {
+                "dataset": "fashion_mnist",
+                "path": str(idx_folder),
+                "img_size": 28,
+                "num_workers": 0,
+                "limit": 48,
+            },
+            "student": {**VIT, "drop_path": 0.1},
+            "optim": {"batch_size": 16, "warmup_epochs": 1},
+            "train": {"epochs": 1, "log_every": 1, "progress": False, "tensorboard": False},
+        },
+        "teachers": {
+            "sup": {"kind": "supervised", "images": 48, "epochs": 1, "batch": 16},
+            "mae": {"kind": "mae", "images": 48, "epochs": 1, "batch": 16},
+        },
+        "rows": {
+            "hybrid": {
+                "teachers": {"sup": sup, "mim": {"weights": "teacher:mae", "relation_blocks": [-3, -2]}},
+                "masking": {"teacher": "mim"},
+            },
+            "distill_sup": {"teachers": {"sup": sup}, "masking.teacher": None},
+        },
         "evaluate": {"train_images": 64, "test_images": 32, "heldout_images": 32},
         "analysis": {"images": 8},
     }
@@ -75,8 +94,10 @@ def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp
             got = result["rows"][row][metric]
             assert got["n"] == 2 and got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(std)
             assert got["ci95"] == pytest.approx([lo, hi])
-    d = [found[("distill_sup", f"seed{s}")]["metrics"]["knn/top1"] - found[("hybrid", f"seed{s}")]["metrics"]["knn/top1"]
-         for s in (0, 1)]
+    d = [
+        found[("distill_sup", f"seed{s}")]["metrics"]["knn/top1"] - found[("hybrid", f"seed{s}")]["metrics"]["knn/top1"]
+        for s in (0, 1)
+    ]
     mean, std, lo, hi = hand_interval(d, t1)
     diff = result["paired"]["distill_sup"]["knn/top1"]
     assert diff["mean"] == pytest.approx(mean) and diff["ci95"] == pytest.approx([lo, hi])
@@ -129,8 +150,9 @@ def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(i
     lines = []
     result = run_study(spec, log=lines.append)
     assert len(trained) == 3  # 4 cells - 1 finished
-    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()
-             if "loss" in line]
+    steps = [
+        json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines() if "loss" in line
+    ]
     assert steps == [1, 2, 3, 4]  # resumed at step 3, each step logged once
     assert sum(r["knn/top1"]["n"] for r in result["rows"].values()) == 4
     assert any("3 left" in line and "ETA" in line for line in lines)
@@ -189,6 +211,7 @@ def test_cells_are_keyed_by_content_a_changed_evaluation_only_evaluates(idx_fold
 
 def test_a_retrained_teacher_is_another_cell_and_report_writes_nothing(idx_folder, tmp_path):
     from hybrid_distill.study.cell import cell_run
+
     out = tmp_path / "study"
     teacher = tmp_path / "sup.pt"
     study = random_teacher_study(idx_folder, out)
@@ -196,6 +219,7 @@ def test_a_retrained_teacher_is_another_cell_and_report_writes_nothing(idx_folde
     study["rows"]["distill_sup"]["teachers"]["sup"]["weights"] = str(teacher)
     from hybrid_distill.files import save_model_file
     from hybrid_distill.models.load import create_vit
+
     save_model_file(create_vit(VIT["arch"], **VIT["model_kwargs"]), VIT["arch"], VIT["model_kwargs"], teacher)
     spec = load_study(study)
     run_study(spec, log=lambda _: None)
@@ -209,20 +233,25 @@ def test_a_retrained_teacher_is_another_cell_and_report_writes_nothing(idx_folde
     assert cell_module.finished_cell(spec, "distill_sup", 0) is None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rows": {}}, "no rows"),
-    ({"seeds": [0, 0]}, "distinct"),
-    ({"reference": "nope"}, "'nope'"),
-    ({"rows": {"a": {"from": "b"}, "b": {"from": "a"}}, "reference": None}, "loops"),
-    ({"rows": {"a": {"optim": {"nope": 1}}}, "reference": None}, "nope"),
-    ({"rows": {"a": {"teachers": {"t": {"weights": "teacher:x", "features": True}}}}, "reference": None},
-     "no shared teacher"),
-    ({"base": {"from": "configs/nope.yaml"}}, "not found"),
-    ({"teachers": {"t": {"kind": "contrastive"}}}, "kind"),
-    ({"teachers": {"t": {"kind": "supervised", "pos_embed": "sincos"}}}, "pos_embed"),
-    ({"evaluate": {"finetune": {"epochs": 1, "nope": 2}}}, "nope"),
-    ({"evaluate": {"finetune": {"epochs": 1, "eval_every": -1}}}, "eval_every must be"),  # before any training
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rows": {}}, "no rows"),
+        ({"seeds": [0, 0]}, "distinct"),
+        ({"reference": "nope"}, "'nope'"),
+        ({"rows": {"a": {"from": "b"}, "b": {"from": "a"}}, "reference": None}, "loops"),
+        ({"rows": {"a": {"optim": {"nope": 1}}}, "reference": None}, "nope"),
+        (
+            {"rows": {"a": {"teachers": {"t": {"weights": "teacher:x", "features": True}}}}, "reference": None},
+            "no shared teacher",
+        ),
+        ({"base": {"from": "configs/nope.yaml"}}, "not found"),
+        ({"teachers": {"t": {"kind": "contrastive"}}}, "kind"),
+        ({"teachers": {"t": {"kind": "supervised", "pos_embed": "sincos"}}}, "pos_embed"),
+        ({"evaluate": {"finetune": {"epochs": 1, "nope": 2}}}, "nope"),
+        ({"evaluate": {"finetune": {"epochs": 1, "eval_every": -1}}}, "eval_every must be"),  # before any training
+    ],
+)
 def test_bad_study_files_end_in_one_line_with_exit_code_2(idx_folder, tmp_path, capsys, change, message):
     study = {**tiny_study(idx_folder, tmp_path / "out"), **change}
     path = tmp_path / "study.yaml"
@@ -233,9 +262,14 @@ def test_bad_study_files_end_in_one_line_with_exit_code_2(idx_folder, tmp_path, 
 
 
 def test_row_from_and_dotted_keys_compose_over_the_base(idx_folder, tmp_path):
-    study = tiny_study(idx_folder, tmp_path, rows={
-        **tiny_study(idx_folder, tmp_path)["rows"],
-        "no_mask": {"from": "hybrid", "masking.strategy": "none", "teachers.mim.weight": 0.0}})
+    study = tiny_study(
+        idx_folder,
+        tmp_path,
+        rows={
+            **tiny_study(idx_folder, tmp_path)["rows"],
+            "no_mask": {"from": "hybrid", "masking.strategy": "none", "teachers.mim.weight": 0.0},
+        },
+    )
     cfg = cell_config(load_study(study), "no_mask", 1)
     assert cfg.masking.teacher == "mim" and cfg.masking.strategy.value == "none" and cfg.seed == 1
     assert cfg.teachers.mim.weight == 0.0 and cfg.teachers.mim.relation_blocks == [-3, -2]
@@ -254,21 +288,32 @@ def test_smoke_overrides_apply_and_write_elsewhere(idx_folder, tmp_path):
 def test_shipped_study_resolves_every_row_and_its_smoke_version():
     full = load_study("configs/studies/fashion_mnist_196.yaml")
     rows = {row: cell_config(full, row, 0) for row in full.rows}
-    assert {"distill_sup", "distill_mae", "hybrid", "hybrid_no_mask", "hybrid_random_mask", "hybrid_alpha0",
-            "hybrid_scaled"} <= set(rows) and len(full.seeds) >= 3
+    assert {
+        "distill_sup",
+        "distill_mae",
+        "hybrid",
+        "hybrid_no_mask",
+        "hybrid_random_mask",
+        "hybrid_alpha0",
+        "hybrid_scaled",
+    } <= set(rows) and len(full.seeds) >= 3
     assert rows["hybrid"].student.model_kwargs.patch_size == 2  # 14 x 14 = 196 tokens
     assert rows["hybrid_alpha0"].teachers.mim.weight == 0 and rows["hybrid_alpha0"].masking.teacher == "mim"
-    assert {rows["hybrid"].teachers.mim.relation_kind.value, rows["hybrid_scaled"].teachers.mim.relation_kind.value} \
-        == {"raw", "scaled"}
+    assert {
+        rows["hybrid"].teachers.mim.relation_kind.value,
+        rows["hybrid_scaled"].teachers.mim.relation_kind.value,
+    } == {"raw", "scaled"}
     smoke = load_study("configs/studies/fashion_mnist_196.yaml", smoke=True)
     assert cell_config(smoke, "hybrid", 1).data.limit == 256 and smoke.out.endswith("-smoke")
 
 
 def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
+    from conftest import tiny_run_config
+
     from hybrid_distill.build import build_models
     from hybrid_distill.config import from_dict
     from hybrid_distill.losses import distill_losses
-    from conftest import tiny_run_config
+
     cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim.weight": 0.0}))
     student, teachers, _ = build_models(cfg)
     pixels = torch.rand(2, 3, 28, 28)
@@ -281,6 +326,7 @@ def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
 
 def test_a_teacher_weaker_than_pixels_stops_the_study(tmp_path):
     from hybrid_distill.study.teachers import require_beats_pixels
+
     require_beats_pixels("sup", {"knn_top1": 81.0, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
     with pytest.raises(StudyError, match="does not beat raw pixels"):
         require_beats_pixels("sup", {"knn_top1": 74.8, "pixels_knn_top1": 80.1}, tmp_path / "sup.pt")
@@ -289,6 +335,7 @@ def test_a_teacher_weaker_than_pixels_stops_the_study(tmp_path):
 def test_a_shared_teacher_of_another_recipe_is_refused_not_reused(idx_folder, tmp_path):
     from hybrid_distill.study.spec import base_config
     from hybrid_distill.study.teachers import build_teacher, recipe_record
+
     spec = load_study(tiny_study(idx_folder, tmp_path / "out"))
     path = tmp_path / "out" / "teachers" / "sup.pt"
     path.parent.mkdir(parents=True)
@@ -306,6 +353,7 @@ def test_an_mae_teacher_with_sincos_positions_keeps_them_fixed_and_is_another_re
     from hybrid_distill.models.decoder import sincos_2d
     from hybrid_distill.study.spec import base_config
     from hybrid_distill.study.teachers import build_teacher, recipe_record
+
     spec = load_study(tiny_study(idx_folder, tmp_path / "out"), ["teachers.mae.pos_embed=sincos"])
     path = build_teacher(spec, "mae", base_config(spec), log=lambda line: None)
     pos = load_model(str(path)).pos_embed
@@ -320,7 +368,9 @@ def test_an_mae_teacher_with_sincos_positions_keeps_them_fixed_and_is_another_re
 
 def test_distance_figure_draws_uniform_attention(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
+
     from hybrid_distill.study.figures import layer_figure
+
     shown = []
     monkeypatch.setattr(plt, "close", shown.append)
     rows = {"hybrid": [{"mean": 14.5, "ci95": [14.4, 14.6], "n": 3}, {"mean": 14.4, "ci95": None, "n": 3}]}
@@ -337,9 +387,14 @@ def test_study_takes_overrides_after_its_flags_and_names_a_folders_split(idx_fol
     assert "0 of 2 cells finished" in capsys.readouterr().out
     spec = load_study(study, ["evaluate.data=/data/folder"])
     from hybrid_distill.study.report import markdown
-    result = {"rows": {"hybrid": {"knn/top1": {"mean": 1.0, "std": None, "ci95": None, "n": 1}}}, "paired": {},
-              "reference": "hybrid", "provenance": {"git_sha": "x", "packages": {"torch": "t", "timm": "m"},
-                                                    "device": "cpu"}, "cells": {}}
+
+    result = {
+        "rows": {"hybrid": {"knn/top1": {"mean": 1.0, "std": None, "ci95": None, "n": 1}}},
+        "paired": {},
+        "reference": "hybrid",
+        "provenance": {"git_sha": "x", "packages": {"torch": "t", "timm": "m"}, "device": "cpu"},
+        "cells": {},
+    }
     assert "Top-1 accuracy (%) on /data/folder/val (the evaluation split)" in markdown(spec, result, {}, 2, [])
 
 
@@ -352,8 +407,9 @@ def test_two_cells_at_once_in_worker_processes_give_the_same_cells(idx_folder, t
         study = random_teacher_study(idx_folder, tmp_path / f"jobs{jobs}")
         spec = load_study(study)
         run_study(spec, log=lambda _: None, jobs=jobs, threads=1)
-        results[jobs] = {(row, s): cell_module.finished_cell(spec, row, s)["metrics"] for row in spec.rows
-                         for s in spec.seeds}
+        results[jobs] = {
+            (row, s): cell_module.finished_cell(spec, row, s)["metrics"] for row in spec.rows for s in spec.seeds
+        }
     assert results[1] == results[2] and len(results[1]) == 4
     with pytest.raises(StudyError, match="at least 1"):
         run_study(load_study(random_teacher_study(idx_folder, tmp_path / "x")), log=lambda _: None, jobs=0)
@@ -361,6 +417,7 @@ def test_two_cells_at_once_in_worker_processes_give_the_same_cells(idx_folder, t
 
 def test_a_cells_key_ignores_where_it_writes_and_how_it_logs(idx_folder, tmp_path):
     from hybrid_distill.study.cell import cell_run
+
     study = random_teacher_study(idx_folder, tmp_path / "a")
     key = cell_run(load_study(study), "hybrid", 0)[0].name
     for change in (["base.train.log_every=7"], ["base.data.num_workers=2"], ["base.train.ckpt_every_steps=3"]):

@@ -1,4 +1,5 @@
 """The paper's claims (study/claims.py) judged on made-up intervals and a hand-made study result."""
+
 import json
 
 import pytest
@@ -11,19 +12,22 @@ def made_up(mean: float, lo: float, hi: float, direction: str = "+", margin: flo
     return {"name": "x", "mean": mean, "lo": lo, "hi": hi, "direction": direction, "margin": margin, "seeds": []}
 
 
-@pytest.mark.parametrize("parts, expected", [
-    ([made_up(+0.12, -0.10, +0.34)], "within noise"),  # the mean has the claimed sign, the interval holds 0
-    ([made_up(-0.12, -0.34, +0.10, "-")], "within noise"),
-    ([made_up(+0.53, +0.40, +0.65)], "held"),
-    ([made_up(+0.53, +0.40, +0.65), made_up(+0.05, -1.42, +1.53)], "within noise"),  # every part must hold
-    ([made_up(+0.53, +0.40, +0.65), made_up(-10.2, -12.2, -8.3)], "not held"),  # one against is enough
-    ([made_up(-13.6, -16.7, -10.5, "-")], "held"),
-    ([made_up(+0.16, -0.20, +0.45, "=", 0.5)], "held"),  # within +-margin
-    ([made_up(+0.16, -0.20, +0.70, "=", 0.5)], "within noise"),  # reaches past the margin
-    ([made_up(+0.90, +0.60, +1.20, "=", 0.5)], "not held"),  # wholly outside it
-    ([made_up(+1.0, None, None)], "not testable"),  # one seed: no interval
-    ([], "not testable"),
-])
+@pytest.mark.parametrize(
+    "parts, expected",
+    [
+        ([made_up(+0.12, -0.10, +0.34)], "within noise"),  # the mean has the claimed sign, the interval holds 0
+        ([made_up(-0.12, -0.34, +0.10, "-")], "within noise"),
+        ([made_up(+0.53, +0.40, +0.65)], "held"),
+        ([made_up(+0.53, +0.40, +0.65), made_up(+0.05, -1.42, +1.53)], "within noise"),  # every part must hold
+        ([made_up(+0.53, +0.40, +0.65), made_up(-10.2, -12.2, -8.3)], "not held"),  # one against is enough
+        ([made_up(-13.6, -16.7, -10.5, "-")], "held"),
+        ([made_up(+0.16, -0.20, +0.45, "=", 0.5)], "held"),  # within +-margin
+        ([made_up(+0.16, -0.20, +0.70, "=", 0.5)], "within noise"),  # reaches past the margin
+        ([made_up(+0.90, +0.60, +1.20, "=", 0.5)], "not held"),  # wholly outside it
+        ([made_up(+1.0, None, None)], "not testable"),  # one seed: no interval
+        ([], "not testable"),
+    ],
+)
 def test_made_up_intervals_get_the_verdict_the_rules_say(parts, expected):
     got, why = verdict(parts)
     assert got == expected and got in VERDICTS and why
@@ -40,8 +44,10 @@ def test_a_mean_of_the_claimed_sign_whose_interval_holds_zero_is_never_held():
 
 def row(**metrics) -> dict:
     """metric -> per-seed values (seeds 0, 1, 2) in study.json's shape."""
-    return {m.replace("__", "/"): {"values": {str(s): v for s, v in enumerate(vs)}, "mean": sum(vs) / len(vs),
-                                   "ci95": None} for m, vs in metrics.items()}
+    return {
+        m.replace("__", "/"): {"values": {str(s): v for s, v in enumerate(vs)}, "mean": sum(vs) / len(vs), "ci95": None}
+        for m, vs in metrics.items()
+    }
 
 
 def layer_metrics(name: str, per_layer: list[list[float]]) -> dict:
@@ -51,33 +57,56 @@ def layer_metrics(name: str, per_layer: list[list[float]]) -> dict:
 def teachers(mae_l3_heads=(2.5, 9.5), mae_nmi=0.2) -> dict:
     """Uniform attention at 5 px; the MAE teacher's L3 heads: one local (0.5 x uniform), one long-range."""
     flat = [[3.0, 3.0]] * 4
-    return {"sup": {"distance": [3.0, 3.0, 3.0, 4.0], "nmi": [0.1] * 4, "per_head": flat, "uniform": 5.0},
-            "mae": {"distance": [3.0, 3.0, sum(mae_l3_heads) / 2, 2.0], "nmi": [mae_nmi] * 4,
-                    "per_head": [[3.0, 3.0], [3.0, 3.0], list(mae_l3_heads), [2.0, 2.0]], "uniform": 5.0}}
+    return {
+        "sup": {"distance": [3.0, 3.0, 3.0, 4.0], "nmi": [0.1] * 4, "per_head": flat, "uniform": 5.0},
+        "mae": {
+            "distance": [3.0, 3.0, sum(mae_l3_heads) / 2, 2.0],
+            "nmi": [mae_nmi] * 4,
+            "per_head": [[3.0, 3.0], [3.0, 3.0], list(mae_l3_heads), [2.0, 2.0]],
+            "uniform": 5.0,
+        },
+    }
 
 
-ROLES = ClaimRoles(relation_layers=[3], late_layers=[3, 4], masking={"random": "rand", "none": "none"},
-                   decoder="dec", mask_recon="recon", margin_px=0.5)
+ROLES = ClaimRoles(
+    relation_layers=[3],
+    late_layers=[3, 4],
+    masking={"random": "rand", "none": "none"},
+    decoder="dec",
+    mask_recon="recon",
+    margin_px=0.5,
+)
 
 
 def result() -> dict:
     flat = [[3.0] * 3] * 2  # layers 1-2, equal everywhere
-    res = {"rows": {
-        # Hybrid: L3 near MAE's 6 (5.0, 5.5, 6.0), L4 3.5 (sup 4: 0.5 away, MAE 2: 1.5 away)
-        "hybrid": row(finetune__top1=[80, 81, 82], linear__top1=[70, 71, 72],
-                      **layer_metrics("distance", flat + [[5.0, 5.5, 6.0], [3.5] * 3]),
-                      **layer_metrics("nmi", flat + [[0.30, 0.32, 0.34], [0.1] * 3])),
-        "distill_sup": row(finetune__top1=[79, 80, 81], linear__top1=[71, 72, 73],
-                           **layer_metrics("distance", flat + [[3.0] * 3, [4.0, 4.1, 4.2]]),
-                           **layer_metrics("nmi", flat + [[0.20, 0.20, 0.20], [0.1] * 3]),
-                           **layer_metrics("spread", flat + [[0.2] * 3, [0.2] * 3])),
-        "distill_mae": row(finetune__top1=[70, 70, 70], linear__top1=[60, 60, 60]),
-        "rand": row(finetune__top1=[80, 80, 80], linear__top1=[70, 70, 70]),
-        "none": row(finetune__top1=[81, 82, 83], linear__top1=[70, 70, 70]),
-        "dec": row(linear__top1=[65, 66, 67], **layer_metrics("distance", flat + [[5.0] * 3, [5.0] * 3]),
-                   **layer_metrics("spread", flat + [[0.5, 0.7, 0.9], [0.5] * 3])),
-        "recon": row(**layer_metrics("distance", flat + [[3.0, 3.1, 2.9], [4.0, 4.2, 4.1]])),
-    }}
+    res = {
+        "rows": {
+            # Hybrid: L3 near MAE's 6 (5.0, 5.5, 6.0), L4 3.5 (sup 4: 0.5 away, MAE 2: 1.5 away)
+            "hybrid": row(
+                finetune__top1=[80, 81, 82],
+                linear__top1=[70, 71, 72],
+                **layer_metrics("distance", flat + [[5.0, 5.5, 6.0], [3.5] * 3]),
+                **layer_metrics("nmi", flat + [[0.30, 0.32, 0.34], [0.1] * 3]),
+            ),
+            "distill_sup": row(
+                finetune__top1=[79, 80, 81],
+                linear__top1=[71, 72, 73],
+                **layer_metrics("distance", flat + [[3.0] * 3, [4.0, 4.1, 4.2]]),
+                **layer_metrics("nmi", flat + [[0.20, 0.20, 0.20], [0.1] * 3]),
+                **layer_metrics("spread", flat + [[0.2] * 3, [0.2] * 3]),
+            ),
+            "distill_mae": row(finetune__top1=[70, 70, 70], linear__top1=[60, 60, 60]),
+            "rand": row(finetune__top1=[80, 80, 80], linear__top1=[70, 70, 70]),
+            "none": row(finetune__top1=[81, 82, 83], linear__top1=[70, 70, 70]),
+            "dec": row(
+                linear__top1=[65, 66, 67],
+                **layer_metrics("distance", flat + [[5.0] * 3, [5.0] * 3]),
+                **layer_metrics("spread", flat + [[0.5, 0.7, 0.9], [0.5] * 3]),
+            ),
+            "recon": row(**layer_metrics("distance", flat + [[3.0, 3.1, 2.9], [4.0, 4.2, 4.1]])),
+        }
+    }
     res["rows"]["hybrid"]["distance/L3"]["ci95"] = [4.26, 6.74]  # 5.5 +- 4.303 * 0.5 / sqrt(3)
     return res
 
@@ -112,11 +141,15 @@ def test_claims_follow_hand_computed_paired_intervals():
 
 def test_head_by_head_gaps_pair_each_student_head_with_the_teachers_same_head():
     res = result()
-    heads = {"hybrid": [[2.0, 9.0], [3.0, 8.0], [2.5, 9.5]], "distill_sup": [[6.0, 6.0], [5.0, 7.0], [6.0, 6.5]],
-             "hybrid_alpha0": [[5.0, 7.0]] * 3}  # per seed, the two heads of L3; the teacher's: 2.5 and 9.5
+    heads = {
+        "hybrid": [[2.0, 9.0], [3.0, 8.0], [2.5, 9.5]],
+        "distill_sup": [[6.0, 6.0], [5.0, 7.0], [6.0, 6.5]],
+        "hybrid_alpha0": [[5.0, 7.0]] * 3,
+    }  # per seed, the two heads of L3; the teacher's: 2.5 and 9.5
     for name, per_seed in heads.items():
-        res["rows"].setdefault(name, {}).update(row(**{f"head_distance__L3__H{h}": [s[h] for s in per_seed]
-                                                    for h in (0, 1)}))
+        res["rows"].setdefault(name, {}).update(
+            row(**{f"head_distance__L3__H{h}": [s[h] for s in per_seed] for h in (0, 1)})
+        )
     res["rows"]["hybrid_alpha0"].update(row(distance__L3=[6.0] * 3, distance__L4=[3.5] * 3))
     roles = ClaimRoles(**{**ROLES.__dict__, "relation_control": "hybrid_alpha0", "mim_note": "controlled"})
     b = by_name(judge_claims(res, teachers(), roles))["b"]
@@ -160,8 +193,12 @@ def test_markdown_states_every_verdict_and_escapes_pipes():
 
 
 def test_a_claim_naming_a_missing_row_is_refused():
-    spec = {"name": "x", "rows": {"hybrid": {}, "distill_sup": {}}, "teachers": {"sup": {}, "mae": {"kind": "mae"}},
-            "claims": {"single": ["distill_sup", "nope"]}}
+    spec = {
+        "name": "x",
+        "rows": {"hybrid": {}, "distill_sup": {}},
+        "teachers": {"sup": {}, "mae": {"kind": "mae"}},
+        "claims": {"single": ["distill_sup", "nope"]},
+    }
     with pytest.raises(StudyError, match="claims: row 'nope' is not a row"):
         load_study(spec)
 
@@ -171,12 +208,20 @@ def test_the_demo_quotes_the_study_headline_as_recorded(tmp_path):
 
     from hybrid_distill.demo.replication import replication_lines
     from hybrid_distill.study.report import headline
+
     res = result()
     res["rows"]["hybrid"]["finetune/top1"].update(ci95=[78.0, 84.0], n=3)
     res["rows"] = {"hybrid": {"finetune/top1": res["rows"]["hybrid"]["finetune/top1"]}}
     res["provenance"] = {"git_sha": "abc1234", "device": "cpu", "cpu": "Some CPU"}
-    res["claims"] = [{"name": "a", "text": "Hybrid above best single", "verdict": "within noise",
-                      "why": "x: +1 [-1, +3] does not exclude 0", "parts": []}]
+    res["claims"] = [
+        {
+            "name": "a",
+            "text": "Hybrid above best single",
+            "verdict": "within noise",
+            "why": "x: +1 [-1, +3] does not exclude 0",
+            "parts": [],
+        }
+    ]
     cells = [{"seconds": 1800.0}, {"seconds": 1800.0}]
     path = tmp_path / "replication.json"
     path.write_text(json.dumps(headline(OmegaConf.create({"name": "s196"}), res, cells, 27)))

@@ -1,19 +1,18 @@
 """What the locality study rests on: disjoint image sets, the controlled teacher, the MIM teacher's curve."""
+
 import json
 
 import pytest
 import torch
+from test_study import tiny_study
 
 from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.data.subset import limit_indices
 from hybrid_distill.models.load import create_vit
-from hybrid_distill.study import StudyError, load_study
-from hybrid_distill.study import splits
+from hybrid_distill.study import StudyError, load_study, splits
 from hybrid_distill.study.controlled import make_controlled
 from hybrid_distill.study.curve import head_distances
 from hybrid_distill.study.spec import base_config
-
-from test_study import tiny_study
 
 SHIPPED = ["configs/studies/fashion_mnist_196.yaml", "configs/studies/locality.yaml"]
 TRAIN = 60000  # Fashion-MNIST's train split
@@ -45,6 +44,7 @@ class Indexed(torch.utils.data.Dataset):
 
     def __init__(self, n: int):
         from PIL import Image
+
         self.n, self.image = n, Image.new("L", (28, 28))
 
     def __len__(self):
@@ -56,9 +56,11 @@ class Indexed(torch.utils.data.Dataset):
 
 def test_the_teacher_gate_reads_the_teachers_images_as_bank_and_the_held_out_end_as_queries(monkeypatch):
     from hybrid_distill.study import teachers as module
+
     seen = []
-    monkeypatch.setattr(module, "knn_classify", lambda bf, bl, qf, ql: seen.append((bl.tolist(), ql.tolist()))
-                        or {"top1": 0.0})
+    monkeypatch.setattr(
+        module, "knn_classify", lambda bf, bl, qf, ql: seen.append((bl.tolist(), ql.tolist())) or {"top1": 0.0}
+    )
     model = create_vit("vit_tiny_patch16_224", img_size=28, patch_size=7, embed_dim=32, depth=1, num_heads=2)
     module.heldout_check(model, Indexed(40), n_bank=24, n_heldout=10, side=28)
     for bank, queries in seen:  # the model's features, then raw pixels: the same images each time
@@ -84,8 +86,11 @@ def test_controlled_relation_is_eq2_of_the_sincos_kernel():
     from hybrid_distill.models.attention import attention_logits
     from hybrid_distill.models.tokens import embed_tokens
     from hybrid_distill.study.controlled import FREQS
-    encoder = make_controlled(create_vit("vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=1,
-                                         num_heads=4), [2.0, 0.5, 0.0, -1.0])
+
+    encoder = make_controlled(
+        create_vit("vit_tiny_patch16_224", img_size=28, patch_size=4, embed_dim=64, depth=1, num_heads=4),
+        [2.0, 0.5, 0.0, -1.0],
+    )
     block = encoder.blocks[0]
     x = block.norm1(embed_tokens(encoder, torch.randn(2, 3, 28, 28)))  # (B, N, D)
     raw = (attention_logits(block.attn, x) / block.attn.scale)[:, :, 1:, 1:]  # (B, H, L, L) patches
@@ -120,6 +125,7 @@ def tiny_mae_study(idx_folder, out):
 def test_an_interrupted_mae_teacher_resumes_to_the_same_weights_and_curve(idx_folder, tmp_path, monkeypatch):
     from hybrid_distill.study import curve
     from hybrid_distill.study.teachers import build_teacher
+
     whole = tiny_mae_study(idx_folder, tmp_path / "whole")
     reference = torch.load(build_teacher(whole, "mae", base_config(whole), log=lambda _: None), weights_only=True)
     spec = tiny_mae_study(idx_folder, tmp_path / "cut")
@@ -140,17 +146,27 @@ def test_an_interrupted_mae_teacher_resumes_to_the_same_weights_and_curve(idx_fo
     curves = [json.loads((tmp_path / d / "teachers" / "mae.curve.json").read_text()) for d in ("whole", "cut")]
     assert [e["epoch"] for e in curves[1]] == [0, 1, 2, 3] and curves[0] == curves[1]
     assert len(curves[0][-1]["per_head"]) == 3 and curves[0][-1]["uniform"] == pytest.approx(
-        uniform_distance((4, 4), (7, 7)))
+        uniform_distance((4, 4), (7, 7))
+    )
 
 
 def test_publish_copies_and_draws_a_teachers_curve_before_any_cell(tmp_path, monkeypatch):
     from hybrid_distill.study.publish import publish
+
     monkeypatch.chdir(tmp_path)
-    spec = load_study({"name": "s", "out": "runs/s", "rows": {"a": {}},
-                       "teachers": {"mae": {"kind": "mae", "curve_every": 5, "epochs": 10}},
-                       "publish": {"dir": "docs/s"}})
-    curve = [{"epoch": e, "uniform": 10.0, "per_head": [[10.0, 9.0], [8.0, 5.0 + e / 10]], "min_ratio": 0.5}
-             for e in (0, 5, 10)]
+    spec = load_study(
+        {
+            "name": "s",
+            "out": "runs/s",
+            "rows": {"a": {}},
+            "teachers": {"mae": {"kind": "mae", "curve_every": 5, "epochs": 10}},
+            "publish": {"dir": "docs/s"},
+        }
+    )
+    curve = [
+        {"epoch": e, "uniform": 10.0, "per_head": [[10.0, 9.0], [8.0, 5.0 + e / 10]], "min_ratio": 0.5}
+        for e in (0, 5, 10)
+    ]
     (tmp_path / "runs/s/teachers").mkdir(parents=True)
     (tmp_path / "runs/s/teachers/mae.curve.json").write_text(json.dumps(curve))
     assert publish(spec, log=lambda _: None) == {}  # no report yet: the curve alone

@@ -1,14 +1,14 @@
 """W&B and MLflow, off by default, get exactly the records metrics.jsonl gets (fake modules, no service)."""
+
 import json
 import sys
 import types
 
 import pytest
+from conftest import tiny_run_config
 
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 
 def fake_wandb(calls):
@@ -32,8 +32,9 @@ def test_trackers_get_what_metrics_jsonl_gets(idx_folder, tmp_path, monkeypatch)
     wandb_calls, mlflow_calls = [], []
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb(wandb_calls))
     monkeypatch.setitem(sys.modules, "mlflow", fake_mlflow(mlflow_calls))
-    cfg = from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 3,
-                                                              "train.trackers": ["wandb", "mlflow"]}))
+    cfg = from_dict(
+        tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 3, "train.trackers": ["wandb", "mlflow"]})
+    )
     trainer = Trainer(cfg)
     trainer.fit()
     written = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -1,18 +1,18 @@
 """Training: exact resume, checkpoints, and bad input failing before training with one line."""
+
 import json
 
 import pytest
 import torch
 import yaml
+from conftest import tiny_run_config
 
 from hybrid_distill import files
+from hybrid_distill.build import build_models
 from hybrid_distill.cli import main
 from hybrid_distill.config import ConfigError, from_dict, load_config
 from hybrid_distill.data.build import DataError
-from hybrid_distill.build import build_models
 from hybrid_distill.trainer import Trainer
-
-from conftest import tiny_run_config
 
 
 def run(idx_folder, out, max_steps, resume=None, **extra):
@@ -80,7 +80,8 @@ def test_wrong_type_fails(idx_folder, tmp_path, capsys):
     path = write_yaml(tmp_path / "c.yaml", tiny_run_config(idx_folder, tmp_path))
     assert "could not be converted to Float" in cli_error(capsys, ["train", str(path), "optim.blr=fast"])
     assert "expected one of [progressive, last, random, none]" in cli_error(
-        capsys, ["train", str(path), "masking.strategy=smart"])
+        capsys, ["train", str(path), "masking.strategy=smart"]
+    )
 
 
 def test_missing_dataset_path_fails_naming_it(idx_folder, tmp_path, capsys):
@@ -107,6 +108,7 @@ def test_shipped_configs_build_their_models_at_tiny_size_and_train_a_step():
 
     from hybrid_distill.engine import build_optimizer, train_step
     from hybrid_distill.runtime import RunContext
+
     configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
     assert len(configs) >= 5
     tiny = "{img_size: 32, patch_size: 8, embed_dim: 48, depth: 6, num_heads: 3}"
@@ -118,8 +120,15 @@ def test_shipped_configs_build_their_models_at_tiny_size_and_train_a_step():
         student, teachers, _ = build_models(cfg)
         ctx = RunContext(torch.device("cpu"), None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, 3.0)
         images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-        parts = train_step(student, teachers, [images], build_optimizer(student, cfg.optim),
-                           torch.amp.GradScaler("cpu", enabled=False), 1e-4, ctx)
+        parts = train_step(
+            student,
+            teachers,
+            [images],
+            build_optimizer(student, cfg.optim),
+            torch.amp.GradScaler("cpu", enabled=False),
+            1e-4,
+            ctx,
+        )
         expected = {f"{n}/feat" for n, t in cfg.teachers.items() if t.features}
         expected |= {f"{n}/rel{b % 6}" for n, t in cfg.teachers.items() for b in t.relation_blocks}
         assert set(parts) == expected | {"loss", "grad_norm", "skipped"}, path.name
@@ -129,15 +138,21 @@ def test_shipped_configs_build_their_models_at_tiny_size_and_train_a_step():
 def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
     from hybrid_distill.analysis.extract import reduce_attention
     from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
+
     trainer = run(idx_folder, tmp_path, 2, **{"train.monitor_every": 2, "train.monitor_images": 4})
     logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     record = [r for r in logged if "attn/nmi/layer00" in r][-1]
     assert record["step"] == 2
     probe = trainer.monitor.probe_images
     assert probe.shape == (4, 3, 28, 28)
-    direct = reduce_attention(trainer.student.backbone, probe, lambda _, p: (
-        attention_distance(p, (7, 7), (4, 4), 1, renormalize=True).mean().item(),
-        attention_nmi(p, 1).mean().item()))
+    direct = reduce_attention(
+        trainer.student.backbone,
+        probe,
+        lambda _, p: (
+            attention_distance(p, (7, 7), (4, 4), 1, renormalize=True).mean().item(),
+            attention_nmi(p, 1).mean().item(),
+        ),
+    )
     for layer, (distance, nmi) in enumerate(direct):
         assert record[f"attn/distance/layer{layer:02d}"] == pytest.approx(distance, rel=1e-5)
         assert record[f"attn/nmi/layer{layer:02d}"] == pytest.approx(nmi, rel=1e-5)
@@ -153,7 +168,9 @@ def test_bf16_run_casts_teachers_and_keeps_fp32_targets_and_student(idx_folder, 
     trainer = run(idx_folder, tmp_path, 2, **{"train.amp": "bf16"})
     assert all(p.dtype == torch.bfloat16 for p in trainer.teachers.parameters())
     assert all(p.dtype == torch.float32 for p in trainer.student.parameters())
-    last = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l][-1]
+    last = [
+        json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ][-1]
     assert last["skipped"] == 0.0 and last["loss"] > 0
 
 

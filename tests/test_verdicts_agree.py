@@ -1,4 +1,5 @@
 """Every document that quotes a study's verdicts says what its headline.json says (study/publish.py)."""
+
 import json
 from pathlib import Path
 

@@ -5,6 +5,7 @@ ViT-B/16 shapes in test_weights_slow.py), loads it through `build_teacher_backbo
 features with a timm model holding the same weights, or with an independent forward of the
 original architecture (OpenAI CLIP).
 """
+
 import argparse
 import hashlib
 import json
@@ -22,8 +23,15 @@ from torch import nn
 
 from hybrid_distill.cli import main
 from hybrid_distill.files import save_checkpoint, save_model_file
-from hybrid_distill.weights import (UnsafeCheckpointError, build_teacher_backbone, export, load_timm_export,
-                                    load_weights, read_torchscript_state_dict, teacher_input_size)
+from hybrid_distill.weights import (
+    UnsafeCheckpointError,
+    build_teacher_backbone,
+    export,
+    load_timm_export,
+    load_weights,
+    read_torchscript_state_dict,
+    teacher_input_size,
+)
 from hybrid_distill.weights.command import export_main, teachers_main
 from hybrid_distill.weights.formats import to_mm
 from hybrid_distill.weights.grid import arch_geometry, grid_model_kwargs
@@ -80,10 +88,17 @@ def test_mae_pretrain_file_loads_equal_with_hash_and_licence(tmp_path):
 def test_mae_training_checkpoint_with_decoder_and_args_loads_encoder_only(tmp_path):
     ref = random_vit("vit_base_patch16_224.mae", **SMALL)
     # facebookresearch/mae main_pretrain.py saves {'model', 'optimizer', 'epoch', 'scaler', 'args'}
-    full = dict(state(ref), mask_token=torch.zeros(1, 1, 64), **{
-        "decoder_embed.weight": torch.zeros(32, 64), "decoder_pos_embed": torch.zeros(1, 5, 32),
-        "decoder_blocks.0.norm1.weight": torch.ones(32), "decoder_norm.weight": torch.ones(32),
-        "decoder_pred.weight": torch.zeros(768, 32)})
+    full = dict(
+        state(ref),
+        mask_token=torch.zeros(1, 1, 64),
+        **{
+            "decoder_embed.weight": torch.zeros(32, 64),
+            "decoder_pos_embed": torch.zeros(1, 5, 32),
+            "decoder_blocks.0.norm1.weight": torch.ones(32),
+            "decoder_norm.weight": torch.ones(32),
+            "decoder_pred.weight": torch.zeros(768, 32),
+        },
+    )
     path = tmp_path / "checkpoint-799.pth"
     torch.save({"model": full, "epoch": 799, "args": argparse.Namespace(model="mae_vit_base_patch16")}, path)
     model, _ = build_teacher_backbone("vit_base_patch16_224.mae", file=path, model_kwargs=SMALL)
@@ -118,6 +133,7 @@ def test_dino_raw_and_training_checkpoint(tmp_path):
 
 def test_safetensors_file(tmp_path):
     from safetensors.torch import save_file
+
     ref = random_vit("vit_base_patch16_224.mae", **SMALL)
     path = tmp_path / "mae.safetensors"
     save_file(state(ref), str(path))
@@ -149,8 +165,9 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(d, h)
         self.ln_1 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(d, 4 * d)), ("gelu", act()),
-                                              ("c_proj", nn.Linear(4 * d, d))]))
+        self.mlp = nn.Sequential(
+            OrderedDict([("c_fc", nn.Linear(d, 4 * d)), ("gelu", act()), ("c_proj", nn.Linear(4 * d, d))])
+        )
         self.ln_2 = nn.LayerNorm(d)
 
     def forward(self, x):  # (N, B, D), sequence first as in CLIP
@@ -173,7 +190,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, res=32, patch=16, d=64, depth=2, h=4, out=24, act=QuickGELU):
         super().__init__()
-        scale = d ** -0.5  # openai/CLIP's init scale, which keeps outputs near unit size
+        scale = d**-0.5  # openai/CLIP's init scale, which keeps outputs near unit size
         self.conv1 = nn.Conv2d(3, d, patch, patch, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(d))
         self.positional_embedding = nn.Parameter(scale * torch.randn((res // patch) ** 2 + 1, d))
@@ -228,17 +245,25 @@ OPENAI_TO_TIMM = {
     "visual.class_embedding": ("cls_token", lambda v: v.reshape(1, 1, -1)),
     "visual.positional_embedding": ("pos_embed", lambda v: v.unsqueeze(0)),
     "visual.conv1.weight": ("patch_embed.proj.weight", None),
-    "visual.ln_pre.weight": ("norm_pre.weight", None), "visual.ln_pre.bias": ("norm_pre.bias", None),
-    "visual.ln_post.weight": ("norm.weight", None), "visual.ln_post.bias": ("norm.bias", None),
+    "visual.ln_pre.weight": ("norm_pre.weight", None),
+    "visual.ln_pre.bias": ("norm_pre.bias", None),
+    "visual.ln_post.weight": ("norm.weight", None),
+    "visual.ln_post.bias": ("norm.bias", None),
     "visual.proj": ("head.weight", lambda v: v.t()),
 }
 OPENAI_BLOCK_TO_TIMM = {
-    "ln_1.weight": "norm1.weight", "ln_1.bias": "norm1.bias",
-    "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
-    "attn.out_proj.weight": "attn.proj.weight", "attn.out_proj.bias": "attn.proj.bias",
-    "ln_2.weight": "norm2.weight", "ln_2.bias": "norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+    "ln_1.weight": "norm1.weight",
+    "ln_1.bias": "norm1.bias",
+    "attn.in_proj_weight": "attn.qkv.weight",
+    "attn.in_proj_bias": "attn.qkv.bias",
+    "attn.out_proj.weight": "attn.proj.weight",
+    "attn.out_proj.bias": "attn.proj.bias",
+    "ln_2.weight": "norm2.weight",
+    "ln_2.bias": "norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 CLIP_SMALL = dict(embed_dim=64, depth=2, num_heads=4, img_size=32)
 
@@ -258,8 +283,9 @@ def test_openai_clip_archive_key_by_key_and_quickgelu_forward(tmp_path):
     clip = random_clip()
     path = tmp_path / "ViT-B-16.pt"
     save_torchscript(clip, path)
-    model, record = build_teacher_backbone("clip_vit_base_patch16", file=path,
-                                           model_kwargs=dict(CLIP_SMALL, num_classes=24))
+    model, record = build_teacher_backbone(
+        "clip_vit_base_patch16", file=path, model_kwargs=dict(CLIP_SMALL, num_classes=24)
+    )
     got, source = model.state_dict(), clip.state_dict()
     mapped = set()
     for name, value in source.items():
@@ -303,11 +329,13 @@ def test_openai_state_dict_pickle_and_open_clip_checkpoint(tmp_path):
     ref = tmp_path / "clip_state_dict.pt"
     torch.save(clip.state_dict(), ref)
     wrapped = tmp_path / "epoch_32.pt"  # open_clip training checkpoint: DDP names under 'state_dict'
-    torch.save({"epoch": 32, "name": "run", "state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}},
-               wrapped)
+    torch.save(
+        {"epoch": 32, "name": "run", "state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}, wrapped
+    )
     for path in (ref, wrapped):
-        model, _ = build_teacher_backbone("openclip_vit_base_patch16_laion2b", file=path,
-                                          model_kwargs=dict(CLIP_SMALL, num_classes=24))
+        model, _ = build_teacher_backbone(
+            "openclip_vit_base_patch16_laion2b", file=path, model_kwargs=dict(CLIP_SMALL, num_classes=24)
+        )
         with torch.no_grad():
             assert (model(images()) - clip.visual(images())).abs().max() < TOL
 
@@ -317,8 +345,13 @@ def test_open_clip_equals_timm_own_loader(tmp_path):
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(clip.state_dict(), path)
     model, _ = build_teacher_backbone("vit_base_patch16_clip_224.laion2b", file=path, model_kwargs=CLIP_SMALL)
-    reference = timm.create_model("vit_base_patch16_clip_224.laion2b", pretrained=True, **CLIP_SMALL, num_classes=24,
-                                  pretrained_cfg_overlay=dict(state_dict=clip.state_dict(), num_classes=24))
+    reference = timm.create_model(
+        "vit_base_patch16_clip_224.laion2b",
+        pretrained=True,
+        **CLIP_SMALL,
+        num_classes=24,
+        pretrained_cfg_overlay=dict(state_dict=clip.state_dict(), num_classes=24),
+    )
     assert max_diff(model, reference) < TOL
 
 
@@ -327,43 +360,64 @@ def test_open_clip_equals_timm_own_loader(tmp_path):
 
 def hf_vit_state(sd: dict) -> dict:
     """timm -> transformers ViTMAEModel names (modeling_vit_mae.py), q/k/v split from timm's [q; k; v]."""
-    out = {"embeddings.cls_token": sd["cls_token"], "embeddings.position_embeddings": sd["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-           "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
+    out = {
+        "embeddings.cls_token": sd["cls_token"],
+        "embeddings.position_embeddings": sd["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
+    }
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     for i in range(depth):
         b, e = f"blocks.{i}.", f"encoder.layer.{i}."
         for kind in ("weight", "bias"):
             q, k, v = sd[f"{b}attn.qkv.{kind}"].chunk(3, 0)
-            out.update({f"{e}attention.attention.query.{kind}": q, f"{e}attention.attention.key.{kind}": k,
-                        f"{e}attention.attention.value.{kind}": v,
-                        f"{e}attention.output.dense.{kind}": sd[f"{b}attn.proj.{kind}"],
-                        f"{e}layernorm_before.{kind}": sd[f"{b}norm1.{kind}"],
-                        f"{e}layernorm_after.{kind}": sd[f"{b}norm2.{kind}"],
-                        f"{e}intermediate.dense.{kind}": sd[f"{b}mlp.fc1.{kind}"],
-                        f"{e}output.dense.{kind}": sd[f"{b}mlp.fc2.{kind}"]})
+            out.update(
+                {
+                    f"{e}attention.attention.query.{kind}": q,
+                    f"{e}attention.attention.key.{kind}": k,
+                    f"{e}attention.attention.value.{kind}": v,
+                    f"{e}attention.output.dense.{kind}": sd[f"{b}attn.proj.{kind}"],
+                    f"{e}layernorm_before.{kind}": sd[f"{b}norm1.{kind}"],
+                    f"{e}layernorm_after.{kind}": sd[f"{b}norm2.{kind}"],
+                    f"{e}intermediate.dense.{kind}": sd[f"{b}mlp.fc1.{kind}"],
+                    f"{e}output.dense.{kind}": sd[f"{b}mlp.fc2.{kind}"],
+                }
+            )
     return out
 
 
 def hf_clip_state(sd: dict) -> dict:
     """timm CLIP tower -> transformers CLIPVisionModel names (modeling_clip.py)."""
     v = "vision_model."
-    out = {f"{v}embeddings.class_embedding": sd["cls_token"].reshape(-1),
-           f"{v}embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
-           f"{v}embeddings.position_embedding.weight": sd["pos_embed"][0],
-           f"{v}embeddings.position_ids": torch.arange(sd["pos_embed"].shape[1]).unsqueeze(0),
-           f"{v}pre_layrnorm.weight": sd["norm_pre.weight"], f"{v}pre_layrnorm.bias": sd["norm_pre.bias"],
-           f"{v}post_layernorm.weight": sd["norm.weight"], f"{v}post_layernorm.bias": sd["norm.bias"]}
+    out = {
+        f"{v}embeddings.class_embedding": sd["cls_token"].reshape(-1),
+        f"{v}embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
+        f"{v}embeddings.position_embedding.weight": sd["pos_embed"][0],
+        f"{v}embeddings.position_ids": torch.arange(sd["pos_embed"].shape[1]).unsqueeze(0),
+        f"{v}pre_layrnorm.weight": sd["norm_pre.weight"],
+        f"{v}pre_layrnorm.bias": sd["norm_pre.bias"],
+        f"{v}post_layernorm.weight": sd["norm.weight"],
+        f"{v}post_layernorm.bias": sd["norm.bias"],
+    }
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     for i in range(depth):
         b, e = f"blocks.{i}.", f"{v}encoder.layers.{i}."
         for kind in ("weight", "bias"):
             q, k, val = sd[f"{b}attn.qkv.{kind}"].chunk(3, 0)
-            out.update({f"{e}self_attn.q_proj.{kind}": q, f"{e}self_attn.k_proj.{kind}": k,
-                        f"{e}self_attn.v_proj.{kind}": val, f"{e}self_attn.out_proj.{kind}": sd[f"{b}attn.proj.{kind}"],
-                        f"{e}layer_norm1.{kind}": sd[f"{b}norm1.{kind}"], f"{e}layer_norm2.{kind}": sd[f"{b}norm2.{kind}"],
-                        f"{e}mlp.fc1.{kind}": sd[f"{b}mlp.fc1.{kind}"], f"{e}mlp.fc2.{kind}": sd[f"{b}mlp.fc2.{kind}"]})
+            out.update(
+                {
+                    f"{e}self_attn.q_proj.{kind}": q,
+                    f"{e}self_attn.k_proj.{kind}": k,
+                    f"{e}self_attn.v_proj.{kind}": val,
+                    f"{e}self_attn.out_proj.{kind}": sd[f"{b}attn.proj.{kind}"],
+                    f"{e}layer_norm1.{kind}": sd[f"{b}norm1.{kind}"],
+                    f"{e}layer_norm2.{kind}": sd[f"{b}norm2.{kind}"],
+                    f"{e}mlp.fc1.{kind}": sd[f"{b}mlp.fc1.{kind}"],
+                    f"{e}mlp.fc2.{kind}": sd[f"{b}mlp.fc2.{kind}"],
+                }
+            )
     return out
 
 
@@ -373,10 +427,16 @@ def test_hf_vit_mae_model_and_for_pretraining(tmp_path):
     assert "encoder.layer.1.attention.attention.value.bias" in hf
     model_file = tmp_path / "model.safetensors"
     from safetensors.torch import save_file
+
     save_file(hf, str(model_file))
     pretraining = tmp_path / "pytorch_model.bin"  # ViTMAEForPreTraining: vit.* plus decoder.*
-    torch.save(dict({f"vit.{k}": v for k, v in hf.items()}, **{"decoder.decoder_embed.weight": torch.zeros(8, 64),
-                                                             "decoder.mask_token": torch.zeros(1, 1, 8)}), pretraining)
+    torch.save(
+        dict(
+            {f"vit.{k}": v for k, v in hf.items()},
+            **{"decoder.decoder_embed.weight": torch.zeros(8, 64), "decoder.mask_token": torch.zeros(1, 1, 8)},
+        ),
+        pretraining,
+    )
     for path in (model_file, pretraining):
         model, record = build_teacher_backbone("vit_base_patch16_224.mae", file=path, model_kwargs=SMALL)
         assert max_diff(model, ref) < TOL and record["format"] == "hf-vit"
@@ -401,10 +461,18 @@ def write_run(tmp_path, arch="vit_small_patch16_224", seed=0, **kw):
     student = random_vit(arch, seed=seed, **kwargs)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    config = {"student": {"arch": arch, "model_kwargs": dict(kwargs, drop_path_rate=0.2),
-                          "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    save_checkpoint(run / "checkpoints" / "checkpoint-00000010.pt",
-                    {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config, "step": 10})
+    config = {
+        "student": {
+            "arch": arch,
+            "model_kwargs": dict(kwargs, drop_path_rate=0.2),
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        }
+    }
+    save_checkpoint(
+        run / "checkpoints" / "checkpoint-00000010.pt",
+        {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config, "step": 10},
+    )
     return run, student
 
 
@@ -413,7 +481,9 @@ def test_own_run_and_model_file_teach_the_next_stage(tmp_path):
     model, record = build_teacher_backbone("", file=run)
     assert max_diff(model, student) < TOL and record["license"] == OWN_RUN_LICENSE
     assert record["mean"] == [0.5, 0.5, 0.5] and record["sha256"]
-    path = save_model_file(student, "vit_small_patch16_224", SMALL, tmp_path / "stage1.pt", mean=(0.1,) * 3, std=(0.2,) * 3)
+    path = save_model_file(
+        student, "vit_small_patch16_224", SMALL, tmp_path / "stage1.pt", mean=(0.1,) * 3, std=(0.2,) * 3
+    )
     model, _ = build_teacher_backbone(None, file=path)
     assert max_diff(model, student) < TOL and model.pretrained_cfg["mean"] == (0.1,) * 3
 
@@ -503,6 +573,7 @@ def test_teachers_list_cli(capsys):
 
 def test_prefetch_without_network_fails_clearly(tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert teachers_main(["prefetch", "dino_vit_small_patch16", "--cache", str(tmp_path)]) == 1
     assert "internet" in capsys.readouterr().err
@@ -512,6 +583,7 @@ def test_offline_run_finds_prefetched_weights(tmp_path, monkeypatch):
     """The HF cache layout prefetch leaves (cache/hub/models--timm--NAME/snapshots/REV/...)."""
     import huggingface_hub.constants
     from safetensors.torch import save_file
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     ref = random_vit("vit_small_patch16_224.dino", **SMALL)
     repo = tmp_path / "hub" / "models--timm--vit_small_patch16_224.dino"
@@ -520,8 +592,9 @@ def test_offline_run_finds_prefetched_weights(tmp_path, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(rev)
     save_file(state(ref), str(repo / "snapshots" / rev / "model.safetensors"))
-    model, record = build_teacher_backbone("dino_vit_small_patch16", pretrained=True, model_kwargs=SMALL,
-                                           cache_dir=tmp_path / "hub")
+    model, record = build_teacher_backbone(
+        "dino_vit_small_patch16", pretrained=True, model_kwargs=SMALL, cache_dir=tmp_path / "hub"
+    )
     assert max_diff(model, ref) < TOL
     assert record["sha256"] == sha256(repo / "snapshots" / rev / "model.safetensors")
 
@@ -535,13 +608,17 @@ def test_export_round_trip(tmp_path, fmt):
     out = tmp_path / ("student.safetensors" if fmt == "timm" else f"student-{fmt}.pth")
     result = export(run, fmt, out, verify=True)
     assert result["max_feature_diff"] < 1e-6
-    reloaded = load_timm_export(f"{out}.json") if fmt == "timm" else build_teacher_backbone(
-        "vit_small_patch16_224", file=out, model_kwargs=SMALL)[0]
+    reloaded = (
+        load_timm_export(f"{out}.json")
+        if fmt == "timm"
+        else build_teacher_backbone("vit_small_patch16_224", file=out, model_kwargs=SMALL)[0]
+    )
     assert max_diff(reloaded, student) < 1e-6
 
 
 def test_export_timm_loads_strictly_through_timm(tmp_path):
     from safetensors.torch import load_file, save_file
+
     run, _ = write_run(tmp_path)
     out = tmp_path / "student.safetensors"
     export(run, "timm", out)
@@ -562,9 +639,18 @@ def test_export_layouts_have_the_consumers_key_names(tmp_path):
     assert sd["pos_embed"].shape == (1, 5, 64)  # CLS entry kept (ViTDet pretrain_use_cls_token=True)
     assert {"cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.bias", "norm.weight"} <= set(sd)
     seg = to_mm(state(student), "mmseg")
-    assert {"layers.0.ln1.weight", "layers.0.attn.attn.in_proj_weight", "layers.0.attn.attn.out_proj.bias",
-            "layers.0.ffn.layers.0.0.weight", "layers.0.ffn.layers.1.bias", "layers.1.ln2.bias",
-            "patch_embed.projection.weight", "ln1.weight", "cls_token", "pos_embed"} <= set(seg)
+    assert {
+        "layers.0.ln1.weight",
+        "layers.0.attn.attn.in_proj_weight",
+        "layers.0.attn.attn.out_proj.bias",
+        "layers.0.ffn.layers.0.0.weight",
+        "layers.0.ffn.layers.1.bias",
+        "layers.1.ln2.bias",
+        "patch_embed.projection.weight",
+        "ln1.weight",
+        "cls_token",
+        "pos_embed",
+    } <= set(seg)
     pre = to_mm(state(student), "mmpretrain")
     assert {"layers.0.attn.qkv.weight", "layers.0.attn.proj.weight", "layers.0.ffn.layers.0.0.bias"} <= set(pre)
     assert len(seg) == len(pre) == len(state(student))

@@ -1,22 +1,25 @@
 """Official teacher formats at full ViT-B/16 shapes (random weights), and export round trips at that size."""
+
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_weights import hf_clip_state, hf_vit_state, images, max_diff, random_clip, random_vit, save_torchscript, state
 
 from hybrid_distill.files import save_checkpoint
 from hybrid_distill.weights import build_teacher_backbone, export
-from test_weights import (hf_clip_state, hf_vit_state, images, max_diff, random_clip, random_vit,
-                          save_torchscript, state)
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5
 
 
-@pytest.mark.parametrize("arch, wrap, head", [
-    ("vit_base_patch16_224.mae", "model", 0),           # mae_pretrain_vit_base.pth
-    ("deit_base_patch16_224.fb_in1k", "model", 1000),   # deit_base_patch16_224-b5f2ef4d.pth
-    ("vit_base_patch16_224.dino", None, 0),             # dino_vitbase16_pretrain.pth
-])
+@pytest.mark.parametrize(
+    "arch, wrap, head",
+    [
+        ("vit_base_patch16_224.mae", "model", 0),  # mae_pretrain_vit_base.pth
+        ("deit_base_patch16_224.fb_in1k", "model", 1000),  # deit_base_patch16_224-b5f2ef4d.pth
+        ("vit_base_patch16_224.dino", None, 0),  # dino_vitbase16_pretrain.pth
+    ],
+)
 def test_timm_named_files_at_vit_b16(tmp_path, arch, wrap, head):
     ref = random_vit(arch, num_classes=head)
     sd = state(ref)
@@ -61,11 +64,19 @@ def test_export_round_trips_at_vit_b16(tmp_path):
     student = random_vit("vit_base_patch16_224")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     config = {"student": {"arch": "vit_base_patch16_224", "model_kwargs": {}, "mean": None, "std": None}}
-    save_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt",
-                    {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config})
-    for fmt, name in (("timm", "s.safetensors"), ("mae", "s-mae.pth"), ("mmseg", "s-seg.pth"), ("mmpretrain", "s-pre.pth")):
+    save_checkpoint(
+        tmp_path / "run" / "checkpoints" / "checkpoint-00000001.pt",
+        {"model": {f"backbone.{k}": v for k, v in state(student).items()}, "config": config},
+    )
+    for fmt, name in (
+        ("timm", "s.safetensors"),
+        ("mae", "s-mae.pth"),
+        ("mmseg", "s-seg.pth"),
+        ("mmpretrain", "s-pre.pth"),
+    ):
         result = export(tmp_path / "run", fmt, tmp_path / name, verify=True)
         # our own reverse mapping reloads the same arithmetic; OpenMMLab's classes (when installed) sum
         # attention in another order: their error is judged relative to the features' size
-        assert result.get("relative_feature_diff", result["max_feature_diff"]) < (1e-5 if "relative_feature_diff"
-                                                                                 in result else 1e-6)
+        assert result.get("relative_feature_diff", result["max_feature_diff"]) < (
+            1e-5 if "relative_feature_diff" in result else 1e-6
+        )

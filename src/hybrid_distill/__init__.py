@@ -11,5 +11,6 @@ __all__ = ["train", "load_student", "evaluate", "analyze", "export", "__version_
 def __getattr__(name: str):
     if name in __all__:
         from . import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'hybrid_distill' has no attribute '{name}'")

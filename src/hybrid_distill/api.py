@@ -7,6 +7,7 @@
 
 Overrides are the command line's dotted keys with `__` for the dots (`optim__blr=1e-4` is `optim.blr=1e-4`).
 """
+
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 def as_config(config, overrides: dict) -> DictConfig:
     """A YAML path, a nested dict or a DictConfig, with `a__b=value` overrides, typed and checked."""
-    from .config import from_dict, load_config, merge, check, to_dict
+    from .config import check, from_dict, load_config, merge, to_dict
+
     dotted = [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
     if isinstance(config, (str, Path)):
         return load_config(config, dotted)
@@ -25,18 +27,22 @@ def as_config(config, overrides: dict) -> DictConfig:
     return cfg
 
 
-def train(config, *, resume: str | None = None, init_from: str | None = None, allow_config_change: bool = False,
-          **overrides) -> Path:
+def train(
+    config, *, resume: str | None = None, init_from: str | None = None, allow_config_change: bool = False, **overrides
+) -> Path:
     """Distil a student; returns the run directory (as `hybrid-distill train` does)."""
     from .trainer import train as run_training
-    return run_training(as_config(config, overrides), resume=resume, init_from=init_from,
-                        allow_config_change=allow_config_change)
+
+    return run_training(
+        as_config(config, overrides), resume=resume, init_from=init_from, allow_config_change=allow_config_change
+    )
 
 
 def load_student(run: str | Path):
     """A run directory's newest student (or a checkpoint's, or a model file's) as a plain timm ViT
     with its mean / std in `pretrained_cfg`."""
     from .files import load_model
+
     return load_model(str(run))
 
 
@@ -48,6 +54,7 @@ def evaluate(model, data: str, protocol: str = "knn", **options) -> dict:
     from torch import nn
 
     from .evaluation.command import PROTOCOLS, build_parser, evaluate_args
+
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; choose one of {sorted(PROTOCOLS)}")
     spec = "<model object>" if isinstance(model, nn.Module) else str(model)
@@ -68,7 +75,9 @@ def analyze(models: list, data: str, out: str | Path, **options) -> dict:
     """Attention distance, NMI and attention maps of models (runs, files or timm names), with the
     figures written to `out`; options are `hybrid-distill analyze` flags (num_images=200, ...)."""
     import json
+
     from .analysis.command import main as analyze_main
+
     analyze_main([str(m) for m in models] + ["--data", str(data), "--out", str(out), *flags(options)])
     return json.loads((Path(out) / "analysis.json").read_text())
 
@@ -76,4 +85,5 @@ def analyze(models: list, data: str, out: str | Path, **options) -> dict:
 def export(run, fmt: str, out, verify: bool = False) -> dict:
     """Write a run's student for timm (a folder when `out` has no suffix), ViTDet (mae) or mmseg / mmpretrain."""
     from .weights.export import export as write
+
     return write(run, fmt, out, verify=verify)

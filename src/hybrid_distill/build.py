@@ -1,4 +1,5 @@
 """Config -> student and teachers, with the checks that must fail before training starts."""
+
 import torch
 from omegaconf import DictConfig
 
@@ -21,8 +22,9 @@ def build_backbone(cfg: DictConfig):
     return create_student_vit(cfg.student.arch, kwargs, cfg.student.fd_encoder)
 
 
-def build_teachers(cfg: DictConfig, student_grid, device=None,
-                   precision: TeacherPrecision = TeacherPrecision.fp32) -> tuple[TeacherSet, dict]:
+def build_teachers(
+    cfg: DictConfig, student_grid, device=None, precision: TeacherPrecision = TeacherPrecision.fp32
+) -> tuple[TeacherSet, dict]:
     """The frozen teachers on `device` in `precision` (resolved) and their manifest records (file,
     sha256, source, licence)."""
     if not cfg.teachers:
@@ -40,8 +42,10 @@ def check_finite(name: str, tcfg, model) -> None:
     """A teacher with NaN or inf weights would make every target non-finite: refuse it at load."""
     bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None)
     if bad is not None:
-        raise ConfigError(f"teachers.{name}.weights={tcfg.weights}: tensor '{bad}' holds NaN or inf values; "
-                          "re-download or re-export the teacher")
+        raise ConfigError(
+            f"teachers.{name}.weights={tcfg.weights}: tensor '{bad}' holds NaN or inf values; "
+            "re-download or re-export the teacher"
+        )
 
 
 def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_attention: bool = True) -> Student:
@@ -63,17 +67,29 @@ def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_at
     identity = Decoder(cfg.student.decoder) is Decoder.none
     if identity:
         check_widths(heads, backbone.embed_dim)
-    return Student(backbone, cfg.student.mean, cfg.student.std, heads, specs, cfg.train.activation_checkpointing,
-                   fused_attention, build_decoder(cfg.student, backbone), build_recon(cfg.student, backbone),
-                   linear_heads=not identity, feature_at=feature_at)
+    return Student(
+        backbone,
+        cfg.student.mean,
+        cfg.student.std,
+        heads,
+        specs,
+        cfg.train.activation_checkpointing,
+        fused_attention,
+        build_decoder(cfg.student, backbone),
+        build_recon(cfg.student, backbone),
+        linear_heads=not identity,
+        feature_at=feature_at,
+    )
 
 
 def check_widths(head_dims: dict[str, int], width: int) -> None:
     """decoder=none predicts with the encoder's tokens themselves: only where the widths already match."""
     for name, dim in head_dims.items():
         if dim != width:
-            raise ConfigError(f"student.decoder=none needs teacher '{name}' width {dim} to equal the student's "
-                              f"{width}: set student.decoder=linear or a student of width {dim}")
+            raise ConfigError(
+                f"student.decoder=none needs teacher '{name}' width {dim} to equal the student's "
+                f"{width}: set student.decoder=linear or a student of width {dim}"
+            )
 
 
 def build_decoder(student_cfg, backbone) -> DecoderBlocks | None:
@@ -81,9 +97,14 @@ def build_decoder(student_cfg, backbone) -> DecoderBlocks | None:
     if Decoder(student_cfg.decoder) is not Decoder.blocks:
         return None
     block = backbone.blocks[0]
-    return DecoderBlocks(backbone.embed_dim, student_cfg.decoder_depth, block.attn.num_heads, grid_size(backbone),
-                         block.mlp.fc1.out_features / backbone.embed_dim,
-                         mask_token=MaskStyle(student_cfg.mask_recon.style) is MaskStyle.dbot)
+    return DecoderBlocks(
+        backbone.embed_dim,
+        student_cfg.decoder_depth,
+        block.attn.num_heads,
+        grid_size(backbone),
+        block.mlp.fc1.out_features / backbone.embed_dim,
+        mask_token=MaskStyle(student_cfg.mask_recon.style) is MaskStyle.dbot,
+    )
 
 
 def build_recon(student_cfg, backbone) -> MaskRecon | None:
@@ -91,14 +112,25 @@ def build_recon(student_cfg, backbone) -> MaskRecon | None:
     if MaskStyle(recon.style) is MaskStyle.none:
         return None
     try:
-        return MaskRecon(recon.style, recon.ratio, recon.patch, backbone.patch_embed.patch_size[0],
-                         grid_size(backbone), backbone.embed_dim)
+        return MaskRecon(
+            recon.style,
+            recon.ratio,
+            recon.patch,
+            backbone.patch_embed.patch_size[0],
+            grid_size(backbone),
+            backbone.embed_dim,
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
 
-def build_models(cfg: DictConfig, student_fused_attention: bool = True, device=None,
-                 amp_dtype: torch.dtype | None = None, teacher_precision=None):
+def build_models(
+    cfg: DictConfig,
+    student_fused_attention: bool = True,
+    device=None,
+    amp_dtype: torch.dtype | None = None,
+    teacher_precision=None,
+):
     """Student, teachers (on `device`, in `teacher_precision` or the config's, resolved against the
     student's autocast `amp_dtype`) and the teachers' manifest records; `student_fused_attention`: SDPA
     in the student (models/attention.py, student_fused_attention picks it per device)."""

@@ -3,6 +3,7 @@
 Process-wide set-up (warnings, threads) happens here and nowhere else. A known problem with the
 input ends the command with one line naming it and the fix, and exit code 2.
 """
+
 import importlib
 import os
 import sys
@@ -14,8 +15,7 @@ from .data.build import DataError
 from .weights.safe_load import UnsafeCheckpointError
 
 # what bad input raises anywhere in the package: said in one line, exit code 2
-BAD_INPUT = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError,
-             UnsafeCheckpointError)
+BAD_INPUT = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError, UnsafeCheckpointError)
 
 # subcommand -> (module, function, help); each takes its own argv
 DELEGATED = {
@@ -34,13 +34,23 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=1e-4 teachers.mim.weight=0.5")
     parser.add_argument("--resume", default=None, help="checkpoint file, run directory, or 'auto' (newest of this run)")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume although the config differs in more than train.epochs / train.max_steps")
-    parser.add_argument("--init-from", default=None, metavar="RUN",
-                        help="start a new run from another run's student weights (step 0, fresh optimiser)")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although the config differs in more than train.epochs / train.max_steps",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start a new run from another run's student weights (step 0, fresh optimiser)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build data, models and optimiser, print the summary, run no step and write nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build data, models and optimiser, print the summary, run no step and write nothing",
+    )
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     if args.resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
         args.resume = "auto"  # a requeued SLURM job picks up where it was preempted
@@ -50,6 +60,7 @@ def train_main(argv: list[str]) -> int:
         return 0
     from .guards import StopTraining
     from .trainer import Trainer, train
+
     options = dict(resume=args.resume, allow_config_change=args.allow_config_change, init_from=args.init_from)
     if args.dry_run:
         Trainer(cfg, dry_run=True, **options)
@@ -66,11 +77,14 @@ def train_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "distil a student from a YAML config with overrides",
-                **{k: v[2] for k, v in DELEGATED.items()}}
+    commands = {
+        "train": "distil a student from a YAML config with overrides",
+        **{k: v[2] for k, v in DELEGATED.items()},
+    }
     if argv and argv[0] not in (*commands, "-h", "--help", "--version"):
-        print(f"hybrid-distill: error: unknown command '{argv[0]}'; choose one of {', '.join(commands)}",
-              file=sys.stderr)
+        print(
+            f"hybrid-distill: error: unknown command '{argv[0]}'; choose one of {', '.join(commands)}", file=sys.stderr
+        )
         return 2
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, commands))

@@ -1,5 +1,6 @@
 """The argument parser every command uses: a usage error is one line on stderr and exit code 2,
 like every other bad input (argparse's own prints the usage block first)."""
+
 import argparse
 import sys
 

@@ -5,10 +5,11 @@ silent; each such field names its source. Teachers are listed by each experiment
 `load_config(path, overrides)` merges defaults <- YAML <- dotted overrides and fails on an
 unknown key or a wrong type with one line naming the valid choices.
 """
+
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,17 +20,18 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 class Strategy(str, Enum):
     progressive = "progressive"  # paper 3.2, eq. 4
-    last = "last"                # one selection after the picker's final block, to the same count (Table 8 "direct")
+    last = "last"  # one selection after the picker's final block, to the same count (Table 8 "direct")
     random = "random"
     none = "none"
 
 
 class RelationKind(str, Enum):
     """What a teacher gives at each of its relation blocks (paper eq. 2; Tables 5/6 "T'_m")."""
-    raw = "raw"            # R = q k^T per head, unscaled, as eq. 2 writes it (default)
-    scaled = "scaled"      # q k^T * hd^-0.5, the logits the softmax sees: 8x smaller at head dim 64
-    softmax = "softmax"    # attention probabilities
-    msa = "msa"            # MSA^i = Softmax(R / sqrt(hd)) V per head, before the output projection (eq. 2)
+
+    raw = "raw"  # R = q k^T per head, unscaled, as eq. 2 writes it (default)
+    scaled = "scaled"  # q k^T * hd^-0.5, the logits the softmax sees: 8x smaller at head dim 64
+    softmax = "softmax"  # attention probabilities
+    msa = "msa"  # MSA^i = Softmax(R / sqrt(hd)) V per head, before the output projection (eq. 2)
     features = "features"  # T_m^i: the block's output tokens, through their own student head (eq. 2)
 
 
@@ -39,7 +41,7 @@ class RelationHeads(str, Enum):
 
 
 class Decoder(str, Enum):
-    none = "none"      # the encoder's tokens are the prediction: needs equal student and teacher widths
+    none = "none"  # the encoder's tokens are the prediction: needs equal student and teacher widths
     linear = "linear"  # one Linear(D_s -> D_t) per feature teacher (FD's 1x1 conv; the default)
     blocks = "blocks"  # dBOT's asymmetric decoder: decoder_depth timm Blocks, then a Linear (paper 2.2, fig. 1)
 
@@ -47,7 +49,7 @@ class Decoder(str, Enum):
 class MaskStyle(str, Enum):
     none = "none"
     simmim = "simmim"  # mask tokens in the encoder's input, loss on masked tokens (paper 2.4, SimMIM)
-    dbot = "dbot"      # the encoder sees visible tokens, mask tokens enter the decoder (paper B.2, dBOT)
+    dbot = "dbot"  # the encoder sees visible tokens, mask tokens enter the decoder (paper B.2, dBOT)
 
 
 class Amp(str, Enum):
@@ -72,11 +74,11 @@ class Decode(str, Enum):
 @dataclass
 class DataConfig:
     dataset: str = "folder"  # folder | tar | wds | fashion_mnist | synthetic | other timm reader spec ('hfds/...')
-    path: Optional[str] = None  # root folder (train split under it, or the split folder itself); wds: shard urls
+    path: str | None = None  # root folder (train split under it, or the split folder itself); wds: shard urls
     num_samples: int = 0  # wds: samples in the shards (defines the epoch length)
     split: str = "train"
     img_size: int = 224
-    crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop
     hflip: float = 0.5
     interpolation: str = "bicubic"
     limit: int = 0  # use N samples drawn at random with a fixed seed, every class kept (0: all)
@@ -93,18 +95,19 @@ class DataConfig:
 @dataclass
 class MaskReconConfig:
     """Mask feature reconstruction (paper 2.4, B.2): the feature teachers' targets, predicted at masked tokens."""
+
     style: MaskStyle = MaskStyle.none
-    ratio: Optional[float] = None  # None: 0.6 simmim (SimMIM's ViT config), 0.75 dbot (dBOT main_pretrain.py)
-    patch: Optional[int] = None  # mask cell in pixels; None: 32 simmim (SimMIM), the model patch dbot (dBOT)
+    ratio: float | None = None  # None: 0.6 simmim (SimMIM's ViT config), 0.75 dbot (dBOT main_pretrain.py)
+    patch: int | None = None  # mask cell in pixels; None: 32 simmim (SimMIM), the model patch dbot (dBOT)
 
 
 @dataclass
 class StudentConfig:
     arch: str = "vit_base_patch16_224"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (img_size, patch_size, depth, ...)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (img_size, patch_size, depth, ...)
     drop_path: float = 0.2  # dBOT --drop_path for ViT-B
-    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     decoder: Decoder = Decoder.linear  # what predicts the teacher features from the encoder's tokens
     decoder_depth: int = 8  # blocks of the `blocks` decoder (dBOT mae_vit_*_dec512d8b; paper fig. 9: 1, 4, 8)
     mask_recon: MaskReconConfig = field(default_factory=MaskReconConfig)
@@ -115,7 +118,7 @@ class StudentConfig:
 class TeacherConfig:
     arch: str = "???"  # timm name
     weights: str = "pretrained"  # 'pretrained' (timm / HF hub), 'random' (tests only), or a file path
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
     resample: bool = False  # let timm resample a weights file's patch kernel of another size (else refused)
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
@@ -123,20 +126,20 @@ class TeacherConfig:
     feature_block: int = -1  # -1: last block; another block is matched at its student block, own head
     final_norm: bool = True  # teacher's own final norm on a last-block target (FD PRED_FEAT_AFTERNORM)
     whiten: bool = True  # per-token LayerNorm without affine on feature targets (FD ln_tgt)
-    relation_blocks: List[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
+    relation_blocks: list[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
     relation_kind: RelationKind = RelationKind.raw  # eq. 2's R = Q K^T (was `scaled`: loss balance moves)
     relation_heads: RelationHeads = RelationHeads.per_head
     # teacher block (as written above) -> student block that matches it; unlisted: the same relative
     # depth, student block floor((i + 1) * S / T) - 1 (identity at equal depths)
-    student_blocks: Dict[int, int] = field(default_factory=dict)
+    student_blocks: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
 class MaskingConfig:
-    teacher: Optional[str] = None  # name of the teacher that picks tokens (the MIM teacher); None: keep all
+    teacher: str | None = None  # name of the teacher that picks tokens (the MIM teacher); None: keep all
     strategy: Strategy = Strategy.progressive
     keep_ratio: float = 0.7  # per selection: 196 -> 137 -> 95 -> 66 (PCAE)
-    blocks: Optional[List[int]] = None  # None: [0, L/3, 2L/3] (paper 4.1)
+    blocks: list[int] | None = None  # None: [0, L/3, 2L/3] (paper 4.1)
     prune_teacher: bool = False  # run the MIM teacher's later blocks on kept tokens only (PCAE style)
 
 
@@ -150,7 +153,7 @@ class OptimConfig:
     batch_size: int = 1024  # global batch (paper 4.1)
     blr: float = 1.5e-4  # lr = blr * batch_size / 256 = 6e-4 (paper 4.1)
     weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])  # dBOT main_pretrain.py
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # dBOT main_pretrain.py
     warmup_epochs: float = 40.0  # dBOT
     min_lr: float = 0.0
     clip_grad: float = 3.0  # dBOT
@@ -177,7 +180,7 @@ class TrainConfig:
     # a run (two full copies of student + optimiser in host memory; 0: off, the current state is saved)
     progress: bool = True
     tensorboard: bool = True
-    trackers: List[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
+    trackers: list[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
 
 
 @dataclass
@@ -187,7 +190,7 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    teachers: Dict[str, TeacherConfig] = field(default_factory=dict)
+    teachers: dict[str, TeacherConfig] = field(default_factory=dict)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -221,8 +224,9 @@ def merge(base: DictConfig, other: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}: {_one_line(err)}{hint}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: Config | None = None) -> DictConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: Config | None = None
+) -> DictConfig:
     """Defaults <- YAML file <- `key=value` overrides, typed and checked."""
     cfg = OmegaConf.structured(base or Config())
     if path is not None:
@@ -230,6 +234,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (see configs/ for the shipped experiments)")
         from .config_base import read_yaml
+
         cfg = merge(cfg, read_yaml(path), str(path))  # with its `base:` files first
     for item in overrides or []:
         if "=" not in item:
@@ -261,8 +266,9 @@ def strict_loader():
             keys = [self.construct_object(k, deep=True) for k, _ in node.value]
             twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
             if twice is not None:
-                raise yaml.constructor.ConstructorError(None, None, f"key '{twice}' appears twice in one mapping",
-                                                        node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{twice}' appears twice in one mapping", node.start_mark
+                )
             return super().construct_mapping(node, deep)
 
     return StrictLoader
@@ -276,14 +282,17 @@ def check_size(value, path: Path) -> None:
         node = stack.pop()
         count += 1
         if count > MAX_NODES:
-            raise ConfigError(f"{path} expands to more than {MAX_NODES:,} values (YAML aliases repeating aliases?); "
-                              "write the settings out")
+            raise ConfigError(
+                f"{path} expands to more than {MAX_NODES:,} values (YAML aliases repeating aliases?); "
+                "write the settings out"
+            )
         stack.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
 
 
 def yaml_mapping(path: Path) -> dict:
     """The experiment file as a mapping; not YAML, or YAML that is not a mapping, fails in one line."""
     import yaml
+
     try:
         values = yaml.load(path.read_text(), Loader=strict_loader())  # noqa: S506 (a SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -293,8 +302,9 @@ def yaml_mapping(path: Path) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} holds a YAML {type(values).__name__}, not a mapping of settings "
-                          "(e.g. 'optim: {blr: 1e-4}')")
+        raise ConfigError(
+            f"{path} holds a YAML {type(values).__name__}, not a mapping of settings (e.g. 'optim: {{blr: 1e-4}}')"
+        )
     check_size(values, path)
     return values
 
@@ -302,6 +312,7 @@ def yaml_mapping(path: Path) -> dict:
 def check(cfg: DictConfig) -> None:
     """Cross-field checks that types cannot express, then every range (validate.check_config)."""
     from .validate import check_config  # validate builds on this module's ConfigError
+
     for name, t in cfg.teachers.items():
         if OmegaConf.is_missing(t, "arch"):
             raise ConfigError(f"teachers.{name}.arch is missing: set a timm name, e.g. vit_base_patch16_224.mae")
@@ -309,8 +320,9 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"teachers.{name} gives no target: set features=true or relation_blocks=[-3,-2]")
     mask_teacher = cfg.masking.teacher
     if mask_teacher is not None and mask_teacher not in cfg.teachers:
-        raise ConfigError(f"masking.teacher='{mask_teacher}' is not a teacher; choose one of "
-                          f"{sorted(cfg.teachers)} or null")
+        raise ConfigError(
+            f"masking.teacher='{mask_teacher}' is not a teacher; choose one of {sorted(cfg.teachers)} or null"
+        )
     if not 0.0 < cfg.masking.keep_ratio <= 1.0:
         raise ConfigError(f"masking.keep_ratio={cfg.masking.keep_ratio} must be in (0, 1]")
     if cfg.train.fsdp and cfg.train.compile:
@@ -336,8 +348,10 @@ def check_student(cfg: DictConfig) -> None:
         raise ConfigError("student.mask_recon masks its own tokens: set masking.teacher=null (no token selection)")
     for name, t in cfg.teachers.items():
         if t.relation_blocks:
-            raise ConfigError(f"student.mask_recon reconstructs features only (paper 2.4): teachers.{name} "
-                              "gives relations; set its relation_blocks=[] or student.mask_recon.style=none")
+            raise ConfigError(
+                f"student.mask_recon reconstructs features only (paper 2.4): teachers.{name} "
+                "gives relations; set its relation_blocks=[] or student.mask_recon.style=none"
+            )
 
 
 def to_yaml(cfg: DictConfig) -> str:

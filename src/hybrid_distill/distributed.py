@@ -1,4 +1,5 @@
 """Process group set-up from torchrun's or SLURM's environment, for train and eval alike; rank queries."""
+
 import contextlib
 import os
 from dataclasses import dataclass
@@ -67,4 +68,3 @@ def process_group(device_kind: str):
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
-

@@ -3,6 +3,7 @@
 The trainer and the bench both run `forward_backward` and `optimizer_step`; `bench/plain.py` is the one
 deliberate second implementation of the step, the tests' oracle and the bench's baseline.
 """
+
 import contextlib
 import math
 
@@ -32,8 +33,9 @@ def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) on CUDA and CPU: faster than foreach (hybrid-distill
     bench, '- fused_adamw')."""
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) or None
-    return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=0.0,
-                             betas=tuple(optim_cfg.betas), fused=fused)
+    return torch.optim.AdamW(
+        param_groups(model, optim_cfg.weight_decay), lr=0.0, betas=tuple(optim_cfg.betas), fused=fused
+    )
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
@@ -53,8 +55,9 @@ def _no_lap(phase: str) -> None:
     pass
 
 
-def forward_backward(student: nn.Module, teachers: nn.Module, pixels: torch.Tensor, ctx, scaler=None,
-                     accum: int = 1, lap=_no_lap) -> dict[str, torch.Tensor]:
+def forward_backward(
+    student: nn.Module, teachers: nn.Module, pixels: torch.Tensor, ctx, scaler=None, accum: int = 1, lap=_no_lap
+) -> dict[str, torch.Tensor]:
     """Paper eq. 1 on one (micro-)batch of pixels (B, 3, H, W) in [0, 1]: the frozen teachers' targets
     (the MIM teacher picks the kept tokens), the student on CLS + kept tokens, the named loss parts,
     and the backward of loss / accum (scaled by `scaler` for fp16). Gradients accumulate in the
@@ -71,8 +74,15 @@ def forward_backward(student: nn.Module, teachers: nn.Module, pixels: torch.Tens
     return parts
 
 
-def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torch.Tensor],
-               optimizer: torch.optim.Optimizer, scaler, lr: float, ctx) -> dict[str, torch.Tensor]:
+def train_step(
+    student: nn.Module,
+    teachers: nn.Module,
+    micro_batches: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    lr: float,
+    ctx,
+) -> dict[str, torch.Tensor]:
     """Accumulate over micro-batches of uint8 images, clip, step. Returns the loss parts, detached, averaged."""
     set_lr(optimizer, lr)
     totals: dict[str, torch.Tensor] = {}
@@ -88,8 +98,9 @@ def train_step(student: nn.Module, teachers: nn.Module, micro_batches: list[torc
     return totals
 
 
-def optimizer_step(student: nn.Module, optimizer: torch.optim.Optimizer, scaler, clip_grad: float,
-                   loss: torch.Tensor) -> dict[str, torch.Tensor]:
+def optimizer_step(
+    student: nn.Module, optimizer: torch.optim.Optimizer, scaler, clip_grad: float, loss: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Clip, step unless non-finite, clear the gradients: {'grad_norm', 'skipped'}."""
     scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(student.parameters(), clip_grad)

@@ -8,12 +8,13 @@ Both formats are plain dicts of tensors and builtins, so `torch.load(weights_onl
 Checkpoints carry a SHA-256 beside them: one without a matching checksum was cut short (preempted
 while writing, disk full) and is never resumed from. Official teacher formats live in `weights`.
 """
+
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -63,6 +64,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 # ---- checkpoints
+
 
 def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
@@ -130,18 +132,27 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 # ---- models
 
-def save_model_file(model: nn.Module, arch: str, model_kwargs: dict, path: str | Path,
-                    mean=None, std=None) -> Path:
+
+def save_model_file(model: nn.Module, arch: str, model_kwargs: dict, path: str | Path, mean=None, std=None) -> Path:
     """A plain timm model in our own format, atomically."""
     default_mean, default_std = mean_std(model)
-    return save_atomic(path, {"format": MODEL_FORMAT, "arch": arch, "model_kwargs": dict(model_kwargs),
-                              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                              "mean": list(mean or default_mean), "std": list(std or default_std)})
+    return save_atomic(
+        path,
+        {
+            "format": MODEL_FORMAT,
+            "arch": arch,
+            "model_kwargs": dict(model_kwargs),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "mean": list(mean or default_mean),
+            "std": list(std or default_std),
+        },
+    )
 
 
 @dataclass
 class OwnModel:
     """A timm ViT as one of our files holds it (a checkpoint's student backbone, or a model file)."""
+
     arch: str
     model_kwargs: dict
     state_dict: dict
@@ -162,11 +173,24 @@ def own_model(payload: dict) -> OwnModel:
     `backbone.` prefix stripped here and nowhere else)."""
     if payload["format"] == CHECKPOINT_FORMAT:
         cfg = payload["config"]["student"]
-        state = {k[len(BACKBONE):]: v for k, v in payload["model"].items() if k.startswith(BACKBONE)}
-        return OwnModel(cfg["arch"], dict(cfg.get("model_kwargs") or {}), state, cfg.get("mean"), cfg.get("std"),
-                        CHECKPOINT_FORMAT, bool(cfg.get("fd_encoder", False)))
-    return OwnModel(payload["arch"], dict(payload["model_kwargs"]), payload["state_dict"], payload["mean"],
-                    payload["std"], MODEL_FORMAT)
+        state = {k[len(BACKBONE) :]: v for k, v in payload["model"].items() if k.startswith(BACKBONE)}
+        return OwnModel(
+            cfg["arch"],
+            dict(cfg.get("model_kwargs") or {}),
+            state,
+            cfg.get("mean"),
+            cfg.get("std"),
+            CHECKPOINT_FORMAT,
+            bool(cfg.get("fd_encoder", False)),
+        )
+    return OwnModel(
+        payload["arch"],
+        dict(payload["model_kwargs"]),
+        payload["state_dict"],
+        payload["mean"],
+        payload["std"],
+        MODEL_FORMAT,
+    )
 
 
 def read_model(path: str | Path) -> OwnModel:
@@ -178,13 +202,18 @@ def read_model(path: str | Path) -> OwnModel:
 def student_with_decoder(spec: str) -> nn.Module:
     """The student of a run directory or checkpoint with its trained decoder as `model.decoder`."""
     from .models.decoder import decoder_from_checkpoint
+
     path = Path(spec)
     payload = read(newest_checkpoint(path) if path.is_dir() else path, (CHECKPOINT_FORMAT,))
     model = own_model(payload).build()
     block = model.blocks[0]
-    model.decoder = decoder_from_checkpoint(payload, model.embed_dim, block.attn.num_heads,
-                                            tuple(model.patch_embed.grid_size),
-                                            block.mlp.fc1.out_features / model.embed_dim)
+    model.decoder = decoder_from_checkpoint(
+        payload,
+        model.embed_dim,
+        block.attn.num_heads,
+        tuple(model.patch_embed.grid_size),
+        block.mlp.fc1.out_features / model.embed_dim,
+    )
     return model
 
 

@@ -7,6 +7,7 @@ Exit codes of `hybrid-distill train` (documented in README):
   75  preempted (SIGTERM / SIGUSR1): a checkpoint was written; requeue and it resumes by itself
   130 interrupted (Ctrl-C): the step finished and a checkpoint was written; a second Ctrl-C aborts at once
 """
+
 import atexit
 import multiprocessing
 import signal
@@ -63,16 +64,22 @@ class Preemption:
         if self.interrupted:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
         self.interrupted = self.requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without saving)",
-              file=sys.stderr, flush=True)
+        print(
+            "\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def should_stop(self) -> bool:
         return _any_rank(self.requested)
 
     def stopped(self, where: str, save: bool = True) -> StopTraining:
         """The StopTraining this signal asks for, its message saying `where` and how to resume."""
-        what, code = ("interrupted (Ctrl-C)", EXIT_INTERRUPTED) if self.interrupted else \
-            ("preempted by a signal", EXIT_PREEMPTED)
+        what, code = (
+            ("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+            if self.interrupted
+            else ("preempted by a signal", EXIT_PREEMPTED)
+        )
         return StopTraining(f"{what} {where}; resume with --resume auto (exit code {code})", code, save=save)
 
     def restore(self) -> None:
@@ -132,9 +139,12 @@ class NonFiniteGuard:
         self.in_row = self.in_row + 1 if skipped else 0
         self.total += int(skipped)
         if self.limit and self.in_row >= self.limit:
-            raise NonFiniteStop(f"{self.in_row} non-finite steps in a row up to step {step}, the first at step "
-                                f"{self.first} ({self.what}); lower optim.blr, raise optim.clip_grad or check the "
-                                "data, then resume with --resume auto --allow-config-change", EXIT_GUARD)
+            raise NonFiniteStop(
+                f"{self.in_row} non-finite steps in a row up to step {step}, the first at step "
+                f"{self.first} ({self.what}); lower optim.blr, raise optim.clip_grad or check the "
+                "data, then resume with --resume auto --allow-config-change",
+                EXIT_GUARD,
+            )
 
 
 class BadSamples:
@@ -166,15 +176,18 @@ class BadSamples:
         if seen and bad / seen > self.max_fraction:
             self.failed = True
             self.report()
-            raise StopTraining(f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) read so far in epoch {self.epoch} "
-                               f"were unreadable, above data.max_bad_fraction={self.max_fraction}; see {self.path}, "
-                               "then fix the data or raise data.max_bad_fraction", EXIT_GUARD)
+            raise StopTraining(
+                f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) read so far in epoch {self.epoch} "
+                f"were unreadable, above data.max_bad_fraction={self.max_fraction}; see {self.path}, "
+                "then fix the data or raise data.max_bad_fraction",
+                EXIT_GUARD,
+            )
         return {"bad_samples": bad, "samples": seen}
 
     def report(self) -> None:
         if self.write and len(self.bad) > self.written:
             with open(self.path, "a") as f:
-                f.writelines(f"epoch {self.epoch}\t{self.name_of(i)}\n" for i in self.bad[self.written:])
+                f.writelines(f"epoch {self.epoch}\t{self.name_of(i)}\n" for i in self.bad[self.written :])
         self.written = len(self.bad)
 
     def end_epoch(self, epoch: int) -> dict:
@@ -184,9 +197,19 @@ class BadSamples:
         return counts
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seen": self.seen, "bad": list(self.bad), "written": self.written,
-                "failed": self.failed}
+        return {
+            "epoch": self.epoch,
+            "seen": self.seen,
+            "bad": list(self.bad),
+            "written": self.written,
+            "failed": self.failed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.seen, self.bad, self.written = state["epoch"], state["seen"], list(state["bad"]), state["written"]
+        self.epoch, self.seen, self.bad, self.written = (
+            state["epoch"],
+            state["seen"],
+            list(state["bad"]),
+            state["written"],
+        )
         self.failed = state["failed"]

@@ -9,6 +9,7 @@ keep set before block 0, and `select(block, patches)` narrows it after each bloc
 returning positions within the patches it is shown (those still kept). With `prune`, the teacher then
 drops the other tokens from its sequence (PCAE style).
 """
+
 import math
 
 import torch
@@ -86,6 +87,7 @@ class KeepLeastRedundant:
 
 class KeepGiven:
     """A keep set (B, K) fixed before the teacher runs: another teacher's choice, or every patch."""
+
     blocks, prune = (), False
 
     def __init__(self, keep: torch.Tensor):
@@ -97,6 +99,7 @@ class KeepGiven:
 
 class KeepRandom:
     """k patches per image, uniformly at random (masking.strategy=random)."""
+
     blocks, prune = (), False
 
     def __init__(self, k: int):

@@ -6,6 +6,7 @@ block, and an unlisted block goes to the same relative depth, floor((i + 1) * S 
 the identity when student and teacher are equally deep, e.g. teacher block 9 of 12 -> student 4 of 6).
 Every refusal is one line naming the config key to change.
 """
+
 from .config import ConfigError, RelationHeads, RelationKind
 from .relations import form, resolve_block
 
@@ -17,8 +18,9 @@ def same_relative_depth(block: int, teacher_depth: int, student_depth: int) -> i
 
 def target_blocks(name: str, tcfg, teacher_depth: int) -> list[int]:
     """The teacher blocks where `name` gives a target, resolved: its feature block, its relation blocks."""
-    blocks = [resolve_block(tcfg.feature_block, teacher_depth, f"teachers.{name}.feature_block")] \
-        if tcfg.features else []
+    blocks = (
+        [resolve_block(tcfg.feature_block, teacher_depth, f"teachers.{name}.feature_block")] if tcfg.features else []
+    )
     return blocks + [resolve_block(b, teacher_depth, f"teachers.{name}.relation_blocks") for b in tcfg.relation_blocks]
 
 
@@ -43,9 +45,11 @@ def check_can_match(name: str, tcfg, teacher_attn, student_attn) -> None:
     if heads is RelationHeads.per_head and teacher_attn.num_heads != student_attn.num_heads:
         raise ConfigError(
             f"teacher '{name}' has {teacher_attn.num_heads} heads but the student has {student_attn.num_heads}: "
-            f"per-head relations need equal counts; set teachers.{name}.relation_heads=head_mean or change the student")
+            f"per-head relations need equal counts; set teachers.{name}.relation_heads=head_mean or change the student"
+        )
     if form(kind).head_width and teacher_attn.head_dim != student_attn.head_dim:
         raise ConfigError(
             f"teachers.{name}.relation_kind={kind.value} compares head outputs of width {teacher_attn.head_dim} "
             f"(teacher) and {student_attn.head_dim} (student) with no head between them: use a student of head width "
-            f"{teacher_attn.head_dim} or relation_kind=features")
+            f"{teacher_attn.head_dim} or relation_kind=features"
+        )

@@ -6,6 +6,7 @@ non-finite one; the state just before that step is already ruined. So copies are
 `every` steps while steps are finite, the last two are kept, and a stop saves the older one: at
 least `every` steps before the first non-finite step.
 """
+
 import math
 
 import torch
@@ -61,9 +62,14 @@ def non_finite_targets(teachers, micro_batches, run) -> list[str]:
 
 def _targets_of(teachers, images, run) -> set[str]:
     from .data.transforms import to_unit
+
     with run.autocast():
         targets = teachers(to_unit(images.to(run.device)))  # Targets: features and relations by teacher
     found = {f"teacher '{name}' feature target" for name, f in targets.features.items() if not f.isfinite().all()}
-    found.update(f"teacher '{name}' relation target at block {b}" for name, blocks in targets.relations.items()
-                 for b, r in blocks.items() if not r.isfinite().all())
+    found.update(
+        f"teacher '{name}' relation target at block {b}"
+        for name, blocks in targets.relations.items()
+        for b, r in blocks.items()
+        if not r.isfinite().all()
+    )
     return found

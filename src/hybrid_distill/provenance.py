@@ -1,4 +1,5 @@
 """What produced a result: git SHA, package versions, host. Saved beside every number."""
+
 import importlib.metadata
 import platform
 import subprocess
@@ -11,10 +12,12 @@ def git_sha(cwd: Path | None = None) -> str:
     """The checkout's HEAD, with '-dirty' when tracked files changed; 'unknown' outside git."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
@@ -48,6 +51,7 @@ def cpu_model() -> str:
 
 def provenance() -> dict:
     import torch
+
     return {
         "git_sha": _LOADED_FROM,
         "packages": package_versions(),

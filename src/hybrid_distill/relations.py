@@ -6,8 +6,9 @@ its two sides, `teacher_target` and `student_target`. Adding a kind touches `con
 this file (and `models/attention.block_with_parts` if the student must tap a part of its blocks not
 tapped yet). Shapes: B batch, H heads, N tokens, hd head dim, D width.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -38,8 +39,7 @@ def form(kind) -> Form:
     return FORMS[RelationKind(kind)]
 
 
-def relation_form(logits: torch.Tensor, scale: float, kind: RelationKind,
-                  heads: RelationHeads) -> torch.Tensor:
+def relation_form(logits: torch.Tensor, scale: float, kind: RelationKind, heads: RelationHeads) -> torch.Tensor:
     """logits q k^T * hd^-0.5 (B, H, N, N) -> the distilled relation, (B, H, N, N) or (B, 1, N, N).
     `raw` undoes the scale: eq. 2's R = Q K^T has no 1/sqrt(d), which appears only inside MSA's softmax."""
     if kind is RelationKind.raw:
@@ -64,9 +64,15 @@ def msa_heads(attn, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
 
-def teacher_target(kind: RelationKind, heads: RelationHeads, attn: nn.Module, x: torch.Tensor,
-                   read: Callable[[torch.Tensor], torch.Tensor], rope: torch.Tensor | None = None,
-                   rope_read: torch.Tensor | None = None) -> torch.Tensor:
+def teacher_target(
+    kind: RelationKind,
+    heads: RelationHeads,
+    attn: nn.Module,
+    x: torch.Tensor,
+    read: Callable[[torch.Tensor], torch.Tensor],
+    rope: torch.Tensor | None = None,
+    rope_read: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The teacher's target at one block, fp32 (token targets in the teacher's dtype: it finishes them
     like its features, `Teacher.finish_tokens`). x (B, N, D): the block's normed input (`reads_input`) or
     its output; read: (B, N, ...) -> (B, 1 + K, ...) at CLS + the kept tokens; rope, rope_read: the rotary
@@ -85,9 +91,14 @@ def teacher_target(kind: RelationKind, heads: RelationHeads, attn: nn.Module, x:
     return relation_form(logits.float(), attn.scale, kind, heads)
 
 
-def student_target(kind: RelationKind, heads: RelationHeads, attn: nn.Module, tap: tuple,
-                   read: Callable[[torch.Tensor, int], torch.Tensor],
-                   project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def student_target(
+    kind: RelationKind,
+    heads: RelationHeads,
+    attn: nn.Module,
+    tap: tuple,
+    read: Callable[[torch.Tensor, int], torch.Tensor],
+    project: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """The student's side of the same target from its block's tap (logits (B, H, N, N), per-head outputs
     (B, H, N, hd), output tokens (B, N, D); `models/attention.block_with_parts`); read(t, dim): axis dim
     to CLS + kept; project: the student's head for token targets."""
@@ -102,6 +113,8 @@ def student_target(kind: RelationKind, heads: RelationHeads, attn: nn.Module, ta
 def resolve_block(index: int, depth: int, what: str) -> int:
     """Python-style block index (-1 is the last block) checked against the model's depth."""
     if not -depth <= index < depth:
-        raise ConfigError(f"{what}: block {index} does not exist in a model with {depth} blocks "
-                          f"(0..{depth - 1}, or -1..-{depth} from the end)")
+        raise ConfigError(
+            f"{what}: block {index} does not exist in a model with {depth} blocks "
+            f"(0..{depth - 1}, or -1..-{depth} from the end)"
+        )
     return index % depth

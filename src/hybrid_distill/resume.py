@@ -4,6 +4,7 @@ A resume never silently starts over: `--resume auto` on a run whose checkpoints 
 stops; an explicit file is checksum-verified (when its .sha256 is beside it) and must load; a
 checkpoint whose student does not fit the config is named with what changed.
 """
+
 import warnings
 from pathlib import Path
 
@@ -29,12 +30,16 @@ def resolve(resume: str | None, run_dir: Path) -> Path | None:
         if found is None and not saved and resume != "auto":
             raise ResumeError(f"--resume {resume}: no checkpoints/checkpoint-*.pt in that run directory")
         if found is None and saved:
-            raise ResumeError(f"--resume {resume}: none of the {len(saved)} checkpoint(s) in {where / 'checkpoints'} is "
-                              "complete (checksum mismatch or missing); pass an intact one with --resume FILE, or "
-                              "start a new run with another name=")
+            raise ResumeError(
+                f"--resume {resume}: none of the {len(saved)} checkpoint(s) in {where / 'checkpoints'} is "
+                "complete (checksum mismatch or missing); pass an intact one with --resume FILE, or "
+                "start a new run with another name="
+            )
         if found is not None and found != saved[-1]:
-            warnings.warn(f"{len(saved) - saved.index(found) - 1} newer checkpoint(s) in {where / 'checkpoints'} "
-                          f"are truncated or corrupt (checksum mismatch); resuming from {found.name}")
+            warnings.warn(
+                f"{len(saved) - saved.index(found) - 1} newer checkpoint(s) in {where / 'checkpoints'} "
+                f"are truncated or corrupt (checksum mismatch); resuming from {found.name}"
+            )
         return found
     path = Path(resume)
     if not path.is_file():
@@ -43,8 +48,10 @@ def resolve(resume: str | None, run_dir: Path) -> Path | None:
     if problem:
         raise ResumeError(f"--resume {resume} {problem}; pass a checkpoint-*.pt of a run")
     if files.has_checksum(path) and not files.is_complete(path):
-        raise ResumeError(f"--resume {resume}: the file does not match its checksum {path.name}.sha256 "
-                          "(truncated or corrupt); pass an intact checkpoint")
+        raise ResumeError(
+            f"--resume {resume}: the file does not match its checksum {path.name}.sha256 "
+            "(truncated or corrupt); pass an intact checkpoint"
+        )
     return path
 
 
@@ -57,10 +64,16 @@ def load(path: Path) -> dict:
 
 
 def _changes(saved: dict, cfg) -> list[str]:
-    now = {"student.arch": cfg.student.arch, "student.model_kwargs": dict(cfg.student.model_kwargs),
-           "teachers": sorted(cfg.teachers)}
-    then = {"student.arch": saved["student"]["arch"], "student.model_kwargs": saved["student"]["model_kwargs"],
-            "teachers": sorted(saved.get("teachers", {}))}
+    now = {
+        "student.arch": cfg.student.arch,
+        "student.model_kwargs": dict(cfg.student.model_kwargs),
+        "teachers": sorted(cfg.teachers),
+    }
+    then = {
+        "student.arch": saved["student"]["arch"],
+        "student.model_kwargs": saved["student"]["model_kwargs"],
+        "teachers": sorted(saved.get("teachers", {})),
+    }
     return [f"{k} {then[k]} -> {now[k]}" for k in now if then[k] != now[k]]
 
 
@@ -73,5 +86,7 @@ def check_fits(state: dict, student: torch.nn.Module, cfg, path: Path) -> None:
     changed = _changes(state.get("config", {}), cfg) if "config" in state else []
     first = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
     what = "; ".join(changed) or f"{first}: {have.get(first)} in the file, {want.get(first)} now"
-    raise ResumeError(f"--resume {path}: the checkpoint's student has another architecture ({what}); resume "
-                      "with the config it was trained with, or start a new run with another name=")
+    raise ResumeError(
+        f"--resume {path}: the checkpoint's student has another architecture ({what}); resume "
+        "with the config it was trained with, or start a new run with another name="
+    )

@@ -7,6 +7,7 @@ and may land on another node). A fresh run (no --resume) into a directory that a
 is refused: its checkpoints would be pruned against the old ones and `--resume auto` would later
 pick the old run.
 """
+
 import json
 import os
 import socket
@@ -56,8 +57,10 @@ def is_stale(owner: dict) -> bool:
 def check_owner(run_dir: Path) -> None:
     owner = read_owner(run_dir)
     if owner is not None and not is_stale(owner):
-        raise RunDirError(f"{run_dir} is in use by pid {owner['pid']} on {owner.get('host')}: wait for that run, "
-                          f"start this one with another name=, or delete {Path(run_dir) / LOCK} if that run is gone")
+        raise RunDirError(
+            f"{run_dir} is in use by pid {owner['pid']} on {owner.get('host')}: wait for that run, "
+            f"start this one with another name=, or delete {Path(run_dir) / LOCK} if that run is gone"
+        )
 
 
 def check_fresh(run_dir: Path, resume: str | None) -> None:
@@ -65,8 +68,10 @@ def check_fresh(run_dir: Path, resume: str | None) -> None:
     run_dir = Path(run_dir)
     held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
     if resume is None and held:
-        raise RunDirError(f"{run_dir} already holds a run ({', '.join(held[:4])}): continue it with --resume auto, "
-                          "or start a new run with another name=")
+        raise RunDirError(
+            f"{run_dir} already holds a run ({', '.join(held[:4])}): continue it with --resume auto, "
+            "or start a new run with another name="
+        )
 
 
 def check_available(run_dir: Path, resume: str | None) -> None:

@@ -4,6 +4,7 @@ progress bar, or with `train.progress=false` a plain line every log_every steps 
 A run resumed from an older checkpoint first drops the records after that checkpoint's step from
 metrics.jsonl, and TensorBoard's `purge_step` hides its events from there on, so no step appears twice.
 """
+
 import json
 import time
 from pathlib import Path
@@ -12,19 +13,33 @@ from tqdm import tqdm
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
-                 progress: bool = True, tensorboard: bool = True, trackers: list | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        enabled: bool = True,
+        progress: bool = True,
+        tensorboard: bool = True,
+        trackers: list | None = None,
+    ):
         self.enabled, self.progress, self.total, self.step = enabled, progress, total_steps, start_step
         self.trackers = trackers or []  # tracking.py: W&B / MLflow, given each record as written
         self.path = Path(run_dir) / "metrics.jsonl"
         if enabled:
             drop_after(self.path, start_step)
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not (enabled and progress),
-                        dynamic_ncols=True, desc=Path(run_dir).name)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not (enabled and progress),
+            dynamic_ncols=True,
+            desc=Path(run_dir).name,
+        )
         self.writer = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 self.bar.write("tensorboard is not installed: logging to metrics.jsonl only")

@@ -1,4 +1,5 @@
 """What a run needs besides models and data: the device, the precision, seeding and the step's context."""
+
 import contextlib
 import random
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from .config import Amp, ConfigError
 @dataclass
 class RunContext:
     """What the step needs besides models and data."""
+
     device: torch.device
     amp_dtype: torch.dtype | None
     loss_weights: dict[str, float]
@@ -47,11 +49,13 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """Every generator's state as tensors and builtins (a checkpoint's 'rng', weights_only-loadable)."""
     version, state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]),
-            "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss}}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss},
+    }
 
 
 def set_rng_state(state: dict) -> None:

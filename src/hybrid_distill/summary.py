@@ -11,13 +11,16 @@ def teacher_line(name: str, record: dict) -> str:
     if record.get("grid"):
         (h, w), (ph, pw), (gh, gw) = record["img_size"], record["patch_size"], record["grid"]
         geometry = f", {h}x{w} px in, {ph}x{pw} patches, {gh}x{gw} grid, {record['prefix_tokens']} prefix token(s)"
-    return (f"  teacher {name}: {record.get('arch')} from {record.get('source')} (sha256 {sha}{geometry}, "
-            f"licence {record.get('license')})")
+    return (
+        f"  teacher {name}: {record.get('arch')} from {record.get('source')} (sha256 {sha}{geometry}, "
+        f"licence {record.get('license')})"
+    )
 
 
 def top_lr(trainer, warmup: int) -> float:
     """The highest lr the run reaches: at the end of its warm-up, or at its last step if that comes first."""
     from .engine import lr_at
+
     o = trainer.cfg.optim
     peak_step = min(warmup, trainer.last_step())
     return lr_at(peak_step, trainer.total_steps, warmup, o.blr * o.batch_size / 256, o.min_lr)
@@ -41,7 +44,9 @@ def startup_summary(trainer) -> str:
     ]
     warmup = int(o.warmup_epochs * trainer.steps_per_epoch)
     if warmup * 2 >= trainer.last_step() > 0:  # e.g. a 300-epoch config shrunk for a test keeps 40 warm-up epochs
-        lines.append(f"warning: the warm-up ({warmup} steps) is half the run ({trainer.last_step()} steps) or more: the "
-                     f"lr reaches at most {top_lr(trainer, warmup):.3g}; lower "
-                     "optim.warmup_epochs")
+        lines.append(
+            f"warning: the warm-up ({warmup} steps) is half the run ({trainer.last_step()} steps) or more: the "
+            f"lr reaches at most {top_lr(trainer, warmup):.3g}; lower "
+            "optim.warmup_epochs"
+        )
     return "\n".join(lines + [teacher_line(n, r) for n, r in trainer.records.items()])

@@ -1,4 +1,5 @@
 """All teachers together: the token picker runs first, the others follow on its keep set."""
+
 import copy
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from .models.tokens import grid_size
 @dataclass
 class Targets:
     """What the student distils in one step, every tensor at CLS + the same kept patches."""
+
     keep: torch.Tensor  # (B, K) kept patch indices
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
     relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # teacher -> block -> (B, H, 1+K, 1+K)
@@ -74,12 +76,21 @@ class TeacherSet(nn.Module):
         arguments: nothing is switched in place), on the same device. Only fp32 teachers are copied: a cast
         rounds, and FP8 weights cannot be cast back."""
         if self.precision is not TeacherPrecision.fp32:
-            raise ValueError(f"TeacherSet.copy needs fp32 teachers, these are {self.precision.value}: copy the "
-                             "fp32 set and ask for the precision")
-        built = {n: Teacher(n, t.cfg, copy.deepcopy(t.model), grid_size(t.model),
-                            t.fused_attention if fused_attention is None else fused_attention,
-                            t.precision if precision is None else precision)
-                 for n, t in self.teachers.items()}
+            raise ValueError(
+                f"TeacherSet.copy needs fp32 teachers, these are {self.precision.value}: copy the "
+                "fp32 set and ask for the precision"
+            )
+        built = {
+            n: Teacher(
+                n,
+                t.cfg,
+                copy.deepcopy(t.model),
+                grid_size(t.model),
+                t.fused_attention if fused_attention is None else fused_attention,
+                t.precision if precision is None else precision,
+            )
+            for n, t in self.teachers.items()
+        }
         return TeacherSet(built, self.masking, self.num_patches)
 
     def compile(self, **kwargs) -> "TeacherSet":

@@ -4,6 +4,7 @@ Each is fed the very records written to metrics.jsonl (numbers only), at the sam
 three never disagree. The packages are extras (`pip install 'hybrid-distill[wandb]'`), imported only
 when asked for; a missing one stops the run before its first step with the install line.
 """
+
 import importlib
 
 from .config import ConfigError, to_dict

@@ -1,36 +1,44 @@
 """The training run: set-up, the loop over steps, logging and checkpoints, around `engine.train_step`."""
+
 import contextlib
 import json
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from . import files
 from .build import build_models
 from .config import ConfigError, to_dict, to_yaml
 from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
-from .distributed import Dist, init_distributed, mean_over_ranks
 from .data.sampler import sample_name
 from .data.shards import ShardStream
+from .distributed import Dist, init_distributed, mean_over_ranks
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
 from .models.attention import student_fused_attention
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
-from .resume import check_fits, load as load_resume, resolve as resolve_resume
-from .run_dir import RunLock, check_available
-from .validate import check_teacher_files
-from .summary import startup_summary
-from .tracking import open_trackers
+from .resume import check_fits
+from .resume import load as load_resume
+from .resume import resolve as resolve_resume
 from .resume_policy import check_resume_config, init_state, schedule_note
-
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+from .run_dir import RunLock, check_available
 from .run_log import RunLog
 from .runtime import RunContext, amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
+from .summary import startup_summary
+from .tracking import open_trackers
+from .validate import check_teacher_files
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
@@ -41,8 +49,14 @@ def write_run_files(run_dir: Path, cfg: DictConfig, records: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, resume: str | None = None, allow_config_change: bool = False,
-                 init_from: str | None = None, dry_run: bool = False):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        resume: str | None = None,
+        allow_config_change: bool = False,
+        init_from: str | None = None,
+        dry_run: bool = False,
+    ):
         """dry_run: build everything and write nothing (`train --dry-run`)."""
         self.cfg, self.allow_config_change = cfg, allow_config_change
         self.run_dir = Path(cfg.output_dir) / cfg.name
@@ -58,12 +72,20 @@ class Trainer:
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
         self.micro_batch = self.micro_batch_size()
-        self.loader, self.sampler = build_loader(cfg.data, self.dataset, cfg.optim.batch_size // cfg.optim.accum_steps,
-                                                 self.micro_batch, cfg.seed, self.dist.rank, self.dist.world)
+        self.loader, self.sampler = build_loader(
+            cfg.data,
+            self.dataset,
+            cfg.optim.batch_size // cfg.optim.accum_steps,
+            self.micro_batch,
+            cfg.seed,
+            self.dist.rank,
+            self.dist.world,
+        )
         dtype = amp_dtype(cfg.train.amp, self.device)
         # frozen teachers in bf16 under bf16 autocast (~2.9x, bench) or FP8; targets stay fp32
-        self.student, self.teachers, self.records = build_models(cfg, student_fused_attention(self.device),
-                                                                 self.device, dtype)
+        self.student, self.teachers, self.records = build_models(
+            cfg, student_fused_attention(self.device), self.device, dtype
+        )
         seed_everything(cfg.seed + self.dist.rank)  # per-rank drop path and random masking
         self.student.to(self.device)
         if cfg.train.compile:  # in place, before DDP: parameter names and checkpoints stay the same
@@ -72,22 +94,34 @@ class Trainer:
         self.model = self.wrap(self.student)
         self.optimizer = build_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
-        self.ctx = RunContext(self.device, dtype, {n: t.weight for n, t in cfg.teachers.items()},
-                              cfg.loss.beta, cfg.optim.clip_grad or float("inf"))
+        self.ctx = RunContext(
+            self.device,
+            dtype,
+            {n: t.weight for n, t in cfg.teachers.items()},
+            cfg.loss.beta,
+            cfg.optim.clip_grad or float("inf"),
+        )
         self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.optim.accum_steps
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step = 0
         self.monitor = self.build_monitor() if cfg.train.monitor_every and self.dist.main else None
-        self.bad = BadSamples(self.run_dir, lambda i: sample_name(self.dataset, i), cfg.data.max_bad_fraction,
-                              cfg.data.bad_check_every, self.dist.main)
+        self.bad = BadSamples(
+            self.run_dir,
+            lambda i: sample_name(self.dataset, i),
+            cfg.data.max_bad_fraction,
+            cfg.data.bad_check_every,
+            self.dist.main,
+        )
         if init_from and resume:
             raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
         self.init_from(init_from)
         self.resume(resume_path)
         if self.step > self.last_step():
-            raise ConfigError(f"the run's checkpoint is at step {self.step}, past step {self.last_step()} where this "
-                              "config stops (train.max_steps, train.epochs): raise them to continue it, or start a "
-                              "new run")
+            raise ConfigError(
+                f"the run's checkpoint is at step {self.step}, past step {self.last_step()} where this "
+                "config stops (train.max_steps, train.epochs): raise them to continue it, or start a "
+                "new run"
+            )
         if self.dist.main:
             print(startup_summary(self), flush=True)
 
@@ -107,6 +141,7 @@ class Trainer:
         """Attention distance and NMI of the student on a fixed probe batch (paper section 2 measures)."""
         from .analysis.monitor import AttentionMonitor
         from .data.transforms import eval_transform, to_unit
+
         transform = eval_transform(self.cfg.data.img_size, self.cfg.data.interpolation)
         count = min(self.cfg.train.monitor_images, len(self.dataset))
         if isinstance(self.dataset, ShardStream):
@@ -121,8 +156,9 @@ class Trainer:
     def micro_batch_size(self) -> int:
         per = self.dist.world * self.cfg.optim.accum_steps
         if self.cfg.optim.batch_size % per:
-            raise ConfigError(f"optim.batch_size={self.cfg.optim.batch_size} is not divisible by world size x "
-                              f"accum_steps = {per}")
+            raise ConfigError(
+                f"optim.batch_size={self.cfg.optim.batch_size} is not divisible by world size x accum_steps = {per}"
+            )
         return self.cfg.optim.batch_size // per
 
     def wrap(self, student):
@@ -133,6 +169,7 @@ class Trainer:
         if self.cfg.train.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
+
             # the run's own device: fully_shard's default mesh is CUDA whenever a GPU is visible
             mesh = init_device_mesh(self.device.type, (self.dist.world,))
             for i, block in enumerate(student.backbone.blocks):
@@ -140,6 +177,7 @@ class Trainer:
                     fully_shard(block, mesh=mesh)
             return fully_shard(student, mesh=mesh)
         from torch.nn.parallel import DistributedDataParallel
+
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids)
 
@@ -176,9 +214,16 @@ class Trainer:
         rngs, bads = self.gather(rng_state()), self.gather(self.bad.state_dict())
         model_state = get_model_state_dict(self.student, options=FULL_STATE)  # Student.state_dict(), as it is
         optim_state = get_optimizer_state_dict(self.student, self.optimizer, options=FULL_STATE)
-        return {"model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
-                "step": self.step, "epoch": self.step // max(1, self.steps_per_epoch), "rng": rngs,
-                "bad_samples": bads, "config": to_dict(self.cfg)}
+        return {
+            "model": model_state,
+            "optimizer": optim_state,
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.step // max(1, self.steps_per_epoch),
+            "rng": rngs,
+            "bad_samples": bads,
+            "config": to_dict(self.cfg),
+        }
 
     def save(self, state: dict | None = None) -> None:
         """This state (or `state`, a kept copy), written by rank 0."""
@@ -212,8 +257,15 @@ class Trainer:
 
     def loop(self, preemption: Preemption) -> Path:
         cfg, last = self.cfg.train, self.last_step()
-        log = RunLog(self.run_dir, last, self.step, self.dist.main, cfg.progress, cfg.tensorboard,
-                     open_trackers(self.cfg) if self.dist.main else [])
+        log = RunLog(
+            self.run_dir,
+            last,
+            self.step,
+            self.dist.main,
+            cfg.progress,
+            cfg.tensorboard,
+            open_trackers(self.cfg) if self.dist.main else [],
+        )
         nonfinite, good = NonFiniteGuard(cfg.max_nonfinite_steps), GoodStates(cfg.good_state_every)
         self.student.train()
         self.stepping, self.batches = False, None
@@ -241,12 +293,17 @@ class Trainer:
             # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
             # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
             safe = not self.stepping and not self.dist.enabled
-            stop = StopTraining(f"preempted: a loader worker was killed by a signal; resume with --resume auto "
-                                f"(exit code {EXIT_PREEMPTED})", EXIT_PREEMPTED, save=safe)
+            stop = StopTraining(
+                f"preempted: a loader worker was killed by a signal; resume with --resume auto "
+                f"(exit code {EXIT_PREEMPTED})",
+                EXIT_PREEMPTED,
+                save=safe,
+            )
         if isinstance(stop, NonFiniteStop) and good.oldest() is not None:
             self.save_good(good.oldest())
-            stop = NonFiniteStop(f"{stop}; saved the state of step {good.oldest()['step']}, from before it",
-                                 stop.exit_code)
+            stop = NonFiniteStop(
+                f"{stop}; saved the state of step {good.oldest()['step']}, from before it", stop.exit_code
+            )
         elif stop.save:
             self.save()
         log.write(f"stopped at step {self.step}: {stop}")
@@ -260,8 +317,9 @@ class Trainer:
                     files.move_aside(path, self.run_dir / "checkpoints" / "diverged")
         self.save(state)
 
-    def run_epoch(self, epoch: int, last: int, log: RunLog, nonfinite: NonFiniteGuard, good: GoodStates,
-                  preemption: Preemption) -> None:
+    def run_epoch(
+        self, epoch: int, last: int, log: RunLog, nonfinite: NonFiniteGuard, good: GoodStates, preemption: Preemption
+    ) -> None:
         """The steps of one epoch from where the run stands (mid-epoch after a resume)."""
         accum, start = self.cfg.optim.accum_steps, self.step % self.steps_per_epoch
         self.sampler.set_epoch(epoch, start * accum)
@@ -278,7 +336,11 @@ class Trainer:
             self.step += 1
             self.stepping = False
             self.bad.update(torch.cat([m[2] for m in micro]), self.step)
-            nonfinite.update(bool(parts["skipped"]), self.step, lambda: describe(parts, self.teachers, images, self.ctx))
+            nonfinite.update(
+                bool(parts["skipped"]),
+                self.step,
+                lambda parts=parts, images=images: describe(parts, self.teachers, images, self.ctx),
+            )
             self.after_step(log, parts, lr, epoch)
             if self.step >= last:
                 return  # the run is complete: a signal now changes nothing (exit 0)

@@ -4,6 +4,7 @@ raised as ConfigError, which every command turns into exit code 2.
 
 Models are not built here: depths come from a model built on the meta device (no memory, no init).
 """
+
 import math
 import os
 import re
@@ -67,11 +68,14 @@ def writable_dir(key: str, path: str | Path) -> None:
 def run_name(name: str) -> None:
     """One plain path component, so the run stays inside output_dir."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
-        raise ConfigError(f"name={name!r} must be one folder name (printable, no '/', not '.' or '..'): "
-                          "runs stay inside output_dir")
+        raise ConfigError(
+            f"name={name!r} must be one folder name (printable, no '/', not '.' or '..'): runs stay inside output_dir"
+        )
     if len(name.encode()) > 200:
-        raise ConfigError(f"name={name[:20]}... is {len(name.encode())} bytes long; a folder name takes at most 200 "
-                          "here (255 on most file systems, less the suffixes added to it)")
+        raise ConfigError(
+            f"name={name[:20]}... is {len(name.encode())} bytes long; a folder name takes at most 200 "
+            "here (255 on most file systems, less the suffixes added to it)"
+        )
 
 
 def weight_file_problem(path: Path) -> str | None:
@@ -86,8 +90,7 @@ def weight_file_problem(path: Path) -> str | None:
         return None
     if len(head) == 9 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
         return None
-    return (f"is not a weight file ({size} bytes that are neither a torch zip archive, a torch pickle "
-            "nor safetensors)")
+    return f"is not a weight file ({size} bytes that are neither a torch zip archive, a torch pickle nor safetensors)"
 
 
 def weight_file(key: str, path: str | Path) -> None:
@@ -96,9 +99,12 @@ def weight_file(key: str, path: str | Path) -> None:
         raise ConfigError(f"{key}={path}: no such file")
     if path.is_dir():
         from .files import newest_complete
+
         if newest_complete(path) is None:
-            raise ConfigError(f"{key}={path}: a folder without complete checkpoints/checkpoint-*.pt; "
-                              "pass a weight file or a run directory")
+            raise ConfigError(
+                f"{key}={path}: a folder without complete checkpoints/checkpoint-*.pt; "
+                "pass a weight file or a run directory"
+            )
         return
     problem = weight_file_problem(path)
     if problem:
@@ -118,6 +124,7 @@ def model_spec(key: str, spec: str) -> None:
 
 def timm_arch(key: str, arch: str) -> None:
     import timm
+
     if not timm.is_model(arch.split(".")[0]):
         close = timm.list_models(f"*{arch.split('.')[0].split('_')[0]}*")[:5]
         raise ConfigError(f"{key}={arch}: unknown timm model; close names: {close} (see timm.list_models())")
@@ -126,13 +133,16 @@ def timm_arch(key: str, arch: str) -> None:
 def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
     """Blocks of the ViT `arch` would build, from a model on the meta device."""
     from .models.load import create_vit
+
     timm_arch(key, arch)
     try:
         with torch.device("meta"):
             model = create_vit(arch, **model_kwargs)
     except Exception as err:  # timm rejects kwargs with TypeError, AssertionError, ValueError, ...
-        raise ConfigError(f"{key.rsplit('.', 1)[0]}.model_kwargs={model_kwargs}: timm cannot build {arch} "
-                          f"with them ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise ConfigError(
+            f"{key.rsplit('.', 1)[0]}.model_kwargs={model_kwargs}: timm cannot build {arch} "
+            f"with them ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from None
     if not hasattr(model, "blocks"):
         raise ConfigError(f"{key}={arch} is not a ViT (no transformer blocks); use a vit_* timm name")
     return len(model.blocks)
@@ -140,8 +150,10 @@ def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
 
 def block_index(key: str, index: int, depth: int, arch: str) -> None:
     if not -depth <= index < depth:
-        raise ConfigError(f"{key}: block {index} does not exist in a model with {depth} blocks ({arch}: "
-                          f"0..{depth - 1} or -{depth}..-1)")
+        raise ConfigError(
+            f"{key}: block {index} does not exist in a model with {depth} blocks ({arch}: "
+            f"0..{depth - 1} or -{depth}..-1)"
+        )
 
 
 def pair(key: str, values, length: int) -> None:
@@ -154,7 +166,7 @@ def check_config(cfg: DictConfig) -> None:
     readable, block indices within the models: all before any model is built."""
     run_name(cfg.name)
     at_least("seed", cfg.seed, 0)
-    if cfg.seed >= 2 ** 32:
+    if cfg.seed >= 2**32:
         raise ConfigError(f"seed={cfg.seed} must be < 2**32")
     writable_dir("output_dir", cfg.output_dir)
     check_data(cfg.data)
@@ -196,16 +208,24 @@ def check_optim(o: DictConfig) -> None:
             raise ConfigError(f"optim.betas[{i}]={beta} must be in [0, 1)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if o.batch_size % (o.accum_steps * world):
-        raise ConfigError(f"optim.batch_size={o.batch_size} is not divisible by world size x optim.accum_steps "
-                          f"= {world * o.accum_steps}")
+        raise ConfigError(
+            f"optim.batch_size={o.batch_size} is not divisible by world size x optim.accum_steps "
+            f"= {world * o.accum_steps}"
+        )
 
 
 def check_train(t: DictConfig) -> None:
     at_least("train.epochs", t.epochs, 1)
     at_least("train.log_every", t.log_every, 1)
     at_least("train.monitor_images", t.monitor_images, 1)
-    for key in ("max_steps", "ckpt_every_steps", "keep_checkpoints", "monitor_every", "max_nonfinite_steps",
-                "good_state_every"):
+    for key in (
+        "max_steps",
+        "ckpt_every_steps",
+        "keep_checkpoints",
+        "monitor_every",
+        "max_nonfinite_steps",
+        "good_state_every",
+    ):
         at_least(f"train.{key}", t[key], 0)
     device("train.device", t.device)
 
@@ -240,6 +260,7 @@ def check_models(cfg: DictConfig) -> None:
     depths = {}
     for name, t in cfg.teachers.items():
         from .weights.teachers import resolve_arch
+
         arch = resolve_arch(t.arch)
         depths[name] = depth_of(f"teachers.{name}.arch", arch, dict(t.model_kwargs))
         block_index(f"teachers.{name}.feature_block", t.feature_block, depths[name], arch)

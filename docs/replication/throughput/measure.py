@@ -7,6 +7,7 @@ other work shares it; it writes one JSON record per call with the CPU, git SHA a
 
     .venv/bin/python docs/replication/throughput/measure.py --label quiet --out docs/replication/throughput
 """
+
 import argparse
 import json
 import os
@@ -30,6 +31,7 @@ def cell_config(steps: int) -> dict:
     from hybrid_distill.config import to_dict
     from hybrid_distill.study.cell import cell_run
     from hybrid_distill.study.spec import load_study
+
     spec = load_study("configs/studies/locality.yaml", variant="controlled")
     cfg = to_dict(cell_run(spec, "hybrid", 0)[0])
     cfg["train"].update(max_steps=steps, log_every=5, progress=False, ckpt_every_steps=0, keep_checkpoints=1)
@@ -43,8 +45,14 @@ def run_mode(threads: list[int], cfg: dict, root: Path) -> list[float]:
         path = root / f"p{i}.yaml"
         path.write_text(yaml.safe_dump(run))
         env = {**os.environ, "OMP_NUM_THREADS": str(n)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "hybrid_distill", "train", str(path)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hybrid_distill", "train", str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     for p in procs:
         if p.wait():
             raise SystemExit(f"a measuring run failed (exit {p.returncode}); run it by hand: {root}")
@@ -58,6 +66,7 @@ def run_mode(threads: list[int], cfg: dict, root: Path) -> list[float]:
 
 def main() -> None:
     from hybrid_distill.provenance import provenance
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--label", required=True, help="what else ran on the machine, e.g. quiet or shared")
     p.add_argument("--steps", type=int, default=40)
@@ -70,8 +79,18 @@ def main() -> None:
         results[mode] = {"img_per_s": rates, "total": sum(rates)}
         print(f"{args.label}: {mode}: {' + '.join(f'{r:.0f}' for r in rates)} img/s", flush=True)
     out = Path(args.out) / f"{args.label}.json"
-    out.write_text(json.dumps({"label": args.label, "steps": args.steps, "cell": "locality controlled hybrid",
-                               "results": results, "provenance": provenance()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "label": args.label,
+                "steps": args.steps,
+                "cell": "locality controlled hybrid",
+                "results": results,
+                "provenance": provenance(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every model sees the same images (a seeded subset of the data), resized to its o
 and normalised with its own mean/std. Writes DIR/analysis.json (every plotted number, the image
 indices and provenance) and DIR/*.png (paper figures 1-3 and 5 in kind).
 """
+
 import argparse
 import json
 import sys
@@ -32,27 +33,50 @@ class AnalyzeError(ValueError):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(prog="hybrid-distill analyze", description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="timm name, hybrid-distill model file or checkpoint, or run directory")
-    p.add_argument("--data", required=True,
-                   help="'fashion_mnist' or 'fashion_mnist:DIR' (IDX files), or an image folder (class subfolders)")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="timm name, hybrid-distill model file or checkpoint, or run directory",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="'fashion_mnist' or 'fashion_mnist:DIR' (IDX files), or an image folder (class subfolders)",
+    )
     p.add_argument("--split", default="test", choices=("train", "test"), help="Fashion-MNIST split")
     p.add_argument("--num-images", type=int, default=1000, help="images analysed (a seeded random subset)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--layers", type=int, nargs="+", default=None,
-                   help="1-indexed layers for the attention maps, negative from the end (default: 4 spread layers)")
-    p.add_argument("--queries", nargs="+", default=["0.5,0.5"], metavar="ROW,COL",
-                   help="query patches for the attention maps: grid cells as integers (7,7), or positions as "
-                        "fractions of the image height and width (0.5,0.5; the same spot for every grid). "
-                        "Default: the image centre")
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="1-indexed layers for the attention maps, negative from the end (default: 4 spread layers)",
+    )
+    p.add_argument(
+        "--queries",
+        nargs="+",
+        default=["0.5,0.5"],
+        metavar="ROW,COL",
+        help="query patches for the attention maps: grid cells as integers (7,7), or positions as "
+        "fractions of the image height and width (0.5,0.5; the same spot for every grid). "
+        "Default: the image centre",
+    )
     p.add_argument("--map-images", type=int, default=2, help="images shown in the attention-map figures")
     p.add_argument("--img-size", type=int, default=None, help="input size for timm names (their img_size)")
-    p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for timm names "
-                                                             "(without it their weights are random)")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load timm's pretrained weights for timm names (without it their weights are random)",
+    )
     p.add_argument("--arch", help="timm name of an official weight file's architecture (MAE, DeiT, DINO, CLIP)")
-    p.add_argument("--decoder", action="store_true",
-                   help="run directories and checkpoints (trained with student.decoder=blocks): the decoder's "
-                        "blocks too, as layers after the encoder's (paper figure 3a); timm names as usual")
+    p.add_argument(
+        "--decoder",
+        action="store_true",
+        help="run directories and checkpoints (trained with student.decoder=blocks): the decoder's "
+        "blocks too, as layers after the encoder's (paper figure 3a); timm names as usual",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
@@ -101,9 +125,13 @@ class Images(Dataset):
     def __init__(self, base: Dataset, size: tuple[int, int]):
         self.base = base
         # Shorter side to the model's size, then the centre crop: the whole Fashion-MNIST frame stays.
-        self.transform = transforms.Compose([
-            transforms.Resize(min(size), interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(size), transforms.ToTensor()])
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(min(size), interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(size),
+                transforms.ToTensor(),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.base)
@@ -116,10 +144,12 @@ class Images(Dataset):
 def open_dataset(spec: str, split: str) -> Dataset:
     if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
         from hybrid_distill.data.fashion_mnist import FashionMNIST
+
         root = spec.partition(":")[2] or None
         return FashionMNIST(root, split)
     if Path(spec).is_dir():
         from torchvision.datasets import ImageFolder
+
         return ImageFolder(spec)
     raise AnalyzeError(f"--data '{spec}' is neither 'fashion_mnist[:DIR]' nor an existing image folder")
 
@@ -186,11 +216,19 @@ def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
 def describe(model: torch.nn.Module) -> dict:
     mean, std = mean_std(model)
     pe = model.patch_embed
-    return {"architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
-            "depth": num_layers(model), "encoder_depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads,
-            "embed_dim": model.embed_dim, "img_size": list(pe.img_size), "patch_size": list(pe.patch_size),
-            "grid_size": list(pe.grid_size), "num_prefix_tokens": int(model.num_prefix_tokens),
-            "mean": list(mean), "std": list(std)}
+    return {
+        "architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+        "depth": num_layers(model),
+        "encoder_depth": len(model.blocks),
+        "heads": model.blocks[0].attn.num_heads,
+        "embed_dim": model.embed_dim,
+        "img_size": list(pe.img_size),
+        "patch_size": list(pe.patch_size),
+        "grid_size": list(pe.grid_size),
+        "num_prefix_tokens": int(model.num_prefix_tokens),
+        "mean": list(mean),
+        "std": list(std),
+    }
 
 
 def normalised(batches, mean, std, device):
@@ -202,10 +240,14 @@ def normalised(batches, mean, std, device):
 
 def summarise(metrics: dict[str, torch.Tensor]) -> dict:
     """{name: (layers, images, H)} -> per-head mean/std over images and per-layer mean, as lists."""
-    return {name: {"per_head": m.mean(dim=1).tolist(),
-                   "per_head_std": m.std(dim=1).tolist() if m.shape[1] > 1 else None,
-                   "per_layer": m.mean(dim=(1, 2)).tolist()}
-            for name, m in metrics.items()}
+    return {
+        name: {
+            "per_head": m.mean(dim=1).tolist(),
+            "per_head_std": m.std(dim=1).tolist() if m.shape[1] > 1 else None,
+            "per_layer": m.mean(dim=(1, 2)).tolist(),
+        }
+        for name, m in metrics.items()
+    }
 
 
 def map_settings(info: dict, args: argparse.Namespace) -> tuple[list[int], list[tuple[int, int]]]:
@@ -245,25 +287,41 @@ def analyse(model, spec: str, base: Dataset, indices: list[int], args, device) -
     layers, cells = map_settings(info, args)  # checked before the long part
     start = time.perf_counter()
     metrics = dataset_metrics(model, normalised(loader, info["mean"], info["std"], device))
-    result = {"spec": spec, **info, **summarise(metrics), "seconds": round(time.perf_counter() - start, 2),
-              "uniform_distance": uniform_distance(info["grid_size"], info["patch_size"])}
+    result = {
+        "spec": spec,
+        **info,
+        **summarise(metrics),
+        "seconds": round(time.perf_counter() - start, 2),
+        "uniform_distance": uniform_distance(info["grid_size"], info["patch_size"]),
+    }
     figure = None
     if args.map_images:
         shown = example_positions(base, indices, args.map_images)
         raw = torch.stack([data[i] for i in shown])
         flat = [r * info["grid_size"][1] + c for r, c in cells]
         maps = query_maps(model, next(normalised([raw], info["mean"], info["std"], device)), layers, flat)
-        result["query_maps"] = {"block_indices": layers, "queries": [list(c) for c in cells],
-                                "image_indices": [indices[i] for i in shown], "maps": maps.tolist()}
-        figure = {"images": raw, "maps": maps, "layers": layers, "queries": cells,
-                  "patch_size": tuple(info["patch_size"])}
+        result["query_maps"] = {
+            "block_indices": layers,
+            "queries": [list(c) for c in cells],
+            "image_indices": [indices[i] for i in shown],
+            "maps": maps.tolist(),
+        }
+        figure = {
+            "images": raw,
+            "maps": maps,
+            "layers": layers,
+            "queries": cells,
+            "patch_size": tuple(info["patch_size"]),
+        }
     return result, figure
 
 
 def draw(results: dict, figures: dict, out: Path) -> list[str]:
     uniform = {k: r["uniform_distance"] for k, r in results.items()}
-    paths = [plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png", uniform)
-             for v in ("distance", "distance_plain")]
+    paths = [
+        plots.distance_figure({k: r[v]["per_head"] for k, r in results.items()}, v, out / f"{v}.png", uniform)
+        for v in ("distance", "distance_plain")
+    ]
     paths.append(plots.nmi_figure({k: r["nmi"]["per_layer"] for k, r in results.items()}, out / "nmi.png"))
     for label, fig in figures.items():
         if fig is not None:
@@ -289,15 +347,27 @@ def run(args: argparse.Namespace) -> int:
     results, figures = {}, {}
     for spec, label in zip(args.models, model_labels(args.models)):
         results[label], figures[label] = analyse(load(spec, args), spec, base, indices, args, device)
-        print(f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
-              f"NMI per layer [{', '.join(f'{v:.3g}' for v in results[label]['nmi']['per_layer'])}]")
+        print(
+            f"{label}: distance per layer {[round(v, 1) for v in results[label]['distance']['per_layer']]}, "
+            f"NMI per layer [{', '.join(f'{v:.3g}' for v in results[label]['nmi']['per_layer'])}]"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     paths = [] if args.no_figures else draw(results, figures, args.out)
-    report = {"command": "analyze", "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "data": {"spec": args.data, "split": args.split, "num_images": len(indices), "seed": args.seed,
-                       "indices": indices},
-              "metrics": {name: METRIC_NOTES[name] for name in METRICS},
-              "models": results, "figures": paths, "provenance": provenance()}
+    report = {
+        "command": "analyze",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": {
+            "spec": args.data,
+            "split": args.split,
+            "num_images": len(indices),
+            "seed": args.seed,
+            "indices": indices,
+        },
+        "metrics": {name: METRIC_NOTES[name] for name in METRICS},
+        "models": results,
+        "figures": paths,
+        "provenance": provenance(),
+    }
     write_atomic(args.out / "analysis.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     print(f"wrote {args.out / 'analysis.json'} and {len(paths)} figures")
     return 0

@@ -7,14 +7,15 @@ runs its own modules in eval mode, without autocast, through the explicit attent
 `hybrid_distill.models.attention` (timm's fused path never returns maps); nothing on it is
 changed, and its train/eval mode is restored afterwards.
 """
+
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
-from hybrid_distill.models.attention import attention_probs, check_block
 from hybrid_distill.masking import all_indices
+from hybrid_distill.models.attention import attention_probs, check_block
 from hybrid_distill.models.tokens import embed_with_rope, rope_at
 
 METRICS = ("distance", "distance_plain", "nmi")
@@ -30,8 +31,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def check_vit(model: nn.Module) -> None:
     for name in ("patch_embed", "_pos_embed", "blocks", "num_prefix_tokens"):
         if not hasattr(model, name):
-            raise TypeError(f"attention analysis needs a timm VisionTransformer; {type(model).__name__} "
-                            f"has no `{name}`. Load the model with hybrid_distill.files.load_model.")
+            raise TypeError(
+                f"attention analysis needs a timm VisionTransformer; {type(model).__name__} "
+                f"has no `{name}`. Load the model with hybrid_distill.files.load_model."
+            )
     for block in model.blocks:
         check_block(block, eva=True)
     if getattr(model, "decoder", None) is not None and model.num_prefix_tokens != 1:
@@ -47,13 +50,15 @@ def num_layers(model: nn.Module) -> int:
 def geometry(model: nn.Module, images: torch.Tensor) -> dict:
     """Grid, patch size and prefix count of a ViT for images (B, 3, H, W)."""
     ph, pw = model.patch_embed.patch_size
-    return {"grid_size": (images.shape[-2] // ph, images.shape[-1] // pw),
-            "patch_size": (ph, pw), "num_prefix_tokens": int(model.num_prefix_tokens)}
+    return {
+        "grid_size": (images.shape[-2] // ph, images.shape[-1] // pw),
+        "patch_size": (ph, pw),
+        "num_prefix_tokens": int(model.num_prefix_tokens),
+    }
 
 
 @torch.no_grad()
-def reduce_attention(model: nn.Module, images: torch.Tensor,
-                     reduce: Callable[[int, torch.Tensor], object]) -> list:
+def reduce_attention(model: nn.Module, images: torch.Tensor, reduce: Callable[[int, torch.Tensor], object]) -> list:
     """[reduce(i, probs (B, H, N, N)) for every block i], one block's maps alive at a time."""
     model = unwrap(model)
     check_vit(model)
@@ -84,11 +89,13 @@ def batch_metrics(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
     g = geometry(unwrap(model), images)
 
     def reduce(_, probs):
-        return torch.stack([
-            attention_distance(probs, g["grid_size"], g["patch_size"], g["num_prefix_tokens"], True),
-            attention_distance(probs, g["grid_size"], g["patch_size"], g["num_prefix_tokens"], False),
-            attention_nmi(probs, g["num_prefix_tokens"]),
-        ]).cpu()  # (3, B, H)
+        return torch.stack(
+            [
+                attention_distance(probs, g["grid_size"], g["patch_size"], g["num_prefix_tokens"], True),
+                attention_distance(probs, g["grid_size"], g["patch_size"], g["num_prefix_tokens"], False),
+                attention_nmi(probs, g["num_prefix_tokens"]),
+            ]
+        ).cpu()  # (3, B, H)
 
     per_layer = torch.stack(reduce_attention(model, images, reduce), dim=1)  # (3, layers, B, H)
     return dict(zip(METRICS, per_layer.unbind(0)))
@@ -102,8 +109,7 @@ def dataset_metrics(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[s
     return {name: torch.cat([p[name] for p in parts], dim=1) for name in METRICS}
 
 
-def query_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[int],
-               queries: Sequence[int]) -> torch.Tensor:
+def query_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[int], queries: Sequence[int]) -> torch.Tensor:
     """Head-mean attention of query patches to patch keys: (len(layers), B, len(queries), L).
 
     Queries index patches in row-major grid order (prefix excluded); prefix columns are dropped and
@@ -114,8 +120,10 @@ def query_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[int],
     bad_layers = [layer for layer in layers if not -depth <= layer < depth]
     bad_queries = [q for q in queries if not 0 <= q < L]
     if bad_layers or bad_queries:
-        raise ValueError(f"layers must lie in [-{depth}, {depth}) and query patches in [0, {L}) for this model; "
-                         f"got layers {bad_layers} and queries {bad_queries} out of range")
+        raise ValueError(
+            f"layers must lie in [-{depth}, {depth}) and query patches in [0, {L}) for this model; "
+            f"got layers {bad_layers} and queries {bad_queries} out of range"
+        )
     rows = torch.as_tensor(list(queries), dtype=torch.long) + P
     wanted = {layer % depth for layer in layers}
 

@@ -4,6 +4,7 @@ Pure functions of post-softmax attention (B, H, N, N), vectorised over images, h
 and keys. Both return one number per image and head, (B, H); averaging over images and heads
 happens afterwards, never on the maps themselves.
 """
+
 import math
 
 import torch
@@ -22,8 +23,10 @@ def patch_attention(attn: torch.Tensor, num_prefix_tokens: int, num_patches: int
         raise ValueError(f"attention must be (B, H, N, N) post-softmax maps, got shape {tuple(attn.shape)}")
     L = attn.shape[-1] - num_prefix_tokens
     if num_patches is not None and L != num_patches:
-        raise ValueError(f"attention has {attn.shape[-1]} tokens = {num_prefix_tokens} prefix + {L} patches, "
-                         f"but the grid has {num_patches} patches; check grid_size and num_prefix_tokens")
+        raise ValueError(
+            f"attention has {attn.shape[-1]} tokens = {num_prefix_tokens} prefix + {L} patches, "
+            f"but the grid has {num_patches} patches; check grid_size and num_prefix_tokens"
+        )
     if L < 2:
         raise ValueError(f"need at least 2 patch tokens after dropping {num_prefix_tokens} prefix tokens, got {L}")
     a = attn[..., num_prefix_tokens:, num_prefix_tokens:]
@@ -33,14 +36,16 @@ def patch_attention(attn: torch.Tensor, num_prefix_tokens: int, num_patches: int
 def grid_distances(grid_size, patch_size, device=None, dtype=torch.float32) -> torch.Tensor:
     """(L, L) Euclidean distance in pixels between patch centres on a row-major grid (ViT patch order)."""
     (gh, gw), (ph, pw) = _pair(grid_size), _pair(patch_size)
-    rows, cols = torch.meshgrid(torch.arange(gh, device=device, dtype=dtype),
-                                torch.arange(gw, device=device, dtype=dtype), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(gh, device=device, dtype=dtype), torch.arange(gw, device=device, dtype=dtype), indexing="ij"
+    )
     xy = torch.stack([rows.flatten() * ph, cols.flatten() * pw], dim=-1)  # (L, 2) pixels
     return torch.cdist(xy, xy)
 
 
-def attention_distance(attn: torch.Tensor, grid_size, patch_size, num_prefix_tokens: int = 1,
-                       renormalize: bool = True) -> torch.Tensor:
+def attention_distance(
+    attn: torch.Tensor, grid_size, patch_size, num_prefix_tokens: int = 1, renormalize: bool = True
+) -> torch.Tensor:
     """Average attention distance in pixels, (B, H).
 
     Per query: sum over keys of attention x distance; then mean over queries (ViT, Dosovitskiy et

@@ -1,4 +1,5 @@
 """Attention distance and NMI of a ViT on a fixed probe batch, for logging during training."""
+
 import torch
 from torch import nn
 
@@ -26,16 +27,17 @@ class AttentionMonitor:
         prefix = int(unwrap(model).num_prefix_tokens)
 
         def reduce(_, probs):
-            per_head = torch.stack([
-                attention_distance(probs, self.grid_size, self.patch_size, prefix, renormalize=True),
-                attention_distance(probs, self.grid_size, self.patch_size, prefix, renormalize=False),
-                attention_nmi(probs, prefix),
-            ])  # (3, B, H)
+            per_head = torch.stack(
+                [
+                    attention_distance(probs, self.grid_size, self.patch_size, prefix, renormalize=True),
+                    attention_distance(probs, self.grid_size, self.patch_size, prefix, renormalize=False),
+                    attention_nmi(probs, prefix),
+                ]
+            )  # (3, B, H)
             return per_head.mean(dim=(1, 2)).cpu()
 
         return torch.stack(reduce_attention(model, self.probe_images, reduce), dim=1)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         values = self.layer_metrics(model)
-        return {f"attn/{name}/layer{i:02d}": float(v)
-                for name, row in zip(METRICS, values) for i, v in enumerate(row)}
+        return {f"attn/{name}/layer{i:02d}": float(v) for name, row in zip(METRICS, values) for i, v in enumerate(row)}

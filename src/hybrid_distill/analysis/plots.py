@@ -3,6 +3,7 @@
 Inputs are plain summaries (lists / tensors of per-head means), so the figures can be redrawn
 from analysis.json without a model.
 """
+
 from pathlib import Path
 
 import matplotlib
@@ -31,16 +32,18 @@ def distance_limits(values: torch.Tensor, uniform: float) -> tuple[float, float]
     return 0.0, 1.1 * max(float(values.max()), uniform)
 
 
-def distance_figure(per_head: dict[str, list[list[float]]], variant: str, path: Path,
-                    uniform: dict[str, float] | None = None) -> Path:
+def distance_figure(
+    per_head: dict[str, list[list[float]]], variant: str, path: Path, uniform: dict[str, float] | None = None
+) -> Path:
     """One panel per model: every head's distance at every layer (dots) and the layer mean (line),
     on an axis from 0 with the uniform-attention distance as a dashed reference.
 
     per_head: {model label: [layers][heads] distances in pixels}; uniform: {model label: pixels}.
     Layers are drawn 1-indexed.
     """
-    fig, axes = plt.subplots(1, len(per_head), figsize=(4 * len(per_head), 3.8), sharey=True,
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(per_head), figsize=(4 * len(per_head), 3.8), sharey=True, squeeze=False, layout="constrained"
+    )
     for ax, (label, values) in zip(axes[0], per_head.items()):
         d = torch.as_tensor(values)  # (layers, H)
         layer = torch.arange(1, d.shape[0] + 1)
@@ -73,9 +76,15 @@ def nmi_figure(per_layer: dict[str, list[float]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[int],
-                         queries: list[tuple[int, int]], patch_size: tuple[int, int], title: str,
-                         path: Path) -> Path:
+def attention_map_figure(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    layers: list[int],
+    queries: list[tuple[int, int]],
+    patch_size: tuple[int, int],
+    title: str,
+    path: Path,
+) -> Path:
     """Paper fig. 5c: where chosen query patches attend at chosen layers, over the image.
 
     images: (B, 3, H, W) in [0, 1]; maps: (len(layers), B, Q, L) head-mean attention to patches.
@@ -86,8 +95,9 @@ def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[
     H, W = images.shape[-2:]
     ph, pw = patch_size
     gh, gw = H // ph, W // pw
-    fig, axes = plt.subplots(B * Q, n_layers + 1, figsize=(1.9 * (n_layers + 1), 1.9 * B * Q),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        B * Q, n_layers + 1, figsize=(1.9 * (n_layers + 1), 1.9 * B * Q), squeeze=False, layout="constrained"
+    )
     vmax = float(maps.max())  # one scale for every panel, shown by one colour bar
     for b in range(B):
         picture = images[b].permute(1, 2, 0).clamp(0, 1).numpy()
@@ -100,8 +110,14 @@ def attention_map_figure(images: torch.Tensor, maps: torch.Tensor, layers: list[
                 m = maps[li, b, qi].reshape(1, 1, gh, gw)
                 m = F.interpolate(m, size=(gh * ph, gw * pw), mode="nearest")[0, 0]
                 row[li + 1].imshow(picture.mean(axis=-1), cmap="gray")
-                shown = row[li + 1].imshow(m.numpy(), cmap="jet", alpha=0.55, vmin=0, vmax=vmax,
-                                           extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5))
+                shown = row[li + 1].imshow(
+                    m.numpy(),
+                    cmap="jet",
+                    alpha=0.55,
+                    vmin=0,
+                    vmax=vmax,
+                    extent=(-0.5, gw * pw - 0.5, gh * ph - 0.5, -0.5),
+                )
                 row[li + 1].set_title(f"layer {layer + 1} (max {float(m.max()):.3f})", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -5,6 +5,7 @@ warm-up, medians over repeats, their ratio, and each optimisation switched off o
     hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
         teachers.clip.weights=random teachers.mim.weights=random
 """
+
 import importlib
 import json
 import resource
@@ -41,6 +42,7 @@ MODES = {
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' datasheets (without sparsity)
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
+
 # CPU SDPA kernels that FlopCounterMode does not count by itself (same formulas as its CUDA ones)
 def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(q, k, v)
@@ -50,8 +52,10 @@ def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> in
     return sdpa_backward_flop_count(grad_out, q, k, v)
 
 
-_SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
-             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
+_SDPA_CPU = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+}
 
 
 def parse(argv):
@@ -64,17 +68,32 @@ def parse(argv):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--data", action="store_true", help="real loader from the config's data (else synthetic uint8)")
     p.add_argument("--student", default=None, help="student timm name, e.g. vit_small_patch16_224")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="optimised step: bf16 teachers and bf16 student autocast (auto: bf16 on CUDA); plain is fp32")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the student and the teachers in the optimised step (auto: on CUDA only)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="optimised step: bf16 teachers and bf16 student autocast (auto: bf16 on CUDA); plain is fp32",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the student and the teachers in the optimised step (auto: on CUDA only)",
+    )
     p.add_argument("--no-ablation", action="store_true", help="skip the runs with one optimisation switched off")
     p.add_argument("--smoke", action="store_true", help="tiny models at 32 px: checks the code path in seconds")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)")
-    p.add_argument("--deadline", type=float, default=None,
-                   help="seconds after which no new step starts; the repeats done are reported (stops cleanly "
-                        "between steps, as SIGTERM does)")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds after which no new step starts; the repeats done are reported (stops cleanly "
+        "between steps, as SIGTERM does)",
+    )
     p.add_argument("--out", default="runs/bench/bench.json", help="result JSON")
     return p.parse_intermixed_args(argv)
 
@@ -97,6 +116,7 @@ def synthetic_batches(batch: int, size: int, device: torch.device):
 
 def loader_batches(cfg, batch: int):
     from ..data.build import build_dataset, build_loader
+
     dataset = build_dataset(cfg.data)
     loader, sampler = build_loader(cfg.data, dataset, batch, batch, cfg.seed)
     epoch = 0
@@ -149,15 +169,16 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if all(w in name for w in k.split())), None)
 
 
-def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: Stop | None = None,
-            on_repeat=None) -> dict[str, list[dict]]:
+def measure(
+    bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: Stop | None = None, on_repeat=None
+) -> dict[str, list[dict]]:
     """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped. Stops
     between steps when `stop` says so (deadline, SIGTERM) with the repeats done; `on_repeat(records)`
     after each repeat (the partial result file)."""
     names, records = list(runs), {n: [] for n in runs}
     stop = stop or Stop()
     for r in range(warmup + steps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if stop():
                 print(f"stopped ({stop.reason}): reporting the timed repeats done so far", file=sys.stderr, flush=True)
                 return {n: v for n, v in records.items() if v}
@@ -171,8 +192,9 @@ def measure(bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: St
     return {n: v for n, v in records.items() if v}
 
 
-def step_variant(bench: Bench, runs: dict, name: str, images, data_s: float, r: int, warmup: int, names: list,
-                 records: dict) -> None:
+def step_variant(
+    bench: Bench, runs: dict, name: str, images, data_s: float, r: int, warmup: int, names: list, records: dict
+) -> None:
     """One step of one variant, recorded after warm-up; an extra variant that fails is dropped."""
     start = time.perf_counter()
     try:
@@ -180,8 +202,11 @@ def step_variant(bench: Bench, runs: dict, name: str, images, data_s: float, r: 
     except Exception as err:  # an experimental variant (CUDA graphs) must not take the others down
         if name in ("plain", "optimised"):
             raise
-        print(f"variant '{name}' failed and is dropped: {type(err).__name__}: {str(err)[:300]}",
-              file=sys.stderr, flush=True)
+        print(
+            f"variant '{name}' failed and is dropped: {type(err).__name__}: {str(err)[:300]}",
+            file=sys.stderr,
+            flush=True,
+        )
         names.remove(name)
         del records[name]
         return
@@ -200,8 +225,14 @@ def summarise(records: list[dict], batch: int, gflop: float | None, peak: float 
     totals = [sum(v for k, v in t.items() if k != "peak_mib") for t in records]
     phases = {k: statistics.median(t[k] for t in records) for k in records[0] if k != "peak_mib"}
     step = statistics.median(totals)
-    out = {"step_s": totals, "median_step_s": step, "images_per_s": batch / step, "phases_s": phases,
-           "peak_mib": max((t.get("peak_mib", 0.0) for t in records), default=0.0) or None, "gflop_per_image": gflop}
+    out = {
+        "step_s": totals,
+        "median_step_s": step,
+        "images_per_s": batch / step,
+        "phases_s": phases,
+        "peak_mib": max((t.get("peak_mib", 0.0) for t in records), default=0.0) or None,
+        "gflop_per_image": gflop,
+    }
     if gflop and peak:
         out["fraction_of_bf16_peak"] = gflop * batch / step / 1e3 / peak
     return out
@@ -242,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     if args.smoke:
         from .harness import smoke_overrides
+
         overrides = smoke_overrides(load_config(args.config, overrides).teachers) + overrides
     cfg = load_config(args.config, overrides)
     device = pick_device(args.device)
@@ -253,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     # fp32 teachers whatever the config says: the bench makes its bf16 variants as copies of them
     student, teachers, _ = build_models(cfg, sw.student_fused, device, teacher_precision="fp32")
     student.to(device).train()
-    run = RunContext(device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
-                     cfg.optim.clip_grad or float("inf"))
+    run = RunContext(
+        device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, cfg.optim.clip_grad or float("inf")
+    )
     bench = Bench(student, teachers, cfg.optim, run)
     batches = loader_batches(cfg, batch) if args.data else synthetic_batches(batch, cfg.data.img_size, device)
     runs = variants(sw, device, not args.no_ablation, args.cuda_graphs)
@@ -264,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         flops[name] = flops["optimised"]  # the same work in another precision or launch mode
     partial = Path(args.out).with_suffix(".partial.json")  # the raw repeats so far, should the bench be killed
     with stop.watching():
-        records = measure(bench, runs, batches, args.warmup, args.steps, stop,
-                          lambda done: write_partial(partial, done, batch))
+        records = measure(
+            bench, runs, batches, args.warmup, args.steps, stop, lambda done: write_partial(partial, done, batch)
+        )
     if not {"plain", "optimised"} <= set(records):
         print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
         return 1
@@ -274,14 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     ratio = summary["plain"]["median_step_s"] / summary["optimised"]["median_step_s"]
     env = provenance()
     print_table(summary, ratio, env["device"])
-    result = {"command": ["hybrid-distill", "bench", *(argv if argv is not None else [])], "batch": batch,
-              "device": str(device), "switches": asdict(runs["optimised"]), "steps": summary, "ratio": ratio,
-              "bf16_peak_tflops": peak, "torch_threads": torch.get_num_threads(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "prune_teacher_note": "masking.prune_teacher changes the MIM targets; the plain step ignores it"
-              if cfg.masking.prune_teacher else None,
-              "config": to_dict(cfg), "provenance": env}
+    result = {
+        "command": ["hybrid-distill", "bench", *(argv if argv is not None else [])],
+        "batch": batch,
+        "device": str(device),
+        "switches": asdict(runs["optimised"]),
+        "steps": summary,
+        "ratio": ratio,
+        "bf16_peak_tflops": peak,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "prune_teacher_note": "masking.prune_teacher changes the MIM targets; the plain step ignores it"
+        if cfg.masking.prune_teacher
+        else None,
+        "config": to_dict(cfg),
+        "provenance": env,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -7,17 +7,26 @@ ratio of the teachers alone and of the whole training step (engine.train_step), 
 
     hybrid-distill bench --fp8 --device cuda --batch 256
 """
+
 import argparse
 
 import torch
 
-from ..models.precision import resolve_teacher_precision
-from .harness import RANDOM_VITB, StepRig, common_args, device_from, median, paper_config, time_interleaved, \
-    write_result
 from ..build import build_models
 from ..data.transforms import to_unit
 from ..masking import KeepGiven
+from ..models.precision import resolve_teacher_precision
 from ..runtime import seed_everything
+from .harness import (
+    RANDOM_VITB,
+    StepRig,
+    common_args,
+    device_from,
+    median,
+    paper_config,
+    time_interleaved,
+    write_result,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 
@@ -32,8 +41,10 @@ def parse(argv):
 
 def teacher_copies(teachers) -> dict:
     """fp32 teachers -> the same weights in each precision."""
-    return {precision: teachers.copy(precision=resolve_teacher_precision(precision, torch.bfloat16))
-            for precision in PRECISIONS}
+    return {
+        precision: teachers.copy(precision=resolve_teacher_precision(precision, torch.bfloat16))
+        for precision in PRECISIONS
+    }
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,12 +64,17 @@ def target_errors(copies: dict, pixels: torch.Tensor) -> dict:
     for name, out in targets["bf16"].items():
         pairs = {"features": (out.features, targets["fp8"][name].features, targets["fp32"][name].features)}
         for block, rel in out.relations.items():
-            pairs[f"relation {block}"] = (rel, targets["fp8"][name].relations[block],
-                                          targets["fp32"][name].relations[block])
+            pairs[f"relation {block}"] = (
+                rel,
+                targets["fp8"][name].relations[block],
+                targets["fp32"][name].relations[block],
+            )
         for kind, (bf16, fp8, fp32) in pairs.items():
             if bf16 is not None:
-                errors[f"{name} {kind}"] = {"fp8_vs_bf16": relative_error(fp8, bf16),
-                                            "bf16_vs_fp32": relative_error(bf16, fp32)}
+                errors[f"{name} {kind}"] = {
+                    "fp8_vs_bf16": relative_error(fp8, bf16),
+                    "bf16_vs_fp32": relative_error(bf16, fp32),
+                }
     return errors
 
 
@@ -79,8 +95,13 @@ def main(argv=None) -> int:
     seed_everything(cfg.seed)
     _, teachers, _ = build_models(cfg, device=device, teacher_precision="fp32")
     copies = teacher_copies(teachers)
-    images = torch.randint(0, 256, (batch, 3, cfg.data.img_size, cfg.data.img_size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0,
+        256,
+        (batch, 3, cfg.data.img_size, cfg.data.img_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0),
+    )
     pixels = to_unit(images.to(device))
     errors, overlap = target_errors(copies, pixels[:64]), kept_overlap(copies, pixels[:64])
     fns = {f"teachers {p}": (lambda t=copies[p]: t(pixels)) for p in ("bf16", "fp8")}
@@ -90,7 +111,9 @@ def main(argv=None) -> int:
             fns[f"step {p}"] = StepRig(cfg, device, batch, teacher_precision=p).step
     times = time_interleaved(fns, device, args.warmup, args.steps)
     step = {n: median(t) for n, t in times.items()}
-    ratios = {what: step[f"{what} bf16"] / step[f"{what} fp8"] for what in ("teachers", "step") if f"{what} fp8" in step}
+    ratios = {
+        what: step[f"{what} bf16"] / step[f"{what} fp8"] for what in ("teachers", "step") if f"{what} fp8" in step
+    }
     print(f"device: {device}; batch {batch}; eager; random weights and images; medians of {args.steps}")
     print(f"{'target':<26}{'fp8 vs bf16':>13}{'bf16 vs fp32':>14}   (relative error, ||a - b|| / ||b||)")
     for name, e in errors.items():
@@ -100,7 +123,19 @@ def main(argv=None) -> int:
     for name, s in step.items():
         print(f"{name:<26}{batch / s:>10.1f} img/s{1e3 * s:>9.1f} ms")
     print("speed bf16 / fp8: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    write_result(args.out, {"part": "fp8", "device": str(device), "batch": batch, "errors": errors,
-                            "kept_overlap": overlap, "step_s": times, "median_s": step, "speedup": ratios,
-                            "smoke": args.smoke, "argv": argv})
+    write_result(
+        args.out,
+        {
+            "part": "fp8",
+            "device": str(device),
+            "batch": batch,
+            "errors": errors,
+            "kept_overlap": overlap,
+            "step_s": times,
+            "median_s": step,
+            "speedup": ratios,
+            "smoke": args.smoke,
+            "argv": argv,
+        },
+    )
     return 0

@@ -1,6 +1,7 @@
 """What the bench's extra parts share: configs with random teachers (or tiny models for a CPU smoke
 run), the trainer's own step (`engine.train_step`) on synthetic uint8 batches, interleaved timing,
 FLOPs, peak memory and the JSON record of a result."""
+
 import argparse
 import json
 import statistics
@@ -58,14 +59,20 @@ class StepRig:
     def __init__(self, cfg, device: torch.device, batch: int, teacher_precision: str | None = None):
         seed_everything(cfg.seed)
         dtype = amp_dtype(cfg.train.amp, device)
-        self.student, self.teachers, _ = build_models(cfg, student_fused_attention(device), device, dtype,
-                                                      teacher_precision)  # as the trainer
+        self.student, self.teachers, _ = build_models(
+            cfg, student_fused_attention(device), device, dtype, teacher_precision
+        )  # as the trainer
         self.student.to(device).train()
         self.precision = self.teachers.precision
         self.optimizer = build_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-        self.run = RunContext(device, dtype, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta,
-                              cfg.optim.clip_grad or float("inf"))
+        self.run = RunContext(
+            device,
+            dtype,
+            {n: t.weight for n, t in cfg.teachers.items()},
+            cfg.loss.beta,
+            cfg.optim.clip_grad or float("inf"),
+        )
         self.device, self.batch = device, batch
         self.images = synthetic_images(batch, cfg.data.img_size, device)
 
@@ -74,6 +81,7 @@ class StepRig:
 
     def gflop_per_image(self) -> float:
         from .command import _SDPA_CPU  # the CPU attention kernels FlopCounterMode misses
+
         counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
         with counter:
             self.step()
@@ -81,7 +89,9 @@ class StepRig:
 
 
 def synthetic_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     return images.pin_memory() if device.type == "cuda" else images
 
 
@@ -95,7 +105,7 @@ def time_interleaved(fns: dict, device: torch.device, warmup: int, steps: int, s
     `stop` (bench/stop.py) is read before every call: the calls timed so far are returned."""
     names, times = list(fns), {n: [] for n in fns}
     for r in range(warmup + steps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if stop is not None and stop():
                 return times
             sync(device)

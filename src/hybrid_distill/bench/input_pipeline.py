@@ -11,6 +11,7 @@ size); their content is smooth random colour plus noise, so sizes are near natur
 
     hybrid-distill bench --input-pipeline /tmp/jpegs --make 512 --seconds 5
 """
+
 import argparse
 import json
 import time
@@ -76,6 +77,7 @@ def pil_path(files: list[Path], size: int):
         with Image.open(files[i % len(files)]) as image:  # what the folder dataset does, then the transform
             transform(image.convert("RGB"))
         return 1
+
     return one
 
 
@@ -86,8 +88,10 @@ def torchvision_cpu_path(files: list[Path], size: int):
         torch.manual_seed(i)
         data, params = encode(files[i % len(files)].read_bytes())
         from torchvision.io import ImageReadMode, decode_jpeg
+
         crop_resize_flip(decode_jpeg(data, mode=ImageReadMode.RGB), params, size)
         return 1
+
     return one
 
 
@@ -99,6 +103,7 @@ def loader_side_path(files: list[Path]):
         torch.manual_seed(i)
         encode(files[i % len(files)].read_bytes())
         return 1
+
     return one
 
 
@@ -112,6 +117,7 @@ def gpu_path(files: list[Path], size: int, batch: int, device: torch.device):
         out = decode_crop_flip(encoded, params, size, device)
         torch.cuda.synchronize(device)
         return out.shape[0]
+
     return one
 
 
@@ -127,8 +133,11 @@ def step_rate(args) -> float | None:
 def measure(files, args, device) -> dict:
     """img/s and CPU s/img of every path; the GPU path's CPU cost is its loader side's (the trainer's
     own thread only launches the decode), measured on its own: a CUDA sync would count as busy CPU."""
-    paths = {"pil": pil_path(files, args.img_size), "torchvision cpu": torchvision_cpu_path(files, args.img_size),
-             "gpu loader side": loader_side_path(files)}
+    paths = {
+        "pil": pil_path(files, args.img_size),
+        "torchvision cpu": torchvision_cpu_path(files, args.img_size),
+        "gpu loader side": loader_side_path(files),
+    }
     if device.type == "cuda":
         paths["gpu"] = gpu_path(files, args.img_size, args.gpu_batch, device)
         paths["gpu"](0)  # nvJPEG and kernel start-up outside the timing
@@ -162,16 +171,31 @@ def main(argv=None) -> int:
     rows = measure(files, args, device)
     rate = step_rate(args)
     print(f"{len(files)} JPEGs under {folder} ({kib:.0f} KiB mean); crop {args.img_size}; CPU: {cpu_name()}")
-    print(f"{'path':<18}{'img/s wall':>11}{'img/s per CPU s':>17}{'CPU ms/img':>12}{'cores per GPU':>15}"
-          "   (CPU paths: one thread; on a busy host trust CPU time)")
+    print(
+        f"{'path':<18}{'img/s wall':>11}{'img/s per CPU s':>17}{'CPU ms/img':>12}{'cores per GPU':>15}"
+        "   (CPU paths: one thread; on a busy host trust CPU time)"
+    )
     for name, r in rows.items():
         r["cores_per_gpu"] = rate * r["cpu_s_per_image"] if rate else None
         cores = f"{r['cores_per_gpu']:.1f}" if rate else "-"
-        print(f"{name:<18}{r['images_per_s']:>11.1f}{1 / r['cpu_s_per_image']:>17.1f}"
-              f"{1e3 * r['cpu_s_per_image']:>12.2f}{cores:>15}")
+        print(
+            f"{name:<18}{r['images_per_s']:>11.1f}{1 / r['cpu_s_per_image']:>17.1f}"
+            f"{1e3 * r['cpu_s_per_image']:>12.2f}{cores:>15}"
+        )
     if rate:
         print(f"cores per GPU: to feed {rate:.0f} img/s per GPU (the optimised step)")
-    write_result(args.out, {"part": "input_pipeline", "device": str(device), "files": len(files),
-                            "mean_kib": kib, "img_size": args.img_size, "cpu": cpu_name(), "rows": rows,
-                            "step_img_s": rate, "argv": argv})
+    write_result(
+        args.out,
+        {
+            "part": "input_pipeline",
+            "device": str(device),
+            "files": len(files),
+            "mean_kib": kib,
+            "img_size": args.img_size,
+            "cpu": cpu_name(),
+            "rows": rows,
+            "step_img_s": rate,
+            "argv": argv,
+        },
+    )
     return 0

@@ -4,6 +4,7 @@ relations, with activation checkpointing in the student; peak memory per batch u
 
     hybrid-distill bench --memory --device cuda --batches 256,512,1024,2048
 """
+
 from .harness import paper_config, write_result
 from .sweep import parse, sweep
 

@@ -5,6 +5,7 @@ clock around it; the plain step is `plain.py`. Phases: input to the device, each
 picker's time includes the token selection), student forward, losses, student backward, optimiser.
 On CUDA every phase boundary synchronises.
 """
+
 import copy
 import time
 from dataclasses import dataclass, fields, replace
@@ -23,6 +24,7 @@ from .plain import plain_forward_backward
 @dataclass(frozen=True)
 class Switches:
     """The optimisations of the optimised step, each one on its own switch."""
+
     fused_attention: bool = True  # SDPA everywhere except the blocks whose logits are read
     explicit_student_attention: bool = False  # the student's attention without SDPA (the trainer's choice on CPU)
     uint8_input: bool = True  # uint8 to the device, normalisation there (4x less traffic)
@@ -45,8 +47,13 @@ class Switches:
 
 
 def default_switches(device: torch.device, bf16: bool, use_compile: bool) -> Switches:
-    return Switches(bf16_teachers=bf16, bf16_student=bf16, compile_student=use_compile, compile_teachers=use_compile,
-                    explicit_student_attention=not student_fused_attention(device))
+    return Switches(
+        bf16_teachers=bf16,
+        bf16_student=bf16,
+        compile_student=use_compile,
+        compile_teachers=use_compile,
+        explicit_student_attention=not student_fused_attention(device),
+    )
 
 
 class Clock:
@@ -78,8 +85,9 @@ def student_variant(student: Student, fused_attention: bool) -> Student:
     mean, std = student.normalize.mean.flatten().tolist(), student.normalize.std.flatten().tolist()
     heads = {name: head.out_features for name, head in student.heads.items()}
     specs = [spec for spec, _ in student.relation_specs]
-    new = Student(copy.deepcopy(student.backbone), mean, std, heads, specs, student.activation_checkpointing,
-                  fused_attention)
+    new = Student(
+        copy.deepcopy(student.backbone), mean, std, heads, specs, student.activation_checkpointing, fused_attention
+    )
     new.heads.load_state_dict(student.heads.state_dict())
     return new.to(next(student.parameters()).device).train(student.training)
 
@@ -90,7 +98,8 @@ class Bench:
     def __init__(self, student: Student, teachers: TeacherSet, optim_cfg, run):
         self.student, self.teachers, self.run, self.optim_cfg = student, teachers, run, optim_cfg
         self.teacher_copies: dict[tuple[bool, bool, bool], TeacherSet] = {
-            (teachers.teachers[teachers.order()[0]].fused_attention, False, False): teachers}
+            (teachers.teachers[teachers.order()[0]].fused_attention, False, False): teachers
+        }
         self.students: dict[bool, Student] = {}
         self.compiled: dict[tuple[int, str], torch.nn.Module] = {}
         self.optimizers: dict[tuple[str, int], torch.optim.Optimizer] = {}
@@ -101,8 +110,9 @@ class Bench:
         weights and an in-place compile would reach the eager variants too."""
         key = (sw.fused_attention, sw.bf16_teachers, sw.compile_teachers)
         if key not in self.teacher_copies:
-            teachers = self.teachers.copy(sw.fused_attention, TeacherPrecision.bf16 if sw.bf16_teachers
-                                          else TeacherPrecision.fp32)
+            teachers = self.teachers.copy(
+                sw.fused_attention, TeacherPrecision.bf16 if sw.bf16_teachers else TeacherPrecision.fp32
+            )
             if sw.compile_teachers:
                 teachers.compile()
             self.teacher_copies[key] = teachers

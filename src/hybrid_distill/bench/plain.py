@@ -7,6 +7,7 @@ does); every teacher run through all its blocks; full N x N relations, then inde
 as boolean masks. It reuses the models, the selector and the loss. Shapes: B batch, N tokens,
 P prefix tokens, L patches, K kept.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -21,23 +22,27 @@ from ..relations import relation_form
 from ..targets import Targets, TeacherSet
 
 
-def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
-                  select) -> tuple[TeacherOutput, torch.Tensor]:
+def plain_teacher(
+    teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor, select
+) -> tuple[TeacherOutput, torch.Tensor]:
     """Every block with explicit attention; `mask` (B, L) bool kept patches, narrowed after `select.blocks`."""
-    if teacher.kind not in (RelationKind.raw, RelationKind.scaled, RelationKind.softmax) \
-            or (teacher.cfg.features and teacher.feature_block != teacher.depth - 1):
-        raise ValueError(f"the plain step covers last-block features and q k^T relations; teacher "
-                         f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block")
+    if teacher.kind not in (RelationKind.raw, RelationKind.scaled, RelationKind.softmax) or (
+        teacher.cfg.features and teacher.feature_block != teacher.depth - 1
+    ):
+        raise ValueError(
+            f"the plain step covers last-block features and q k^T relations; teacher "
+            f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block"
+        )
     x, rope = teacher.embed(pixels)  # (B, P + L, D), the patches' rotary embedding (Eva) or None
     P, logits, feats = teacher.model.num_prefix_tokens, {}, None
     every = all_indices(x.shape[0], x.shape[1] - P, x.device)
     for i, block in enumerate(teacher.model.blocks):
         x, logits[i] = block_with_logits(block, x, rope=rope_at(rope, every, i))  # (B, N, D), (B, H, N, N)
         if i in select.blocks:
-            mask = narrow_mask(x[:, P:], mask, lambda patches: select(i, patches))
+            mask = narrow_mask(x[:, P:], mask, lambda patches, i=i: select(i, patches))
         if i == teacher.feature_block:
             feats = x
-    prefix_mask = torch.cat([torch.ones_like(mask[:, :1]), torch.zeros_like(mask[:, :P - 1]), mask], dim=1)
+    prefix_mask = torch.cat([torch.ones_like(mask[:, :1]), torch.zeros_like(mask[:, : P - 1]), mask], dim=1)
     features = None
     if teacher.cfg.features:
         y = teacher.model.norm(feats) if teacher.cfg.final_norm else feats
@@ -46,8 +51,9 @@ def plain_teacher(teacher: Teacher, pixels: torch.Tensor, mask: torch.Tensor,
     relations = {}
     for i in teacher.relation_blocks:
         rel = masked_rows(masked_rows(logits[i], prefix_mask, dim=2), prefix_mask, dim=3)  # (B, H, 1+K, 1+K)
-        relations[i] = relation_form(rel, teacher.model.blocks[i].attn.scale, teacher.cfg.relation_kind,
-                                        teacher.cfg.relation_heads)
+        relations[i] = relation_form(
+            rel, teacher.model.blocks[i].attn.scale, teacher.cfg.relation_kind, teacher.cfg.relation_heads
+        )
     return TeacherOutput(mask.nonzero()[:, 1].view(mask.shape[0], -1), features, relations), mask
 
 
@@ -91,8 +97,10 @@ def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) ->
     """Student.forward with explicit attention in every block and a boolean keep mask (B, L)."""
     bb = student.backbone
     if student.decoder is not None or student.recon is not None or hasattr(bb, "rel_pos_bias"):
-        raise ValueError("the plain step covers section 3's students only: set student.decoder=linear, "
-                         "student.mask_recon.style=none and student.fd_encoder=false to bench")
+        raise ValueError(
+            "the plain step covers section 3's students only: set student.decoder=linear, "
+            "student.mask_recon.style=none and student.fd_encoder=false to bench"
+        )
     x = embed_tokens(bb, student.normalize(pixels))  # (B, P + L, D)
     P, B, D = bb.num_prefix_tokens, x.shape[0], x.shape[-1]
     x = torch.cat([x[:, :P], x[:, P:][mask].view(B, -1, D)], dim=1)  # (B, P + K, D)
@@ -103,12 +111,14 @@ def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) ->
             taps[i] = (lg, None, x)
     x = bb.norm(x)
     tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # (B, 1 + K, D)
-    return StudentOutput(tokens, {n: student.heads[n](tokens) for n in student.feature_heads},
-                         student.relations(taps, P))
+    return StudentOutput(
+        tokens, {n: student.heads[n](tokens) for n in student.feature_heads}, student.relations(taps, P)
+    )
 
 
-def plain_forward_backward(student: Student, teachers: TeacherSet, images: torch.Tensor, run,
-                           clock) -> dict[str, torch.Tensor]:
+def plain_forward_backward(
+    student: Student, teachers: TeacherSet, images: torch.Tensor, run, clock
+) -> dict[str, torch.Tensor]:
     """uint8 images (B, 3, H, W) -> loss parts; gradients left in the student. `clock.lap(phase)`."""
     pixels = (images.float() / 255.0).to(run.device)  # fp32 on the host, then moved
     clock.lap("input")

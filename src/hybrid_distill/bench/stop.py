@@ -4,6 +4,7 @@ handler instead, inside a compiled backward, left dynamo's dispatch-mode stack b
 ("trying to set the current ProxyTorchDispatchMode, but one already exists"), and the report after it
 failed; a flag lets the step in flight finish and the report run.
 """
+
 import signal
 import time
 from contextlib import contextmanager

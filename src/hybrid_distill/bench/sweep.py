@@ -4,13 +4,24 @@ the fraction of dense bf16 peak per batch, to find the largest batch per GPU and
 
     hybrid-distill bench --batch-sweep --device cuda --batches 128,256,512,1024
 """
+
 import argparse
 import sys
 
 import torch
 
-from .harness import RANDOM_VITB, StepRig, common_args, device_from, median, paper_config, peak_gib, \
-    synthetic_images, time_interleaved, write_result
+from .harness import (
+    RANDOM_VITB,
+    StepRig,
+    common_args,
+    device_from,
+    median,
+    paper_config,
+    peak_gib,
+    synthetic_images,
+    time_interleaved,
+    write_result,
+)
 from .stop import Stop
 
 
@@ -46,6 +57,7 @@ def try_batch(rig: StepRig, batch: int, warmup: int, steps: int, stop=None) -> d
 
 def sweep(cfg, args, title: str) -> dict:
     from .command import bf16_peak_tflops
+
     device = device_from(args)
     batches = [int(b) for b in args.batches.split(",")]
     rig = StepRig(cfg, device, 2)
@@ -79,8 +91,15 @@ def sweep(cfg, args, title: str) -> dict:
         print(f"{r['batch']:>7}{r['images_per_s']:>10.1f}{1e3 * r['median_step_s']:>10.1f}{mem:>10}{frac:>13}")
     fits = [r["batch"] for r in rows if "error" not in r]
     print(f"largest batch that ran: {max(fits) if fits else 'none'}")
-    return {"device": str(device), "gflop_per_image": gflop, "bf16_peak_tflops": peak, "rows": rows,
-            "largest_batch": max(fits) if fits else None, "compiled": args.compile, "smoke": args.smoke}
+    return {
+        "device": str(device),
+        "gflop_per_image": gflop,
+        "bf16_peak_tflops": peak,
+        "rows": rows,
+        "largest_batch": max(fits) if fits else None,
+        "compiled": args.compile,
+        "smoke": args.smoke,
+    }
 
 
 def main(argv=None) -> int:

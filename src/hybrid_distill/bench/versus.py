@@ -8,12 +8,21 @@ teacher weights (the same time). Default precision of the trainer: bf16 on CUDA,
 
     hybrid-distill bench --versus-distill --device cpu --batch 8 --steps 5
 """
+
 import argparse
 
 import torch
 
-from .harness import RANDOM_VITB, StepRig, common_args, device_from, median, paper_config, time_interleaved, \
-    write_result
+from .harness import (
+    RANDOM_VITB,
+    StepRig,
+    common_args,
+    device_from,
+    median,
+    paper_config,
+    time_interleaved,
+    write_result,
+)
 
 CONFIG_NAMES = {"hybrid": "hybrid_vitb_mae_clip", "distill_clip": "distill_vitb_clip"}
 
@@ -48,8 +57,20 @@ def main(argv=None) -> int:
     for n in rigs:
         print(f"{n:<16}{batch / step[n]:>9.1f}{1e3 * step[n]:>10.1f}{gflop[n]:>11.1f}")
     print(f"Hybrid / Distill-CLIP step time: {ratio:.2f}x (paper appendix D: about 1.2x)")
-    write_result(args.out, {"part": "versus_distill", "device": str(device), "batch": batch,
-                            "compiled": args.compile, "step_s": times, "median_step_s": step,
-                            "gflop_per_image": gflop, "hybrid_over_distill": ratio,
-                            "threads": torch.get_num_threads(), "smoke": args.smoke, "argv": argv})
+    write_result(
+        args.out,
+        {
+            "part": "versus_distill",
+            "device": str(device),
+            "batch": batch,
+            "compiled": args.compile,
+            "step_s": times,
+            "median_step_s": step,
+            "gflop_per_image": gflop,
+            "hybrid_over_distill": ratio,
+            "threads": torch.get_num_threads(),
+            "smoke": args.smoke,
+            "argv": argv,
+        },
+    )
     return 0

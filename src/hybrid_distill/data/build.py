@@ -1,4 +1,5 @@
 """Datasets by name: image folders and tars through timm's readers, Fashion-MNIST IDX, synthetic."""
+
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,8 @@ from PIL import Image
 from ..guards import ignore_preemption_signals, kill_workers_at_exit
 from .fashion_mnist import FashionMNIST
 from .sampler import SeededDataset, StepSampler
-from .subset import limit_subset
 from .shards import ShardStream, StreamPosition, collate_readable
+from .subset import limit_subset
 from .transforms import pretrain_transform
 
 
@@ -58,6 +59,7 @@ def _split_root(path: Path, split: str) -> Path:
 def timm_dataset(name: str, path: str, split: str):
     """timm's create_dataset: '' or 'folder' for class folders, 'tar', 'wds/...', 'hfds/...'."""
     from timm.data import create_dataset
+
     root = Path(path)
     if name in ("folder", "", "tar"):
         root = _split_root(root, split)
@@ -65,9 +67,12 @@ def timm_dataset(name: str, path: str, split: str):
     try:
         dataset = create_dataset(name, root=str(root), split=split, is_training=True)
     except (RuntimeError, FileNotFoundError, AssertionError) as err:
-        raise DataError(f"cannot read a dataset at data.path={root}: {str(err).splitlines()[0]} "
-                        "(expected one sub-folder per class holding images)") from None
+        raise DataError(
+            f"cannot read a dataset at data.path={root}: {str(err).splitlines()[0]} "
+            "(expected one sub-folder per class holding images)"
+        ) from None
     from timm.data import ImageDataset
+
     return ReaderImages(dataset.reader) if isinstance(dataset, ImageDataset) else dataset  # wds: iterable
 
 
@@ -111,15 +116,20 @@ def shard_stream(cfg) -> ShardStream:
     return stream
 
 
-def stream_loader(cfg, stream: ShardStream, transform, global_batch: int, micro_batch: int, seed: int,
-                  rank: int, world: int):
+def stream_loader(
+    cfg, stream: ShardStream, transform, global_batch: int, micro_batch: int, seed: int, rank: int, world: int
+):
     stream.transform, stream.seed, stream.rank, stream.world = transform, seed, rank, world
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=micro_batch, num_workers=cfg.num_workers, collate_fn=collate_readable,
+        stream,
+        batch_size=micro_batch,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_readable,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
         worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
-        generator=torch.Generator().manual_seed(seed))  # iter() must not draw from the global RNG
+        generator=torch.Generator().manual_seed(seed),
+    )  # iter() must not draw from the global RNG
     return loader, StreamPosition(stream, global_batch)
 
 
@@ -131,19 +141,28 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
     collate = None  # torch's default
     if cfg.decode == "gpu":  # JPEG bytes and crop draws; the trainer decodes and crops on the GPU
         from .gpu_decode import encoded_inputs
+
         dataset, transform, collate = encoded_inputs(cfg, dataset)
     if len(dataset) < global_batch:
-        raise DataError(f"the dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}: "
-                        "lower optim.batch_size or add data")
+        raise DataError(
+            f"the dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}: "
+            "lower optim.batch_size or add data"
+        )
     if isinstance(dataset, ShardStream):
         return stream_loader(cfg, dataset, transform, global_batch, micro_batch, seed, rank, world)
     sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset, transform), batch_size=micro_batch, sampler=sampler, drop_last=True, collate_fn=collate,
-        num_workers=workers, pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        SeededDataset(dataset, transform),
+        batch_size=micro_batch,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=cfg.persistent_workers and workers > 0,
         prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
         worker_init_fn=ignore_preemption_signals,  # with kill_workers_at_exit, called below
-        generator=torch.Generator().manual_seed(seed))  # its own: iter() must not draw from the global RNG
+        generator=torch.Generator().manual_seed(seed),
+    )  # its own: iter() must not draw from the global RNG
     return loader, sampler

@@ -4,6 +4,7 @@ The files come from the Debian package `dataset-fashion-mnist` (/usr/share/datas
 or any folder holding the four `*-idx?-ubyte[.gz]` files that torchvision would download.
 IDX layout: big-endian magic (0x0803 images, 0x0801 labels), dims, then uint8 data.
 """
+
 import gzip
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def _find(root: Path, name: str) -> Path:
             return candidate
     raise FileNotFoundError(
         f"Fashion-MNIST file {name}[.gz] not found under {root}. Install it with "
-        "`sudo apt-get install dataset-fashion-mnist` or set data.path to a folder holding the IDX files.")
+        "`sudo apt-get install dataset-fashion-mnist` or set data.path to a folder holding the IDX files."
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -33,7 +35,7 @@ def read_idx(path: Path) -> np.ndarray:
     if magic >> 8 != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x})")
     ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -7,6 +7,7 @@ draw the crop and the flip with torchvision's own `RandomResizedCrop.get_params`
 the batch with nvJPEG (`torchvision.io.decode_jpeg(list, device="cuda")`) and resizes each crop with
 antialiased bicubic interpolation (PIL's filter; values differ from PIL's by rounding).
 """
+
 import io
 
 import torch
@@ -81,27 +82,33 @@ def collate_encoded(samples):
 
 def encoded_inputs(cfg, dataset):
     """(dataset, transform, collate_fn) of data.decode=gpu for a folder or tar dataset."""
-    inner, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, torch.utils.data.Subset) \
-        else (dataset, None)
+    inner, indices = (
+        (dataset.dataset, dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else (dataset, None)
+    )
     if not hasattr(inner, "reader"):
-        raise ConfigError(f"data.decode=gpu reads JPEG files from data.dataset=folder or tar; "
-                          f"data.dataset={cfg.dataset} has none: use data.decode=pil")
+        raise ConfigError(
+            f"data.decode=gpu reads JPEG files from data.dataset=folder or tar; "
+            f"data.dataset={cfg.dataset} has none: use data.decode=pil"
+        )
     encoded = EncodedImages(inner.reader)
     encoded = torch.utils.data.Subset(encoded, indices) if indices is not None else encoded
     return encoded, EncodedCrop(cfg.crop_scale, cfg.hflip), collate_encoded
 
 
-def crop_resize_flip(image: torch.Tensor, params: torch.Tensor, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+def crop_resize_flip(
+    image: torch.Tensor, params: torch.Tensor, size: int, interpolation: str = "bicubic"
+) -> torch.Tensor:
     """uint8 (3, H, W) -> uint8 (3, size, size): the crop, resized with antialiasing, flipped if asked."""
     top, left, h, w, flip = params.tolist()
-    crop = image[None, :, top:top + h, left:left + w].float()  # (1, 3, h, w)
+    crop = image[None, :, top : top + h, left : left + w].float()  # (1, 3, h, w)
     out = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False)
     out = out.flip(-1) if flip else out
     return out.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
-def decode_crop_flip(encoded: list[torch.Tensor], params: torch.Tensor, size: int, device: torch.device,
-                     interpolation: str = "bicubic") -> torch.Tensor:
+def decode_crop_flip(
+    encoded: list[torch.Tensor], params: torch.Tensor, size: int, device: torch.device, interpolation: str = "bicubic"
+) -> torch.Tensor:
     """JPEG bytes (a list of uint8 tensors) and params (B, 5) -> uint8 (B, 3, size, size) on `device`;
     one batched decode call (nvJPEG on CUDA, libjpeg on the CPU)."""
     images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
@@ -110,5 +117,6 @@ def decode_crop_flip(encoded: list[torch.Tensor], params: torch.Tensor, size: in
 
 def check_gpu_decode(device: torch.device) -> None:
     if device.type != "cuda":
-        raise ConfigError(f"data.decode=gpu decodes with nvJPEG on a CUDA device; this run is on {device.type}: "
-                          "use data.decode=pil")
+        raise ConfigError(
+            f"data.decode=gpu decodes with nvJPEG on a CUDA device; this run is on {device.type}: use data.decode=pil"
+        )

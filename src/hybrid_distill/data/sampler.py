@@ -6,6 +6,7 @@ index), and the dataset seeds its augmentation with it, so a sample's crop does 
 worker count, world size or where a resumed run starts: resume is exact, and N ranks see what
 one process would.
 """
+
 import numpy as np
 import torch
 from PIL import Image
@@ -20,8 +21,10 @@ class StepSampler(torch.utils.data.Sampler):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
         if num_samples < global_batch:
-            raise ValueError(f"the dataset has {num_samples} samples, fewer than one global batch of "
-                             f"{global_batch}; lower optim.batch_size or add data")
+            raise ValueError(
+                f"the dataset has {num_samples} samples, fewer than one global batch of "
+                f"{global_batch}; lower optim.batch_size or add data"
+            )
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
         self.rank, self.world = rank, world
         self.epoch, self.start_step = 0, 0
@@ -43,7 +46,7 @@ class StepSampler(torch.utils.data.Sampler):
         share = self.global_batch // self.world
         for step in range(self.start_step, self.steps_per_epoch):
             first = step * self.global_batch + self.rank * share
-            for i in order[first:first + share]:
+            for i in order[first : first + share]:
                 yield i, sample_seed(self.seed, self.epoch, i)
 
 

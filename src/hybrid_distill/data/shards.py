@@ -11,6 +11,7 @@ the replay after a resume yields the same order: resume stays exact.
 Labels are optional (distillation needs none): a sample without `.cls` gets label -1.
 Unreadable samples are replaced by the next one and reported like those of indexable datasets.
 """
+
 import io
 import random
 
@@ -31,8 +32,10 @@ def decode_sample(sample: dict):
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         found = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"sample {sample.get('__key__')} has no image key ({'/'.join(IMAGE_KEYS)}); "
-                         f"its keys: {', '.join(found) or 'none'}")
+        raise ValueError(
+            f"sample {sample.get('__key__')} has no image key ({'/'.join(IMAGE_KEYS)}); "
+            f"its keys: {', '.join(found) or 'none'}"
+        )
     image = Image.open(io.BytesIO(sample[key]))
     image.load()
     label = int(sample["cls"].decode().strip()) if "cls" in sample else NO_LABEL
@@ -42,6 +45,7 @@ def decode_sample(sample: dict):
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, urls: str, transform, num_samples: int, seed: int = 0, rank: int = 0, world: int = 1):
         from webdataset.shardlists import expand_urls
+
         self.shards = expand_urls(urls)
         if len(self.shards) < world:
             raise ValueError(f"{len(self.shards)} shards for {world} ranks: every rank needs at least one shard")
@@ -60,12 +64,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def my_shards(self, worker: int, workers: int) -> list[str]:
-        mine = self.shards[self.rank::self.world]
+        mine = self.shards[self.rank :: self.world]
         return mine[worker::workers] or mine  # more workers than shards: some read the same shards
 
     def peek(self, count: int) -> list:
         """The first `count` readable images of the first shards, in order (a fixed probe batch)."""
         import webdataset as wds
+
         images = []
         for sample in wds.tarfile_samples([{"url": url} for url in self.shards], handler=wds.warn_and_continue):
             try:
@@ -79,12 +84,14 @@ class ShardStream(torch.utils.data.IterableDataset):
     def raw_samples(self, shards: list[str], order: random.Random):
         """The worker's shards without end, each cycle in a new seeded order (the trainer ends epochs)."""
         import webdataset as wds
+
         while True:
             order.shuffle(shards)
             yield from wds.tarfile_samples([{"url": url} for url in shards], handler=wds.warn_and_continue)
 
     def __iter__(self):
         from webdataset import filters
+
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         stream_seed = [self.seed, self.epoch, self.rank, worker]

@@ -1,4 +1,5 @@
 """`data.limit`: a seeded random subset, so that a folder sorted by class keeps every class."""
+
 import torch
 
 LIMIT_SEED = 0  # fixed, not the run's seed: runs that differ only in seed train on the same images

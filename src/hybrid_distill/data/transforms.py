@@ -3,15 +3,19 @@
 One crop per image is shared by the student and every teacher; each model normalises it itself,
 on the device, after the uint8 batch has been moved there (less host-to-device traffic).
 """
+
 import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 
-def pretrain_transform(img_size: int, crop_scale=(0.2, 1.0), hflip: float = 0.5,
-                       interpolation: str = "bicubic") -> T.Compose:
-    steps = [T.Lambda(to_rgb),
-             T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=InterpolationMode(interpolation))]
+def pretrain_transform(
+    img_size: int, crop_scale=(0.2, 1.0), hflip: float = 0.5, interpolation: str = "bicubic"
+) -> T.Compose:
+    steps = [
+        T.Lambda(to_rgb),
+        T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=InterpolationMode(interpolation)),
+    ]
     if hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     return T.Compose(steps + [T.PILToTensor()])
@@ -19,8 +23,14 @@ def pretrain_transform(img_size: int, crop_scale=(0.2, 1.0), hflip: float = 0.5,
 
 def eval_transform(img_size: int, interpolation: str = "bicubic") -> T.Compose:
     """Resize (shorter side, then centre crop) to the model's input, uint8 out."""
-    return T.Compose([T.Lambda(to_rgb), T.Resize(img_size, interpolation=InterpolationMode(interpolation)),
-                      T.CenterCrop(img_size), T.PILToTensor()])
+    return T.Compose(
+        [
+            T.Lambda(to_rgb),
+            T.Resize(img_size, interpolation=InterpolationMode(interpolation)),
+            T.CenterCrop(img_size),
+            T.PILToTensor(),
+        ]
+    )
 
 
 def to_rgb(image):

@@ -4,10 +4,11 @@ Follows MAE's recipe (models_mae.py): random masking of 75% of the patches, the 
 visible ones, a light decoder with mask tokens and fixed 2-D sin-cos positions, per-patch
 normalised pixel targets, loss on masked patches only. Only the encoder is kept as the teacher.
 """
+
 import torch
-from torch import nn
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from ..masking import random_keep_indices
 from ..models.tokens import embed_tokens, keep_with_prefix
@@ -21,8 +22,14 @@ def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 64, decoder_depth: int = 2,
-                 decoder_heads: int = 2, mask_ratio: float = 0.75):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_dim: int = 64,
+        decoder_depth: int = 2,
+        decoder_heads: int = 2,
+        mask_ratio: float = 0.75,
+    ):
         super().__init__()
         self.encoder, self.mask_ratio = encoder, mask_ratio
         self.patch = encoder.patch_embed.patch_size[0]
@@ -32,8 +39,9 @@ class MaskedAutoencoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         pos = build_sincos2d_pos_embed(grid, decoder_dim)  # (L, D) fixed, as MAE
         self.register_buffer("decoder_pos", torch.cat([torch.zeros(1, decoder_dim), pos])[None], persistent=False)
-        self.decoder = nn.Sequential(*[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
-                                       for _ in range(decoder_depth)])
+        self.decoder = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * 3)
 

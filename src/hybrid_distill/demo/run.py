@@ -8,6 +8,7 @@
    random init, and the paper's attention-distance / NMI figures, in results.json and report.md, with
    config, git SHA and package versions.
 """
+
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.command import main as analyze_main
 from ..cli_parser import Parser
 from ..config import ConfigError, from_dict
-from ..validate import writable_dir
 from ..data.fashion_mnist import FashionMNIST
 from ..data.subset import limit_subset
-from ..analysis.command import main as analyze_main
 from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
@@ -28,8 +28,9 @@ from ..evaluation.linear import linear_probe
 from ..files import load_model
 from ..models.load import create_vit
 from ..provenance import provenance
-from .replication import replication_lines
 from ..trainer import train
+from ..validate import writable_dir
+from .replication import replication_lines
 from .teachers import train_mae_teacher, train_supervised_teacher
 
 FASHION_MEAN, FASHION_STD = [0.2860] * 3, [0.3530] * 3  # Fashion-MNIST train-set pixel statistics
@@ -44,8 +45,9 @@ class DemoConfig:
     knn_train_limit: int = 10000  # k-NN / linear-probe training bank
     test_limit: int = 10000  # test images evaluated (the first of Fashion-MNIST's 10,000)
     arch: str = "vit_tiny_patch16_224"
-    vit_kwargs: dict = field(default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6,
-                                                          num_heads=4))
+    vit_kwargs: dict = field(
+        default_factory=lambda: dict(img_size=28, patch_size=4, embed_dim=64, depth=6, num_heads=4)
+    )
     batch: int = 128
     teacher_epochs: int = 8
     supervised_blr: float = 2e-3
@@ -61,21 +63,49 @@ class DemoConfig:
     @classmethod
     def fast(cls, out: str) -> "DemoConfig":
         """A seconds-long version for tests: tiny subset, tiny models, one epoch each."""
-        return cls(out=out, train_limit=256, knn_train_limit=256, batch=64, teacher_epochs=1, mae_epochs=1,
-                   student_epochs=1, finetune_epochs=1, analysis_images=16, test_limit=256, vit_kwargs=dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3))
+        return cls(
+            out=out,
+            train_limit=256,
+            knn_train_limit=256,
+            batch=64,
+            teacher_epochs=1,
+            mae_epochs=1,
+            student_epochs=1,
+            finetune_epochs=1,
+            analysis_images=16,
+            test_limit=256,
+            vit_kwargs=dict(img_size=28, patch_size=4, embed_dim=48, depth=6, num_heads=3),
+        )
 
 
 def student_config(demo: DemoConfig, name: str, teachers: dict, masking: dict):
-    return from_dict({
-        "name": name, "output_dir": str(Path(demo.out) / "students"), "seed": demo.seed,
-        "data": {"dataset": "fashion_mnist", "path": demo.data_path, "img_size": 28, "limit": demo.train_limit,
-                 "crop_scale": [0.5, 1.0], "num_workers": 0},
-        "student": {"arch": demo.arch, "model_kwargs": demo.vit_kwargs, "drop_path": 0.1,
-                    "mean": demo.mean, "std": demo.std},
-        "teachers": teachers, "masking": masking,
-        "optim": {"batch_size": demo.batch, "blr": demo.student_blr, "warmup_epochs": 1},
-        "train": {"epochs": demo.student_epochs, "log_every": 10, "keep_checkpoints": 1},
-    }, where=f"demo student '{name}'")
+    return from_dict(
+        {
+            "name": name,
+            "output_dir": str(Path(demo.out) / "students"),
+            "seed": demo.seed,
+            "data": {
+                "dataset": "fashion_mnist",
+                "path": demo.data_path,
+                "img_size": 28,
+                "limit": demo.train_limit,
+                "crop_scale": [0.5, 1.0],
+                "num_workers": 0,
+            },
+            "student": {
+                "arch": demo.arch,
+                "model_kwargs": demo.vit_kwargs,
+                "drop_path": 0.1,
+                "mean": demo.mean,
+                "std": demo.std,
+            },
+            "teachers": teachers,
+            "masking": masking,
+            "optim": {"batch_size": demo.batch, "blr": demo.student_blr, "warmup_epochs": 1},
+            "train": {"epochs": demo.student_epochs, "log_every": 10, "keep_checkpoints": 1},
+        },
+        where=f"demo student '{name}'",
+    )
 
 
 def student_configs(demo: DemoConfig, sup: Path, mae: Path) -> dict:
@@ -85,8 +115,9 @@ def student_configs(demo: DemoConfig, sup: Path, mae: Path) -> dict:
     mae_feat = {**common, "weights": str(mae), "features": True}
     none = {"teacher": None, "strategy": "none"}
     return {
-        "hybrid": student_config(demo, "hybrid", {"sup": sup_feat, "mae": mae_rel},
-                                 {"teacher": "mae", "strategy": "progressive"}),
+        "hybrid": student_config(
+            demo, "hybrid", {"sup": sup_feat, "mae": mae_rel}, {"teacher": "mae", "strategy": "progressive"}
+        ),
         "distill_sup": student_config(demo, "distill_sup", {"sup": sup_feat}, none),
         "distill_mae": student_config(demo, "distill_mae", {"mae": mae_feat}, none),
     }
@@ -110,12 +141,16 @@ def frozen_evals(train_feats, train_labels, test_feats, test_labels) -> dict:
 
 def evaluate(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
     bank = torch.utils.data.Subset(train_ds, range(min(demo.knn_train_limit, len(train_ds))))
-    results = {"pixels": frozen_evals(*pixel_features(train_ds, demo.knn_train_limit),
-                                      *pixel_features(test_ds, len(test_ds)))}
+    results = {
+        "pixels": frozen_evals(*pixel_features(train_ds, demo.knn_train_limit), *pixel_features(test_ds, len(test_ds)))
+    }
     for name, model in models.items():
         results[name] = frozen_evals(*extract_features(model, bank), *extract_features(model, test_ds))
-        print(f"  {name:<14} k-NN top-1 {results[name]['knn']['top1']:.2f}   "
-              f"linear top-1 {results[name]['linear']['top1']:.2f}", flush=True)
+        print(
+            f"  {name:<14} k-NN top-1 {results[name]['knn']['top1']:.2f}   "
+            f"linear top-1 {results[name]['linear']['top1']:.2f}",
+            flush=True,
+        )
     return results
 
 
@@ -124,48 +159,74 @@ def finetune(models: dict, demo: DemoConfig, train_ds, test_ds) -> dict:
     subset = limit_subset(train_ds, demo.train_limit)  # the images data.limit gives the students
     out = {}
     for name in ("hybrid", "random_init"):
-        out[name] = finetune_eval(models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs,
-                                  batch_size=demo.batch)
+        out[name] = finetune_eval(
+            models[name], subset, test_ds, "fashion_mnist", epochs=demo.finetune_epochs, batch_size=demo.batch
+        )
         print(f"  fine-tuned {name:<12} top-1 {out[name]['top1']:.2f}", flush=True)
     return out
 
 
 def analyze(demo: DemoConfig, out: Path, model_paths: list[str]) -> Path:
     data = f"fashion_mnist:{demo.data_path}" if demo.data_path else "fashion_mnist"
-    analyze_main([*model_paths, "--data", data, "--num-images", str(demo.analysis_images),
-                  "--out", str(out / "analysis")])
+    analyze_main(
+        [*model_paths, "--data", data, "--num-images", str(demo.analysis_images), "--out", str(out / "analysis")]
+    )
     return out / "analysis"
 
 
-KINDS = {"pixels": "raw pixels", "random_init": "random-init ViT", "teacher_sup": "teacher (labels)",
-         "teacher_mae": "teacher (MAE)", "hybrid": "student: Hybrid Distill",
-         "distill_sup": "student: Distill-Sup", "distill_mae": "student: Distill-MAE"}
+KINDS = {
+    "pixels": "raw pixels",
+    "random_init": "random-init ViT",
+    "teacher_sup": "teacher (labels)",
+    "teacher_mae": "teacher (MAE)",
+    "hybrid": "student: Hybrid Distill",
+    "distill_sup": "student: Distill-Sup",
+    "distill_mae": "student: Distill-MAE",
+}
 FIGURES = ("distance.png", "distance_plain.png", "nmi.png")
 
 
 def report(demo: DemoConfig, results: dict, tuned: dict, timings: dict, out: Path, test_ds) -> str:
-    rows = [f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | "
-            f"{tuned[name]['top1']:.2f} |" if name in tuned else
-            f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | |"
-            for name, r in results.items()]
+    rows = [
+        f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | "
+        f"{tuned[name]['top1']:.2f} |"
+        if name in tuned
+        else f"| {name} | {KINDS.get(name, '')} | {r['knn']['top1']:.2f} | {r['linear']['top1']:.2f} | |"
+        for name, r in results.items()
+    ]
     prov = provenance()
-    text = "\n".join([
-        "# hybrid-distill demo: Fashion-MNIST", "",
-        f"git {prov['git_sha']}, torch {prov['packages']['torch']}, timm {prov['packages']['timm']}, "
-        f"{prov['device']}; {demo.train_limit} training images; top-1 (%) on {len(test_ds)} test images: k-NN "
-        f"(k=20, T=0.07, {demo.knn_train_limit}-image bank), linear probe (setting chosen on held-out training "
-        f"data), fine-tune ({demo.finetune_epochs} epochs, preset fashion_mnist)",
-        "", "| model | what | k-NN | linear | fine-tune |", "|---|---|---|---|---|", *rows, "",
-        "Figures (paper section 2): " + ", ".join(f"[{f}](analysis/{f})" for f in FIGURES)
-        + ", attention maps in analysis/attention_maps_*.png", "",
-        "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
-        "At this scale (49 tokens, teachers trained for minutes) the demo shows the machinery end to end; "
-        "it cannot test the paper's claims. The replication below does, at 196 tokens over three seeds.", "",
-        *replication_lines()])
+    text = "\n".join(
+        [
+            "# hybrid-distill demo: Fashion-MNIST",
+            "",
+            f"git {prov['git_sha']}, torch {prov['packages']['torch']}, timm {prov['packages']['timm']}, "
+            f"{prov['device']}; {demo.train_limit} training images; top-1 (%) on {len(test_ds)} test images: k-NN "
+            f"(k=20, T=0.07, {demo.knn_train_limit}-image bank), linear probe (setting chosen on held-out training "
+            f"data), fine-tune ({demo.finetune_epochs} epochs, preset fashion_mnist)",
+            "",
+            "| model | what | k-NN | linear | fine-tune |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Figures (paper section 2): "
+            + ", ".join(f"[{f}](analysis/{f})" for f in FIGURES)
+            + ", attention maps in analysis/attention_maps_*.png",
+            "",
+            "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+            "",
+            "At this scale (49 tokens, teachers trained for minutes) the demo shows the machinery end to end; "
+            "it cannot test the paper's claims. The replication below does, at 196 tokens over three seeds.",
+            "",
+            *replication_lines(),
+        ]
+    )
     (out / "report.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"frozen": results, "finetune": tuned, "timings_s": timings, "demo": asdict(demo), "provenance": prov},
-        indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"frozen": results, "finetune": tuned, "timings_s": timings, "demo": asdict(demo), "provenance": prov},
+            indent=2,
+        )
+    )
     return text
 
 
@@ -174,7 +235,7 @@ def run_demo(demo: DemoConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(demo.seed)
     train_ds, test_ds = FashionMNIST(demo.data_path, "train"), FashionMNIST(demo.data_path, "test")
-    test_ds.images, test_ds.labels = test_ds.images[:demo.test_limit], test_ds.labels[:demo.test_limit]
+    test_ds.images, test_ds.labels = test_ds.images[: demo.test_limit], test_ds.labels[: demo.test_limit]
     timings, start = {}, time.perf_counter()
     data_cfg = student_config(demo, "teachers", {}, {"teacher": None}).data
 
@@ -189,7 +250,11 @@ def run_demo(demo: DemoConfig) -> Path:
     stage("2/6 MAE teacher (masked pixel reconstruction)")
     mae = train_mae_teacher(demo, data_cfg, subset, out / "teachers" / "teacher_mae.pt")
     tick("teacher_mae")
-    models = {"random_init": random_init_vit(demo), "teacher_sup": load_model(str(sup)), "teacher_mae": load_model(str(mae))}
+    models = {
+        "random_init": random_init_vit(demo),
+        "teacher_sup": load_model(str(sup)),
+        "teacher_mae": load_model(str(mae)),
+    }
     paths = [str(sup), str(mae)]
     for name, cfg in student_configs(demo, sup, mae).items():
         stage(f"3/6 student {name}: teachers {list(cfg.teachers)}, masking {cfg.masking.strategy.value}")

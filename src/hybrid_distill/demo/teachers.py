@@ -1,6 +1,7 @@
 """The demo's own small teachers, trained on Fashion-MNIST: a supervised ViT (labels, the stand-in
 for DeiT / CLIP) and an MAE-pre-trained ViT (pixels, the MIM teacher). Saved as our model files so
 the distillation runs load them like any teacher file."""
+
 from pathlib import Path
 
 import torch
@@ -17,8 +18,21 @@ from ..models.tokens import Normalize
 from .mae import MaskedAutoencoder
 
 
-def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, blr: float,
-        seed: int, desc: str, mean, std, state: Path | None = None, after_epoch=None) -> None:
+def fit(
+    module: nn.Module,
+    loss_fn,
+    data_cfg,
+    dataset,
+    epochs: int,
+    batch: int,
+    blr: float,
+    seed: int,
+    desc: str,
+    mean,
+    std,
+    state: Path | None = None,
+    after_epoch=None,
+) -> None:
     """AdamW (0.9, 0.95), wd 0.05, one warmup epoch then cosine, per step (MAE recipe).
 
     With `state`, the module, optimiser and generator are saved there after every epoch and a run
@@ -47,8 +61,15 @@ def fit(module: nn.Module, loss_fn, data_cfg, dataset, epochs: int, batch: int, 
             with torch.random.fork_rng(devices=[]):
                 after_epoch(epoch + 1)
         if state is not None:
-            save_atomic(state, {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                "epoch": epoch + 1, "rng": torch.get_rng_state()})
+            save_atomic(
+                state,
+                {
+                    "module": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "rng": torch.get_rng_state(),
+                },
+            )
     bar.close()
     module.eval()
 
@@ -67,8 +88,19 @@ def resume_fit(state: Path | None, module: nn.Module, optimizer) -> int:
 def train_supervised_teacher(demo, data_cfg, dataset, path: Path) -> Path:
     model = create_vit(demo.arch, num_classes=10, **demo.vit_kwargs)
     ce = nn.CrossEntropyLoss(label_smoothing=0.1)
-    fit(model, lambda x, y: ce(model(x), y), data_cfg, dataset, demo.teacher_epochs, demo.batch,
-        demo.supervised_blr, demo.seed, "supervised teacher", demo.mean, demo.std)
+    fit(
+        model,
+        lambda x, y: ce(model(x), y),
+        data_cfg,
+        dataset,
+        demo.teacher_epochs,
+        demo.batch,
+        demo.supervised_blr,
+        demo.seed,
+        "supervised teacher",
+        demo.mean,
+        demo.std,
+    )
     model.reset_classifier(0)
     return save_model_file(model, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)
 
@@ -87,10 +119,24 @@ def train_mae_teacher(demo, data_cfg, dataset, path: Path, state: Path | None = 
     encoder = create_vit(demo.arch, **demo.vit_kwargs)
     if getattr(demo, "pos_embed", "learned") == "sincos":
         fix_sincos_positions(encoder)
-    mae = MaskedAutoencoder(encoder, decoder_depth=getattr(demo, "decoder_depth", 2),
-                            mask_ratio=getattr(demo, "mask_ratio", 0.75))
+    mae = MaskedAutoencoder(
+        encoder, decoder_depth=getattr(demo, "decoder_depth", 2), mask_ratio=getattr(demo, "mask_ratio", 0.75)
+    )
     hook = after_epoch(encoder) if after_epoch is not None else None
-    fit(mae, lambda x, _: mae(x), data_cfg, dataset, demo.mae_epochs, demo.batch, demo.mae_blr,
-        demo.seed, "MAE teacher", demo.mean, demo.std, state=state, after_epoch=hook)
+    fit(
+        mae,
+        lambda x, _: mae(x),
+        data_cfg,
+        dataset,
+        demo.mae_epochs,
+        demo.batch,
+        demo.mae_blr,
+        demo.seed,
+        "MAE teacher",
+        demo.mean,
+        demo.std,
+        state=state,
+        after_epoch=hook,
+    )
     encoder.pos_embed.requires_grad_(True)  # a file's weights are all parameters; as a teacher it is frozen
     return save_model_file(encoder, demo.arch, demo.vit_kwargs, path, demo.mean, demo.std)

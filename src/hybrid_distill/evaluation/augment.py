@@ -7,6 +7,7 @@ reaches 10 about 2 % of the time. Pillow < 13 turned 0 bits into an all-black im
 "bits must be between or equal to 1 and 8" instead, which ended a fine-tune in its first epoch.
 Here the ops that call timm's posterize get one that keeps the old result.
 """
+
 from PIL import Image, ImageOps
 from timm.data import auto_augment
 

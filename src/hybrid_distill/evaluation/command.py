@@ -8,6 +8,7 @@ it the weights are random, and the command says so).
 `inat19:PATH` (torchvision's readers; paper Table 2).
 Under torchrun, features are extracted on all ranks and gathered; rank 0 writes the JSON.
 """
+
 import argparse
 import json
 import sys
@@ -18,36 +19,45 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hybrid_distill.cli_parser import Parser
+from hybrid_distill.config import ConfigError
 from hybrid_distill.distributed import process_group
+from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.features import POOLS
 from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
 from hybrid_distill.evaluation.knn import knn_eval
 from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
-from hybrid_distill.cli_parser import Parser
-from hybrid_distill.config import ConfigError
-from hybrid_distill.evaluation.source import model_source, source_tag
-from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.evaluation.source import model_source, source_tag
 from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="hybrid-distill eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="hybrid-distill eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=PROTOCOLS)
-    p.add_argument("model", help="run dir, checkpoint, model file (.pt), official weight file (with --arch) "
-                                 "or timm name")
+    p.add_argument(
+        "model", help="run dir, checkpoint, model file (.pt), official weight file (with --arch) or timm name"
+    )
     p.add_argument("--pretrained", action="store_true", help="a timm name's released weights (else random)")
     p.add_argument("--arch", help="timm name of an official weight file's architecture, e.g. vit_base_patch16_224.mae")
-    p.add_argument("--data", required=True, help="image folder with train/ and val/, fashion_mnist[:PATH], "
-                                                 "cifar100:PATH, cars:PATH or inat19:PATH")
-    p.add_argument("--out", type=Path, help="results folder (default: RUN_DIR/eval, the model file's "
-                                            "folder/eval, or ./eval/TIMM_NAME)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="image folder with train/ and val/, fashion_mnist[:PATH], cifar100:PATH, cars:PATH or inat19:PATH",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default: RUN_DIR/eval, the model file's folder/eval, or ./eval/TIMM_NAME)",
+    )
     p.add_argument("--pool", choices=POOLS, default="cls", help="frozen features: CLS token or mean of patch tokens")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="fine-tune recipe (default: fashion_mnist for that data, else imagenet)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="fine-tune recipe (default: fashion_mnist for that data, else imagenet)",
+    )
     p.add_argument("--epochs", type=int, help="override the probe's or the preset's epochs")
     p.add_argument("--batch-size", type=int, help="feature extraction (default 256) or fine-tune batch")
     p.add_argument("--k", type=int, default=20, help="k-NN neighbours (DINO: 20)")
@@ -79,6 +89,7 @@ def load_data(spec: str):
     """(train, test, info) for `fashion_mnist[:PATH]` or an image folder with train/ and val/."""
     if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
         from hybrid_distill.data.fashion_mnist import FashionMNIST
+
         root = spec.partition(":")[2] or None
         info = {"name": "fashion_mnist", "spec": spec, "crop_pct": 1.0}
         return FashionMNIST(root, "train"), FashionMNIST(root, "test"), info
@@ -86,12 +97,17 @@ def load_data(spec: str):
         return torchvision_data(*spec.split(":", 1))
     root = Path(spec)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise FileNotFoundError(f"--data {spec}: expected an image folder with train/ and val/ subfolders "
-                                "(one folder per class inside each), fashion_mnist[:PATH], cifar100:PATH, cars:PATH or inat19:PATH")
+        raise FileNotFoundError(
+            f"--data {spec}: expected an image folder with train/ and val/ subfolders "
+            "(one folder per class inside each), fashion_mnist[:PATH], cifar100:PATH, cars:PATH or inat19:PATH"
+        )
     from torchvision.datasets import ImageFolder
+
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
     if train.classes != test.classes:
-        raise ConfigError(f"--data {root}: train/ and val/ hold different classes ({len(train.classes)} vs {len(test.classes)})")
+        raise ConfigError(
+            f"--data {root}: train/ and val/ hold different classes ({len(train.classes)} vs {len(test.classes)})"
+        )
     return train, test, {"name": root.resolve().name, "spec": str(root.resolve()), "crop_pct": 0.875}
 
 
@@ -109,13 +125,21 @@ def run_protocol(args, model, train, test, info: dict, out: Path, source: dict |
     common = dict(device=args.device)
     if args.protocol == "finetune":
         name = args.preset or (info["name"] if info["name"] in PRESETS else "imagenet")
-        overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                       ("crop_pct", args.crop_pct)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("crop_pct", args.crop_pct))
+            if v is not None
+        }
         weights = out / f"finetune-{info['name']}-{name}{source_tag(source)}"  # a timm folder beside the JSON
         return finetune_eval(model, train, test, name, log=print, save_to=weights, **common, **overrides)
-    feat = dict(pool=args.pool, batch_size=args.batch_size or 256, crop_pct=crop,
-                cache_dir=None if args.no_cache else out / "features",
-                data_keys=(f"{info['spec']}#train", f"{info['spec']}#test"), **common)
+    feat = dict(
+        pool=args.pool,
+        batch_size=args.batch_size or 256,
+        crop_pct=crop,
+        cache_dir=None if args.no_cache else out / "features",
+        data_keys=(f"{info['spec']}#train", f"{info['spec']}#test"),
+        **common,
+    )
     if args.protocol == "knn":
         return knn_eval(model, train, test, k=args.k, temperature=args.temperature, **feat)
     cfg = ProbeConfig() if args.epochs is None else replace(ProbeConfig(), epochs=args.epochs)

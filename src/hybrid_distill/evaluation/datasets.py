@@ -7,6 +7,7 @@ PATH/val2019.json: torchvision indexes the 2019 train and val images together. E
 (PIL image, int label) and knows its classes. Evaluation resizes to 256/224 and centre-crops, as
 dBOT `evaluation/eval_cls.py` does.
 """
+
 import json
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Split(torch.utils.data.Dataset):
 def inat19_splits(root: Path):
     """torchvision's INaturalist('2019') cut into the official train / val image lists."""
     from torchvision.datasets import INaturalist
+
     val_file = root / "val2019.json"
     if not val_file.is_file():
         raise FileNotFoundError(f"inat19:{root}: no val2019.json (the official annotation file) beside 2019/")
@@ -38,13 +40,16 @@ def inat19_splits(root: Path):
     val = {Path(image["file_name"]).name for image in json.loads(val_file.read_text())["images"]}
     in_val = [fname in val for _, fname in full.index]
     classes = list(full.all_categories)
-    return (Split(full, [i for i, v in enumerate(in_val) if not v], classes),
-            Split(full, [i for i, v in enumerate(in_val) if v], classes))
+    return (
+        Split(full, [i for i, v in enumerate(in_val) if not v], classes),
+        Split(full, [i for i, v in enumerate(in_val) if v], classes),
+    )
 
 
 def torchvision_data(name: str, root: str):
     """(train, test, info) of one of TORCHVISION_DATA at `root`; a missing dataset fails in one line."""
     from torchvision import datasets
+
     path = Path(root)
     info = {"name": name, "spec": f"{name}:{path.resolve()}", "crop_pct": 0.875}
     try:

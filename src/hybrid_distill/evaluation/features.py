@@ -5,9 +5,10 @@ image size, grayscale -> RGB, its own mean/std (a CLIP teacher and a student dif
 Under torch.distributed every rank embeds the strided shard rank::world and the shards are
 gathered with all_gather, so every rank ends with the full (N, D) in dataset order.
 """
+
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import timm.data
 import torch
@@ -53,13 +54,15 @@ def input_size(model: nn.Module) -> tuple[int, int]:
 def eval_transform(model: nn.Module, crop_pct: float = 1.0):
     """Resize (+ centre crop when crop_pct < 1), RGB, tensor, the model's own mean/std."""
     mean, std = mean_std(model)
-    tf = timm.data.create_transform((3, *input_size(model)), is_training=False, mean=mean, std=std,
-                                    crop_pct=crop_pct, interpolation="bicubic")
+    tf = timm.data.create_transform(
+        (3, *input_size(model)), is_training=False, mean=mean, std=std, crop_pct=crop_pct, interpolation="bicubic"
+    )
     return _with_rgb(tf)
 
 
 def _with_rgb(tf):
     from torchvision import transforms
+
     return transforms.Compose([ToRGB(), tf])
 
 
@@ -114,8 +117,9 @@ def _device(device) -> torch.device:
 
 
 @torch.no_grad()
-def embed_dataset(fn: Callable[[torch.Tensor], torch.Tensor], dataset, batch_size: int = 256,
-                  num_workers: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_dataset(
+    fn: Callable[[torch.Tensor], torch.Tensor], dataset, batch_size: int = 256, num_workers: int = 0, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply fn to every (tensor image, label) of dataset in batches -> (N, D) float32 cpu, (N,) int64.
 
     Each rank embeds its shard rank::world; results are gathered across ranks in dataset order.
@@ -123,8 +127,9 @@ def embed_dataset(fn: Callable[[torch.Tensor], torch.Tensor], dataset, batch_siz
     rank, world = _rank_world()
     device = _device(device)
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     feats, labels = [], []
     for images, target in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -154,18 +159,29 @@ def model_key(model: nn.Module) -> str:
 
 def dataset_key(dataset) -> str:
     """A best-effort identity of a dataset: class, root/split, length, and its labels when exposed."""
-    parts = [type(dataset).__name__, str(getattr(dataset, "root", "")), str(getattr(dataset, "split", "")),
-             str(len(dataset))]
+    parts = [
+        type(dataset).__name__,
+        str(getattr(dataset, "root", "")),
+        str(getattr(dataset, "split", "")),
+        str(len(dataset)),
+    ]
     labels = getattr(dataset, "labels", getattr(dataset, "targets", None))
     if labels is not None:
         parts.append(hashlib.sha256(torch.as_tensor(labels).numpy().tobytes()).hexdigest())
     return "/".join(parts)
 
 
-def extract_features(model: nn.Module, dataset, pool: str = "cls", batch_size: int = 256,
-                     num_workers: int = 0, device=None, crop_pct: float = 1.0,
-                     cache_dir: str | Path | None = None, data_key: str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module,
+    dataset,
+    pool: str = "cls",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device=None,
+    crop_pct: float = 1.0,
+    cache_dir: str | Path | None = None,
+    data_key: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) features and (N,) labels of a (PIL image, label) dataset; eval mode, no grad.
 
     With cache_dir, the result is stored in / read from a .pt named by a hash of the model
@@ -181,8 +197,13 @@ def extract_features(model: nn.Module, dataset, pool: str = "cls", batch_size: i
     was_training = model.training
     model.eval().to(device)
     try:
-        feats, labels = embed_dataset(feature_fn(model, pool), Transformed(dataset, eval_transform(model, crop_pct)),
-                                      batch_size, num_workers, device)
+        feats, labels = embed_dataset(
+            feature_fn(model, pool),
+            Transformed(dataset, eval_transform(model, crop_pct)),
+            batch_size,
+            num_workers,
+            device,
+        )
     finally:
         model.train(was_training)
     if key is not None and _rank_world()[0] == 0:

@@ -12,6 +12,7 @@ tokens + fc_norm (MAE / dBOT `main_finetune.py`), or 'token', the CLS token (dBO
 The test split is scored after every `eval_every` epochs and after the last (the result); scoring draws
 nothing from the training's random streams, so `eval_every` changes the cost, never the training.
 """
+
 import copy
 import math
 import random
@@ -27,10 +28,22 @@ from timm.layers import DropPath
 from torch import nn
 
 from hybrid_distill.evaluation.augment import patch_posterize
-from hybrid_distill.evaluation.features import (Transformed, _device, _rank_world, _with_rgb, embed_dataset,
-                                                eval_transform, input_size)
-from hybrid_distill.evaluation.finetune_parts import (checked_pool, ema_model, mae_param_groups, repeated_sampler,
-                                                      reset_head)
+from hybrid_distill.evaluation.features import (
+    Transformed,
+    _device,
+    _rank_world,
+    _with_rgb,
+    embed_dataset,
+    eval_transform,
+    input_size,
+)
+from hybrid_distill.evaluation.finetune_parts import (
+    checked_pool,
+    ema_model,
+    mae_param_groups,
+    repeated_sampler,
+    reset_head,
+)
 from hybrid_distill.evaluation.linear import accuracy
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
@@ -40,6 +53,7 @@ from hybrid_distill.provenance import provenance
 class FinetuneConfig:
     """Defaults: the paper's ImageNet-1K fine-tune (appendix C: lr 3e-4 at batch 256, following dBOT);
     what the paper leaves out follows MAE's `main_finetune.py` (warmup 5, min lr 1e-6, reprob 0.25)."""
+
     epochs: int = 100
     batch_size: int = 256
     lr: float = 3e-4  # at batch ref_batch; the lr used is lr * batch_size * world / ref_batch
@@ -70,8 +84,10 @@ class FinetuneConfig:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"fine-tune epochs must be a whole number >= 1, got {self.epochs!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be a whole number >= 0 (0: score the test split after the last "
-                             f"epoch only), got {self.eval_every!r}")
+            raise ValueError(
+                f"eval_every must be a whole number >= 0 (0: score the test split after the last "
+                f"epoch only), got {self.eval_every!r}"
+            )
 
 
 # paper appendix C: CIFAR100, Cars, iNaturalist19 at batch 768 and lr 7.5e-6, following dBOT, whose run.sh
@@ -80,9 +96,19 @@ class FinetuneConfig:
 # (--avgpool_patchtokens 0); eval_cls.py's defaults: EMA 0.99996, repeated augmentation, no layer decay,
 # warm-up 5 epochs from 1e-6, min lr 1e-5, drop path 0.1, mixup 0.8 / cutmix 1.0, smoothing 0.1,
 # RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, weight decay 0.05
-DBOT_SMALL_SETS = FinetuneConfig(epochs=1000, batch_size=96, lr=7.5e-6, ref_batch=512, min_lr=1e-5,
-                                 warmup_epochs=5.0, warmup_lr=1e-6, layer_decay=None, global_pool="token",
-                                 ema_decay=0.99996, repeated_aug=3)
+DBOT_SMALL_SETS = FinetuneConfig(
+    epochs=1000,
+    batch_size=96,
+    lr=7.5e-6,
+    ref_batch=512,
+    min_lr=1e-5,
+    warmup_epochs=5.0,
+    warmup_lr=1e-6,
+    layer_decay=None,
+    global_pool="token",
+    ema_decay=0.99996,
+    repeated_aug=3,
+)
 
 PRESETS = {
     "imagenet": FinetuneConfig(),
@@ -94,10 +120,24 @@ PRESETS = {
     # init fine-tuned on the first 10,000 training images, scored on the last 10,000; mean top-1 of the two
     # 50.5 / 58.6 / 62.5 / 60.7 at lr 1e-3 / 3e-3 / 1e-2 / 3e-2); the demo compares both at this one lr;
     # weaker augmentation (no RandAugment / mixup / cutmix, mild crops) suits 28x28 grayscale and few steps
-    "fashion_mnist": FinetuneConfig(epochs=4, batch_size=128, lr=1e-2, ref_batch=256, warmup_epochs=0.5,
-                                    layer_decay=0.75, global_pool="token", drop_path=0.0, mixup=0.0, cutmix=0.0,
-                                    auto_augment=None, re_prob=0.0, scale=(0.6, 1.0), crop_pct=1.0,
-                                    train_subset=15000, num_workers=0),
+    "fashion_mnist": FinetuneConfig(
+        epochs=4,
+        batch_size=128,
+        lr=1e-2,
+        ref_batch=256,
+        warmup_epochs=0.5,
+        layer_decay=0.75,
+        global_pool="token",
+        drop_path=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+        auto_augment=None,
+        re_prob=0.0,
+        scale=(0.6, 1.0),
+        crop_pct=1.0,
+        train_subset=15000,
+        num_workers=0,
+    ),
 }
 
 
@@ -115,9 +155,20 @@ def make_config(name: str, **overrides) -> FinetuneConfig:
 
 def train_transform(model: nn.Module, cfg: FinetuneConfig):
     mean, std = mean_std(model)
-    tf = timm.data.create_transform((3, *input_size(model)), is_training=True, scale=cfg.scale, hflip=cfg.hflip,
-                                    color_jitter=None, auto_augment=cfg.auto_augment, interpolation="bicubic",
-                                    re_prob=cfg.re_prob, re_mode="pixel", re_count=1, mean=mean, std=std)
+    tf = timm.data.create_transform(
+        (3, *input_size(model)),
+        is_training=True,
+        scale=cfg.scale,
+        hflip=cfg.hflip,
+        color_jitter=None,
+        auto_augment=cfg.auto_augment,
+        interpolation="bicubic",
+        re_prob=cfg.re_prob,
+        re_mode="pixel",
+        re_count=1,
+        mean=mean,
+        std=std,
+    )
     return _with_rgb(patch_posterize(tf))
 
 
@@ -144,16 +195,23 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig, lr: float) -> torch.op
 def make_scheduler(opt, cfg: FinetuneConfig, steps_per_epoch: int):
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
-    return timm.scheduler.CosineLRScheduler(opt, t_initial=max(1, total - warmup), lr_min=cfg.min_lr,
-                                            warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, warmup_prefix=True,
-                                            t_in_epochs=False)
+    return timm.scheduler.CosineLRScheduler(
+        opt,
+        t_initial=max(1, total - warmup),
+        lr_min=cfg.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 def make_mixup(cfg: FinetuneConfig, num_classes: int):
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
-    return timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                           num_classes=num_classes)
+    return timm.data.Mixup(
+        mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes
+    )
 
 
 def make_criterion(cfg: FinetuneConfig, mixup) -> nn.Module:
@@ -186,17 +244,26 @@ def train_loader(dataset, model, cfg: FinetuneConfig):
     if cfg.repeated_aug > 1:
         sampler = repeated_sampler(ds, cfg.repeated_aug, rank, world, cfg.batch_size)
     elif len(ds) < cfg.batch_size * world:
-        raise ValueError(f"{len(ds)} training images are fewer than one batch ({cfg.batch_size} x {world} ranks); "
-                         "lower batch_size")
+        raise ValueError(
+            f"{len(ds)} training images are fewer than one batch ({cfg.batch_size} x {world} ranks); lower batch_size"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     # drop_last: timm's Mixup needs an even batch, and equal batches keep the lr schedule exact
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                                       num_workers=cfg.num_workers, drop_last=True, generator=gen,
-                                       persistent_workers=cfg.num_workers > 0)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        generator=gen,
+        persistent_workers=cfg.num_workers > 0,
+    )
 
 
-def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, device: torch.device, log=None,
-          validate=None) -> dict:
+def train(
+    model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, device: torch.device, log=None, validate=None
+) -> dict:
     """The fine-tuning loop; returns the last epoch's mean training loss, the step count and per-epoch
     records (with `validate(model) -> dict` scored after the epochs `scored` names)."""
     _, world = _rank_world()
@@ -231,12 +298,18 @@ def train(model: nn.Module, loader, cfg: FinetuneConfig, num_classes: int, devic
             sched.step_update(step)
             total += loss.item()
         epoch_loss = total / len(loader)
-        record = {"epoch": epoch + 1, "train_loss": epoch_loss, "lr": opt.param_groups[-1]["lr"],
-                  **(untouched_rng(validate, model) if validate and scored(epoch + 1, cfg) else {})}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": epoch_loss,
+            "lr": opt.param_groups[-1]["lr"],
+            **(untouched_rng(validate, model) if validate and scored(epoch + 1, cfg) else {}),
+        }
         epochs.append(record)
         if log:
-            log(f"finetune epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                                        if k != "epoch"))
+            log(
+                f"finetune epoch {epoch + 1}/{cfg.epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+            )
     return {"train_loss": epoch_loss, "steps": step, "lr": lr, "epochs": epochs, "ema": ema}
 
 
@@ -255,14 +328,23 @@ def scored(epoch: int, cfg: FinetuneConfig) -> bool:
 def test_accuracy(model: nn.Module, test_ds, cfg: FinetuneConfig, device) -> dict:
     """Top-1 / top-5 (percent) on the test split; the model is left in train mode as it came."""
     model.eval()
-    logits, labels = embed_dataset(model, Transformed(test_ds, eval_transform(model, cfg.crop_pct)),
-                                   batch_size=2 * cfg.batch_size, device=device)
+    logits, labels = embed_dataset(
+        model, Transformed(test_ds, eval_transform(model, cfg.crop_pct)), batch_size=2 * cfg.batch_size, device=device
+    )
     model.train()
     return accuracy(logits, labels)
 
 
-def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_classes: int | None = None,
-             device=None, log=None, save_to=None) -> dict:
+def finetune(
+    model: nn.Module,
+    train_ds,
+    test_ds,
+    cfg: FinetuneConfig,
+    num_classes: int | None = None,
+    device=None,
+    log=None,
+    save_to=None,
+) -> dict:
     """Fine-tune a copy of model on train_ds, scoring test_ds after each epoch (`eval_every`); report the last epoch
     (top-1 / top-5, percent). With save_to, rank 0 writes the fine-tuned model there (timm folder)."""
     device = _device(device)
@@ -270,13 +352,22 @@ def finetune(model: nn.Module, train_ds, test_ds, cfg: FinetuneConfig, num_class
     # timm's crops and Mixup draw from Python's and NumPy's global generators (MAE seeds them the same way)
     torch.manual_seed(cfg.seed), random.seed(cfg.seed), np.random.seed(cfg.seed)
     model = prepare_model(model, num_classes, cfg.drop_path, cfg.global_pool).to(device)
-    validate = lambda m: {f"test_{k}": v for k, v in test_accuracy(m, test_ds, cfg, device).items()}
+
+    def validate(m):
+        return {f"test_{k}": v for k, v in test_accuracy(m, test_ds, cfg, device).items()}
+
     start = time.perf_counter()
     stats = train(model, train_loader(train_ds, model, cfg), cfg, num_classes, device, log, validate)
     train_s = time.perf_counter() - start
     last, ema = stats["epochs"][-1], stats.pop("ema")
-    result = {"top1": last["test_top1"], "top5": last["test_top5"], **stats, "train_seconds": train_s,
-              "num_classes": num_classes, "config": asdict(cfg)}
+    result = {
+        "top1": last["test_top1"],
+        "top5": last["test_top5"],
+        **stats,
+        "train_seconds": train_s,
+        "num_classes": num_classes,
+        "config": asdict(cfg),
+    }
     if ema is not None:  # dBOT eval_cls.py evaluates the EMA weights as well
         result.update({f"ema_{k}": v for k, v in test_accuracy(ema.module, test_ds, cfg, device).items()})
     if save_to is not None and _rank_world()[0] == 0:
@@ -288,13 +379,16 @@ def save_finetuned(model: nn.Module, folder) -> str:
     """The fine-tuned model with its head as timm's `save_for_hf` folder:
     `timm.create_model('local-dir:FOLDER', pretrained=True)` loads it."""
     from timm.models import save_for_hf
+
     save_for_hf(set_drop_path(copy.deepcopy(model).cpu(), 0.0), str(folder), safe_serialization=True)
     return str(folder)
 
 
-def finetune_eval(model: nn.Module, train_ds, test_ds, preset: str = "fashion_mnist", device=None,
-                  log=None, save_to=None, **overrides) -> dict:
+def finetune_eval(
+    model: nn.Module, train_ds, test_ds, preset: str = "fashion_mnist", device=None, log=None, save_to=None, **overrides
+) -> dict:
     """Fine-tune with a preset (overrides: any FinetuneConfig field) and report test top-1 / top-5."""
-    result = finetune(model, train_ds, test_ds, make_config(preset, **overrides), device=device, log=log,
-                      save_to=save_to)
+    result = finetune(
+        model, train_ds, test_ds, make_config(preset, **overrides), device=device, log=log, save_to=save_to
+    )
     return {"protocol": "finetune", "preset": preset, **result, "provenance": provenance()}

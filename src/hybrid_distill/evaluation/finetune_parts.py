@@ -10,6 +10,7 @@
 - `repeated_sampler`: dBOT `evaluation/eval_cls.py` `RASampler` (3 repeats, epoch length rounded
   down to a multiple of 256), as timm's RepeatAugSampler.
 """
+
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
 
@@ -32,8 +33,9 @@ def mae_param_groups(model: nn.Module, weight_decay: float, layer_decay: float |
         decay = not (p.ndim == 1 or name in skip)
         layer = layer_id(name, depth) if layer_decay is not None else depth + 1
         scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
-        group = groups.setdefault((layer, decay), {"params": [], "lr_scale": scale,
-                                                   "weight_decay": weight_decay if decay else 0.0})
+        group = groups.setdefault(
+            (layer, decay), {"params": [], "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0}
+        )
         group["params"].append(p)
     return list(groups.values())
 
@@ -53,8 +55,9 @@ def repeated_sampler(dataset, repeats: int, rank: int, world: int, batch_size: i
     round_to = 256 if len(dataset) >= 256 * world else 0
     if len(dataset) * repeats // world < batch_size:
         raise ValueError(f"{len(dataset)} training images are fewer than one batch ({batch_size} x {world} ranks)")
-    return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=repeats,
-                            selected_round=round_to)
+    return RepeatAugSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=repeats, selected_round=round_to
+    )
 
 
 def ema_model(model: nn.Module, decay: float | None):
@@ -62,12 +65,14 @@ def ema_model(model: nn.Module, decay: float | None):
     if decay is None:
         return None
     from timm.utils import ModelEmaV3
+
     return ModelEmaV3(model, decay=decay)
 
 
 def reset_head(model: nn.Module, num_classes: int, global_pool: str) -> nn.Module:
     """A fresh classifier (MAE: trunc-normal std 2e-5, zero bias) on the pooled tokens."""
     from timm.layers import trunc_normal_
+
     model.reset_classifier(num_classes)
     if global_pool == "avg":
         use_global_average_pool(model)
@@ -80,4 +85,3 @@ def checked_pool(name: str) -> str:
     if name not in ("avg", "token"):
         raise ValueError(f"global_pool must be 'avg' (patch-token mean + fc_norm) or 'token' (CLS), got '{name}'")
     return name
-

@@ -9,10 +9,11 @@ same reason: the probe's lr must not depend on the backbone's feature scale).
 No test leakage: the setting is chosen on a seeded held-out part of the *training* split; the
 chosen setting is refit on the whole training split; only then is the test split read, once.
 """
+
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import product
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ class ProbeConfig:
 @dataclass
 class Probe:
     """A trained linear classifier with the standardisation it was trained under."""
+
     mean: torch.Tensor  # (D,)
     std: torch.Tensor  # (D,)
     head: nn.Linear
@@ -55,8 +57,9 @@ def standardiser(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return feats.mean(dim=0), feats.std(dim=0).clamp_min(1e-6)
 
 
-def train_heads(feats: torch.Tensor, labels: torch.Tensor, settings: list[tuple[float, float]],
-                num_classes: int, cfg: ProbeConfig) -> list[Probe]:
+def train_heads(
+    feats: torch.Tensor, labels: torch.Tensor, settings: list[tuple[float, float]], num_classes: int, cfg: ProbeConfig
+) -> list[Probe]:
     """One Linear per (lr, wd) setting, all trained on the same shuffled batches."""
     mean, std = standardiser(feats)
     x_all = (feats.float() - mean) / std  # (N, D)
@@ -66,8 +69,10 @@ def train_heads(feats: torch.Tensor, labels: torch.Tensor, settings: list[tuple[
         nn.init.normal_(head.weight, std=0.01, generator=gen)
         nn.init.zeros_(head.bias)
     scale = cfg.batch_size / 256
-    opt = torch.optim.SGD([{"params": h.parameters(), "lr": lr * scale, "weight_decay": wd}
-                           for h, (lr, wd) in zip(heads, settings)], momentum=0.9)
+    opt = torch.optim.SGD(
+        [{"params": h.parameters(), "lr": lr * scale, "weight_decay": wd} for h, (lr, wd) in zip(heads, settings)],
+        momentum=0.9,
+    )
     steps_per_epoch = math.ceil(len(x_all) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     for _ in range(cfg.epochs):
@@ -88,8 +93,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 and top-5 accuracy in percent of (N, C) logits."""
     ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, 5)
     target = labels.view(-1, 1)
-    return {"top1": 100.0 * (ranked[:, :1] == target).float().mean().item(),
-            "top5": 100.0 * (ranked == target).any(dim=1).float().mean().item()}
+    return {
+        "top1": 100.0 * (ranked[:, :1] == target).float().mean().item(),
+        "top5": 100.0 * (ranked == target).any(dim=1).float().mean().item(),
+    }
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,14 +117,22 @@ def select_setting(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     probes = train_heads(feats[fit], labels[fit], settings, num_classes, cfg)
     scores = [accuracy(p(feats[val]), labels[val])["top1"] for p in probes]
     best = max(range(len(settings)), key=lambda i: scores[i])  # first of equals: deterministic
-    return {"lr": settings[best][0], "weight_decay": settings[best][1], "probe": probes[best],
-            "holdout_top1": scores[best],
-            "grid": [{"lr": lr, "weight_decay": wd, "holdout_top1": s} for (lr, wd), s in zip(settings, scores)]}
+    return {
+        "lr": settings[best][0],
+        "weight_decay": settings[best][1],
+        "probe": probes[best],
+        "holdout_top1": scores[best],
+        "grid": [{"lr": lr, "weight_decay": wd, "holdout_top1": s} for (lr, wd), s in zip(settings, scores)],
+    }
 
 
-def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
-                 load_test: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                 num_classes: int | None = None, cfg: ProbeConfig = ProbeConfig()) -> dict:
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    load_test: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int | None = None,
+    cfg: ProbeConfig = ProbeConfig(),
+) -> dict:
     """Choose a setting on held-out training data, refit, then call load_test() once and evaluate."""
     num_classes = num_classes or int(train_labels.max()) + 1
     chosen = select_setting(train_feats, train_labels, num_classes, cfg)
@@ -128,15 +143,34 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     return {**accuracy(probe(test_feats), test_labels), "chosen": chosen}
 
 
-def linear_eval(model, train_ds, test_ds, pool: str = "cls", cfg: ProbeConfig = ProbeConfig(),
-                batch_size: int = 256, device=None, crop_pct: float = 1.0, cache_dir=None,
-                data_keys: tuple[str, str] | None = None) -> dict:
+def linear_eval(
+    model,
+    train_ds,
+    test_ds,
+    pool: str = "cls",
+    cfg: ProbeConfig = ProbeConfig(),
+    batch_size: int = 256,
+    device=None,
+    crop_pct: float = 1.0,
+    cache_dir=None,
+    data_keys: tuple[str, str] | None = None,
+) -> dict:
     """Linear probe top-1 / top-5 (percent) of a frozen model; test_ds is read only after selection."""
     kw = dict(pool=pool, batch_size=batch_size, device=device, crop_pct=crop_pct, cache_dir=cache_dir)
     keys = data_keys or (None, None)
     train_feats, train_labels = extract_features(model, train_ds, data_key=keys[0], **kw)
-    result = linear_probe(train_feats, train_labels, lambda: extract_features(model, test_ds, data_key=keys[1], **kw),
-                          cfg=cfg)
-    return {"protocol": "linear", **result, "provenance": provenance(),
-            "config": {**asdict(cfg), "pool": pool, "crop_pct": crop_pct, "train_size": len(train_feats),
-                       "dim": train_feats.shape[1]}}
+    result = linear_probe(
+        train_feats, train_labels, lambda: extract_features(model, test_ds, data_key=keys[1], **kw), cfg=cfg
+    )
+    return {
+        "protocol": "linear",
+        **result,
+        "provenance": provenance(),
+        "config": {
+            **asdict(cfg),
+            "pool": pool,
+            "crop_pct": crop_pct,
+            "train_size": len(train_feats),
+            "dim": train_feats.shape[1],
+        },
+    }

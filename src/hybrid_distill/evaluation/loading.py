@@ -7,6 +7,7 @@
   cache `hybrid-distill teachers prefetch` fills, or one line saying so); without it a random init,
   said loudly on stderr.
 """
+
 import sys
 from pathlib import Path
 
@@ -20,12 +21,15 @@ from ..weights.teachers import resolve_arch
 
 
 def random_weights_warning(name: str) -> str:
-    return (f"WARNING: {name} has RANDOM weights (a timm name without --pretrained): the numbers below "
-            "measure a random init; add --pretrained for its released weights")
+    return (
+        f"WARNING: {name} has RANDOM weights (a timm name without --pretrained): the numbers below "
+        "measure a random init; add --pretrained for its released weights"
+    )
 
 
-def load_eval_model(spec: str, arch: str | None = None, pretrained: bool = False, warn=None,
-                    **model_kwargs) -> nn.Module:
+def load_eval_model(
+    spec: str, arch: str | None = None, pretrained: bool = False, warn=None, **model_kwargs
+) -> nn.Module:
     """A timm ViT (no classifier) from a file, a run directory or a timm name; see the module doc."""
     warn = warn or (lambda text: print(text, file=sys.stderr))
     path = Path(spec)
@@ -35,8 +39,10 @@ def load_eval_model(spec: str, arch: str | None = None, pretrained: bool = False
         try:
             return load_model(spec)
         except ValueError:
-            raise ConfigError(f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
-                              "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae") from None
+            raise ConfigError(
+                f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
+                "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae"
+            ) from None
     if path.suffix in {".pt", ".pth", ".safetensors", ".bin"} or "/" in spec:
         raise FileNotFoundError(f"no such model file or run directory: {spec}")
     name = resolve_arch(spec)

@@ -1,5 +1,6 @@
 """Which weights an evaluation read: kept with its numbers, and in its file name, so that extending
 a run writes a new result beside the old one instead of over it."""
+
 from pathlib import Path
 
 import torch

@@ -6,12 +6,13 @@ from the block's own projections, exactly as timm's non-fused branch does (timm/
 Attention.forward; for the Eva family, timm/models/eva.py EvaAttention.forward and AttentionRope.forward,
 rotary embedding included), so no weight is copied and nothing is forked.
 """
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import Attention, AttentionRope, apply_rot_embed_cat
 from timm.models.eva import EvaAttention, EvaBlock
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from ..config import ConfigError
 from .fd_encoder import FDAttention, position_bias
@@ -41,7 +42,8 @@ def check_block(block: nn.Module, eva: bool = False) -> None:
     supported = f"{VIT_MODELS} or {EVA_MODELS}" if eva else VIT_MODELS
     raise UnsupportedBlock(
         f"hybrid-distill reads q and k from {supported}; got {type(block).__name__} with "
-        f"{type(getattr(block, 'attn', None)).__name__}")
+        f"{type(getattr(block, 'attn', None)).__name__}"
+    )
 
 
 def run_block(block: nn.Module, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,8 +85,9 @@ def eva_qkv_heads(attn: nn.Module, x: torch.Tensor, rope: torch.Tensor | None):
         qkv = fused_qkv(attn, x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
     else:  # k and v (B, H_kv, N, hd) with grouped kv heads
-        q, k, v = (proj(x).reshape(B, N, -1, attn.head_dim).transpose(1, 2)
-                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (
+            proj(x).reshape(B, N, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
     q, k = attn.q_norm(q), attn.k_norm(k)
     if rope is not None:
         q, k = (with_rope(t, rope, getattr(attn, "rotate_half", False)).type_as(v) for t in (q, k))
@@ -143,8 +146,9 @@ def block_with_parts(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | No
     return x, logits, heads
 
 
-def block_with_logits(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                      rope: torch.Tensor | None = None):
+def block_with_logits(
+    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, rope: torch.Tensor | None = None
+):
     """timm Block.forward that also returns its attention logits: (x (B, N, D), logits (B, H, N, N)). An
     Eva block (a teacher's or an analysed model's, never masked) runs its own forward with `rope`, its
     logits read from its q and k (`attention_logits`)."""

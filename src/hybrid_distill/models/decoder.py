@@ -5,10 +5,11 @@ mask tokens at the masked patches (mask reconstruction only) -> fixed 2-D sin-co
 LayerNorm; a Linear per teacher then predicts its features. Here the blocks have the student's width and
 heads. The decoder is trained and dropped: exports and evaluations take the encoder only.
 """
+
 import torch
-from torch import nn
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from .tokens import keep_with_prefix
 
@@ -44,8 +45,15 @@ def xavier_init(module: nn.Module) -> None:
 class Decoder(nn.Module):
     """k timm Blocks after the encoder; with `mask_token`, dBOT's mask-reconstruction decoder."""
 
-    def __init__(self, width: int, depth: int, num_heads: int, grid: tuple[int, int], mlp_ratio: float = 4.0,
-                 mask_token: bool = False):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        mlp_ratio: float = 4.0,
+        mask_token: bool = False,
+    ):
         super().__init__()
         self.embed = nn.Linear(width, width)  # dBOT decoder_embed
         self.register_buffer("pos_embed", sincos_2d(width, grid), persistent=False)  # (1, 1 + L, W)
@@ -72,13 +80,14 @@ class Decoder(nn.Module):
         return self.norm(self.blocks(self.enter(x, keep, mask)))
 
 
-def decoder_from_checkpoint(payload: dict, width: int, num_heads: int, grid: tuple[int, int],
-                            mlp_ratio: float) -> Decoder:
+def decoder_from_checkpoint(
+    payload: dict, width: int, num_heads: int, grid: tuple[int, int], mlp_ratio: float
+) -> Decoder:
     """The trained decoder of one of our run checkpoints (its `decoder.*` entries), for analysis (paper figure 3a)."""
     cfg = payload["config"]["student"]
     if cfg.get("decoder") != "blocks":
         raise ValueError(f"this run's student has no decoder blocks (student.decoder={cfg.get('decoder', 'linear')})")
-    state = {k[len("decoder."):]: v for k, v in payload["model"].items() if k.startswith("decoder.")}
+    state = {k[len("decoder.") :]: v for k, v in payload["model"].items() if k.startswith("decoder.")}
     decoder = Decoder(width, cfg["decoder_depth"], num_heads, grid, mlp_ratio, mask_token="mask_token" in state)
     decoder.load_state_dict(state, strict=True)
     return decoder

@@ -10,10 +10,11 @@ configs/pretrain/fd_pretrain__deit_vit_base__img224__300ep.yaml) differs from th
 - USE_APE false: no absolute position embedding: timm's `pos_embed='none'`.
 The blocks keep timm's Attention weights and keys; only their forward adds the bias (FDAttention).
 """
+
 import torch
-from torch import nn
 from timm.layers import Attention
 from timm.layers.pos_embed_rel import gen_relative_position_index
+from torch import nn
 
 from .load import create_vit
 
@@ -55,8 +56,10 @@ class FDAttention(Attention):
     def full_bias(self, num_tokens: int) -> torch.Tensor:
         bias = self.shared_bias()
         if bias.shape[-1] != num_tokens:
-            raise ValueError(f"FD attention got {num_tokens} tokens but its bias covers {bias.shape[-1]} "
-                             "(CLS + every patch): pass the bias at the kept tokens as attn_mask")
+            raise ValueError(
+                f"FD attention got {num_tokens} tokens but its bias covers {bias.shape[-1]} "
+                "(CLS + every patch): pass the bias at the kept tokens as attn_mask"
+            )
         return bias
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):

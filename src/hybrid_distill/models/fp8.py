@@ -8,6 +8,7 @@ accumulates in the tensor cores and comes out in bf16 with the bias added. Weigh
 (the teachers are frozen), activations at every call. Runs on sm_89+ GPUs (Ada, Hopper, Blackwell) and
 on CPUs whose torch build has a `_scaled_mm` kernel (torch 2.14's oneDNN one: correct, not faster).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,13 +26,15 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
-def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
+def scaled_mm(
+    a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """a (M, K) row-major e4m3 @ b (K, N) column-major e4m3 -> bf16 (M, N). Keyword arguments only:
     torch 2.11 and 2.14 name them alike (scale_a, scale_b, bias, out_dtype, use_fast_accum), while
     2.11's positional order has scale_result between bias and out_dtype."""
-    return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=torch.bfloat16,
-                            use_fast_accum=True)  # fast accumulation: torchao's choice for forward passes
+    return torch._scaled_mm(
+        a, b, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=torch.bfloat16, use_fast_accum=True
+    )  # fast accumulation: torchao's choice for forward passes
 
 
 class Float8Linear(nn.Module):
@@ -59,7 +62,7 @@ class Float8Linear(nn.Module):
             rows = F.pad(rows, (0, 0, 0, pad))
         q, scale = quantize_rows(rows)
         out = scaled_mm(q, self.weight_fp8.t(), scale, self.weight_scale, self.bias)  # (M, N) bf16
-        return out[:out.shape[0] - pad].view(*x.shape[:-1], self.out_features)
+        return out[: out.shape[0] - pad].view(*x.shape[:-1], self.out_features)
 
 
 def fp8_unsupported(device: torch.device) -> str | None:
@@ -70,14 +73,18 @@ def fp8_unsupported(device: torch.device) -> str | None:
             scaled_mm(one, one.t(), torch.ones(16, 1), torch.ones(1, 16), None)
             return None
         except (RuntimeError, NotImplementedError):
-            return f"FP8 teachers need an NVIDIA GPU of compute capability 8.9+ (torch {torch.__version__} has no " \
-                   "CPU _scaled_mm)"
+            return (
+                f"FP8 teachers need an NVIDIA GPU of compute capability 8.9+ (torch {torch.__version__} has no "
+                "CPU _scaled_mm)"
+            )
     if device.type != "cuda":
         return f"FP8 teachers need an NVIDIA GPU of compute capability 8.9+ (Ada, Hopper); this run is on {device.type}"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
-        return f"FP8 teachers need compute capability 8.9+ (Ada, Hopper); {torch.cuda.get_device_name(device)} " \
-               f"is {major}.{minor}"
+        return (
+            f"FP8 teachers need compute capability 8.9+ (Ada, Hopper); {torch.cuda.get_device_name(device)} "
+            f"is {major}.{minor}"
+        )
     return None
 
 

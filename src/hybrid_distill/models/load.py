@@ -1,4 +1,5 @@
 """Make timm ViTs by name and read the input normalisation they carry. Our own files: `files.py`."""
+
 import timm
 from torch import nn
 

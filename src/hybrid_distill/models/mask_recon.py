@@ -6,6 +6,7 @@ masked patches. Two styles, as the paper compares them:
   (dBOT models_mae.py: `random_masking`, `forward_decoder`; its loss also reads the CLS token).
 Masks are drawn in cells of `scale` x `scale` patches (SimMIM's MaskGenerator: 32 px cells on a /16 ViT).
 """
+
 import math
 
 import torch
@@ -36,16 +37,25 @@ def visible_indices(mask: torch.Tensor) -> torch.Tensor:
 class MaskRecon(nn.Module):
     """Draws the mask and, for simmim, owns the mask token of the encoder's input (not exported)."""
 
-    def __init__(self, style: MaskStyle, ratio: float | None, patch_px: int | None, model_patch: int,
-                 grid: tuple[int, int], width: int):
+    def __init__(
+        self,
+        style: MaskStyle,
+        ratio: float | None,
+        patch_px: int | None,
+        model_patch: int,
+        grid: tuple[int, int],
+        width: int,
+    ):
         super().__init__()
         self.style = MaskStyle(style)
         simmim = self.style is MaskStyle.simmim
         self.ratio = ratio if ratio is not None else (SIMMIM_RATIO if simmim else DBOT_RATIO)
         patch_px = patch_px if patch_px is not None else (SIMMIM_PATCH if simmim else model_patch)
         if patch_px % model_patch or grid[0] % (patch_px // model_patch) or grid[1] % (patch_px // model_patch):
-            raise ValueError(f"student.mask_recon.patch={patch_px} px must be a multiple of the student's "
-                             f"{model_patch} px patch that tiles its {grid[0]}x{grid[1]} grid")
+            raise ValueError(
+                f"student.mask_recon.patch={patch_px} px must be a multiple of the student's "
+                f"{model_patch} px patch that tiles its {grid[0]}x{grid[1]} grid"
+            )
         self.scale, self.grid = patch_px // model_patch, tuple(grid)
         # SimMIM: zeros then trunc_normal_(std=.02)
         self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02) if simmim else None

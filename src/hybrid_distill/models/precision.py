@@ -4,6 +4,7 @@
 otherwise. Normalisation and targets stay fp32 whatever the teachers run in. The precision is a
 constructor argument of `Teacher`, applied once when it is built.
 """
+
 import torch
 from torch import nn
 
@@ -16,8 +17,10 @@ def resolve_teacher_precision(precision, amp_dtype: torch.dtype | None) -> Teach
     if precision is TeacherPrecision.auto:
         return TeacherPrecision.bf16 if amp_dtype is torch.bfloat16 else TeacherPrecision.fp32
     if precision is TeacherPrecision.fp8 and amp_dtype is not torch.bfloat16:
-        raise ConfigError("train.teacher_precision=fp8 runs the teachers in bf16 around their FP8 products: "
-                          "set train.amp=bf16 (or auto on CUDA)")
+        raise ConfigError(
+            "train.teacher_precision=fp8 runs the teachers in bf16 around their FP8 products: "
+            "set train.amp=bf16 (or auto on CUDA)"
+        )
     return precision
 
 

@@ -5,6 +5,7 @@ the feature heads Linear(D_s -> D_t), the optional decoder and the mask-reconstr
 beside it and are saved apart (FD, dBOT): they are trained, never exported. A target from an
 earlier teacher block is matched at the student block `matching.py` names, through its own head.
 """
+
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ class RelationSpec:
     """A relation-block target the student must produce for one teacher: the student block (as
     configured, -1 the last), the form, and the teacher block it matches (the target's key; None: the
     student block). The kind and heads are typed here once, whatever the caller passed."""
+
     teacher: str
     spec: int
     kind: RelationKind
@@ -52,10 +54,20 @@ def block_head_name(teacher: str, block: int) -> str:
 class Student(nn.Module):
     """`fused_attention`: SDPA in the blocks whose logits are not read (student_fused_attention)."""
 
-    def __init__(self, backbone: nn.Module, mean, std, head_dims: dict[str, int],
-                 relation_specs: list[RelationSpec], activation_checkpointing: bool = False,
-                 fused_attention: bool = True, decoder: Decoder | None = None, recon: MaskRecon | None = None,
-                 linear_heads: bool = True, feature_at: dict[str, int] | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mean,
+        std,
+        head_dims: dict[str, int],
+        relation_specs: list[RelationSpec],
+        activation_checkpointing: bool = False,
+        fused_attention: bool = True,
+        decoder: Decoder | None = None,
+        recon: MaskRecon | None = None,
+        linear_heads: bool = True,
+        feature_at: dict[str, int] | None = None,
+    ):
         """head_dims: teacher (or block_head_name) -> target width; feature_at: teacher -> the student
         block whose output its head reads, for features of a teacher block other than the last."""
         super().__init__()
@@ -72,15 +84,20 @@ class Student(nn.Module):
         self.heads = nn.ModuleDict({name: head(dim) for name, dim in head_dims.items()})
         self.decoder, self.recon = decoder, recon  # dBOT's decoder blocks, mask reconstruction; None when off
         depth = len(backbone.blocks)
-        self.relation_specs = [(r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'"))
-                               for r in relation_specs]
+        self.relation_specs = [
+            (r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'")) for r in relation_specs
+        ]
         self.relation_blocks = {block for _, block in self.relation_specs}
         self.feature_at = dict(feature_at or {})
-        self.feature_heads = [n for n in head_dims if n not in {block_head_name(r.teacher, self.key(r, b))
-                                                                for r, b in self.relation_specs}]
+        self.feature_heads = [
+            n
+            for n in head_dims
+            if n not in {block_head_name(r.teacher, self.key(r, b)) for r, b in self.relation_specs}
+        ]
         # blocks whose output tokens a head reads (intermediate features, T^i)
-        self.output_blocks = set(self.feature_at.values()) | {b for r, b in self.relation_specs
-                                                              if not form(r.kind).reads_input}
+        self.output_blocks = set(self.feature_at.values()) | {
+            b for r, b in self.relation_specs if not form(r.kind).reads_input
+        }
 
     @staticmethod
     def key(spec: RelationSpec, block: int) -> int:
@@ -101,13 +118,16 @@ class Student(nn.Module):
         decoded = tokens
         if self.decoder is not None:  # dBOT: mask tokens fill the masked patches; else the same tokens
             decoded = self.decoder(tokens, seen, mask if self.style is MaskStyle.dbot else None)
-        return StudentOutput(tokens, self.features(decoded, taps, P), self.relations(taps, P),
-                             self.loss_mask(mask, keep))
+        return StudentOutput(
+            tokens, self.features(decoded, taps, P), self.relations(taps, P), self.loss_mask(mask, keep)
+        )
 
     def features(self, decoded: torch.Tensor, taps: dict, P: int) -> dict[str, torch.Tensor]:
         """Each feature head on the last block's (decoded) tokens, or on its matched block's output."""
-        return {n: self.heads[n](cls_and_patches(taps[self.feature_at[n]][2], P) if n in self.feature_at else decoded)
-                for n in self.feature_heads}
+        return {
+            n: self.heads[n](cls_and_patches(taps[self.feature_at[n]][2], P) if n in self.feature_at else decoded)
+            for n in self.feature_heads
+        }
 
     @property
     def style(self) -> MaskStyle:
@@ -162,8 +182,9 @@ class Student(nn.Module):
 
     def block_target(self, r: RelationSpec, block: int, tap, P: int) -> torch.Tensor:
         head = self.heads[block_head_name(r.teacher, self.key(r, block))] if form(r.kind).tokens else None
-        return student_target(r.kind, r.heads, self.backbone.blocks[block].attn, tap,
-                              lambda t, dim: cls_and_patches(t, P, dim), head)
+        return student_target(
+            r.kind, r.heads, self.backbone.blocks[block].attn, tap, lambda t, dim: cls_and_patches(t, P, dim), head
+        )
 
     def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
         """Every token kept: equals timm's forward_features on CLS + patches."""

@@ -6,6 +6,7 @@ features at one block, and at its relation blocks R = q k^T, MSA or the block's 
 relations.py). The teacher that picks tokens (the MIM
 teacher) narrows the kept set after the selection blocks (eq. 4) through its selector.
 """
+
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +19,16 @@ from ..relations import form, resolve_block, teacher_target
 from .attention import check_block, choose_attention, run_block
 from .load import mean_std
 from .precision import apply_precision
-from .tokens import (Normalize, check_class_token, cls_and_patches, embed_with_rope, grid_size, image_size,
-                     keep_with_prefix, rope_at)
+from .tokens import (
+    Normalize,
+    check_class_token,
+    cls_and_patches,
+    embed_with_rope,
+    grid_size,
+    image_size,
+    keep_with_prefix,
+    rope_at,
+)
 
 
 @dataclass
@@ -36,13 +45,15 @@ def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tup
     grid, its position embeddings interpolated by timm (e.g. a /14 teacher at 196 px for /16 at 224)."""
     from ..weights import build_teacher_backbone
     from ..weights.grid import grid_model_kwargs
+
     kwargs = dict(cfg.model_kwargs)
     if cfg.match_grid and student_grid is not None:
         kwargs = grid_model_kwargs(cfg.arch, tuple(student_grid), kwargs)
     file = None if cfg.weights in ("pretrained", "random") else cfg.weights
     try:
-        return build_teacher_backbone(cfg.arch, file=file, pretrained=cfg.weights == "pretrained",
-                                      model_kwargs=kwargs, resample=cfg.resample)
+        return build_teacher_backbone(
+            cfg.arch, file=file, pretrained=cfg.weights == "pretrained", model_kwargs=kwargs, resample=cfg.resample
+        )
     except ValueError as err:  # a file that does not fit the model asked for: bad input, one line (exit 2)
         raise ConfigError(f"teachers.{name}: {err}") from None
 
@@ -52,9 +63,16 @@ class Teacher(nn.Module):
     blocks (relations are read from q and k apart, so every block may use it). `precision` (resolved,
     models/precision.py) is applied on `device` (None: where the model is) when it is built."""
 
-    def __init__(self, name: str, cfg: TeacherConfig, model: nn.Module, student_grid: tuple[int, int],
-                 fused_attention: bool = True, precision: TeacherPrecision = TeacherPrecision.fp32,
-                 device: torch.device | None = None):
+    def __init__(
+        self,
+        name: str,
+        cfg: TeacherConfig,
+        model: nn.Module,
+        student_grid: tuple[int, int],
+        fused_attention: bool = True,
+        precision: TeacherPrecision = TeacherPrecision.fp32,
+        device: torch.device | None = None,
+    ):
         super().__init__()
         for block in model.blocks:
             check_block(block, eva=True)
@@ -64,7 +82,8 @@ class Teacher(nn.Module):
             raise ConfigError(
                 f"teacher '{name}' has a {grid_size(model)} token grid but the student has {tuple(student_grid)}; "
                 f"set teachers.{name}.match_grid=true or "
-                f"teachers.{name}.model_kwargs.img_size={student_grid[0] * patch}")
+                f"teachers.{name}.model_kwargs.img_size={student_grid[0] * patch}"
+            )
         device = device if device is not None else next(model.parameters()).device
         self.precision = TeacherPrecision(precision)
         self.name, self.cfg = name, cfg
@@ -73,16 +92,19 @@ class Teacher(nn.Module):
         choose_attention(model, fused_attention)
         self.normalize = Normalize(*mean_std(model)).to(device)  # its mean / std buffers beside the model
         depth = len(model.blocks)
-        self.feature_block = resolve_block(cfg.feature_block, depth, f"teachers.{name}.feature_block") \
-            if cfg.features else None
-        self.relation_blocks = sorted({resolve_block(b, depth, f"teachers.{name}.relation_blocks")
-                                       for b in cfg.relation_blocks})
+        self.feature_block = (
+            resolve_block(cfg.feature_block, depth, f"teachers.{name}.feature_block") if cfg.features else None
+        )
+        self.relation_blocks = sorted(
+            {resolve_block(b, depth, f"teachers.{name}.relation_blocks") for b in cfg.relation_blocks}
+        )
         self.kind = RelationKind(cfg.relation_kind)
         # blocks to run: through the feature block; up to (not through) a relation block whose q and k
         # come from its input, through one whose output is the target
         through = 0 if form(self.kind).reads_input else 1
-        self.blocks_needed = max(([self.feature_block + 1] if cfg.features else [])
-                                 + [b + through for b in self.relation_blocks])
+        self.blocks_needed = max(
+            ([self.feature_block + 1] if cfg.features else []) + [b + through for b in self.relation_blocks]
+        )
         self.eval()
 
     @property
@@ -133,8 +155,9 @@ class Teacher(nn.Module):
                 features = (x, rows)
             if i in self.relation_blocks and not from_input:
                 normed[i] = (x, rows)  # T^i: the block's output
-        return TeacherOutput(keep, self.feature_target(features, keep, self.feature_block),
-                             self.relation_targets(normed, keep, rope))
+        return TeacherOutput(
+            keep, self.feature_target(features, keep, self.feature_block), self.relation_targets(normed, keep, rope)
+        )
 
     def read(self, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(B, P + n, D) with patch rows `rows` -> (B, 1 + K, D) at CLS + the kept patches."""
@@ -157,8 +180,14 @@ class Teacher(nn.Module):
         """The target of each relation block (config relation_kind, relations.py), at CLS + kept tokens."""
         out = {}
         for i, (x, rows) in normed.items():
-            target = teacher_target(self.kind, self.cfg.relation_heads, self.model.blocks[i].attn, x,
-                                    lambda t: self.read(t, rows, keep), rope_at(rope, rows, i),
-                                    rope_at(rope, keep, i))
+            target = teacher_target(
+                self.kind,
+                self.cfg.relation_heads,
+                self.model.blocks[i].attn,
+                x,
+                lambda t, rows=rows: self.read(t, rows, keep),
+                rope_at(rope, rows, i),
+                rope_at(rope, keep, i),
+            )
             out[i] = self.finish_tokens(target, i) if form(self.kind).tokens else target
         return out

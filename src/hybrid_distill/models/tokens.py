@@ -5,6 +5,7 @@ tokens and the kept patches (`keep_with_prefix`); targets and predictions are re
 patches, registers dropped (`cls_and_patches`). Models without a CLS token are refused
 (`check_class_token`): the distilled CLS row would otherwise silently be patch 0.
 """
+
 import torch
 from torch import nn
 
@@ -58,8 +59,10 @@ def cls_and_patches(x: torch.Tensor, num_prefix: int, dim: int = 1) -> torch.Ten
 
 def check_class_token(model: nn.Module, who: str) -> None:
     if getattr(model, "cls_token", None) is None:
-        raise ConfigError(f"{who} has no class token (timm class_token=False): hybrid-distill distils CLS + kept "
-                          "patch tokens; use a ViT with a class token")
+        raise ConfigError(
+            f"{who} has no class token (timm class_token=False): hybrid-distill distils CLS + kept "
+            "patch tokens; use a ViT with a class token"
+        )
 
 
 def grid_size(model: nn.Module) -> tuple[int, int]:

@@ -11,11 +11,12 @@ A changed row or a retrained teacher is another KEY, so another directory: nothi
 overwritten. A changed evaluation or analysis setting is another HASH beside the old result, so the
 trained student is evaluated again without training.
 """
+
 import hashlib
 import json
 import shutil
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +40,7 @@ def digest(what) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
+@cache
 def file_sha(path: str, mtime_ns: int) -> str:
     return sha256_file(path)
 
@@ -55,9 +56,11 @@ def teacher_shas(cfg: DictConfig) -> dict:
 
 
 # where a run writes and how it reports, not what it computes (the loader's workers draw seeded per sample)
-NOT_RESULTS = {"": ("name", "output_dir"), "data": ("num_workers", "pin_memory", "persistent_workers",
-                                                  "prefetch_factor"),
-               "train": ("log_every", "progress", "tensorboard", "trackers", "ckpt_every_steps", "keep_checkpoints")}
+NOT_RESULTS = {
+    "": ("name", "output_dir"),
+    "data": ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor"),
+    "train": ("log_every", "progress", "tensorboard", "trackers", "ckpt_every_steps", "keep_checkpoints"),
+}
 
 
 def student_inputs(cfg: DictConfig) -> dict:
@@ -82,8 +85,13 @@ def cell_run(spec: DictConfig, row: str, seed: int) -> tuple[DictConfig, Path]:
 def protocol_settings(spec: DictConfig, protocol: str) -> dict:
     """What decides one evaluation protocol's numbers for a given student."""
     ev = spec.evaluate
-    common = {"protocol": protocol, "data": ev.data, "train_images": ev.train_images, "test_images": ev.test_images,
-              "bank": "splits.first"}  # the bank's images: the study's seeded order (splits.py)
+    common = {
+        "protocol": protocol,
+        "data": ev.data,
+        "train_images": ev.train_images,
+        "test_images": ev.test_images,
+        "bank": "splits.first",
+    }  # the bank's images: the study's seeded order (splits.py)
     return {**common, "finetune": OmegaConf.to_container(ev.finetune)} if protocol == "finetune" else common
 
 
@@ -111,8 +119,11 @@ def finished_cell(spec: DictConfig, row: str, seed: int) -> dict | None:
     """The cell's record with its metrics when it is trained, evaluated and analysed under the current
     study file, else None. Reads only; safe beside a running study."""
     _, run_dir = cell_run(spec, row, seed)
-    files = [run_dir / "cell.json", analysis_dir(run_dir, spec) / "analysis.json",
-             *(result_path(run_dir, spec, p) for p in protocols(spec))]
+    files = [
+        run_dir / "cell.json",
+        analysis_dir(run_dir, spec) / "analysis.json",
+        *(result_path(run_dir, spec, p) for p in protocols(spec)),
+    ]
     if not all(f.is_file() for f in files):
         return None
     evals = {p: read_json(result_path(run_dir, spec, p)) for p in protocols(spec)}
@@ -161,8 +172,22 @@ def analyse(models: list[str], spec: DictConfig, data: str, out: Path) -> dict:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         a = spec.analysis
-        code = analyze_main([*models, "--data", analysis_data(data, a.split), "--split", a.split,
-                             "--num-images", str(a.images), "--map-images", "0", "--no-figures", "--out", str(tmp)])
+        code = analyze_main(
+            [
+                *models,
+                "--data",
+                analysis_data(data, a.split),
+                "--split",
+                a.split,
+                "--num-images",
+                str(a.images),
+                "--map-images",
+                "0",
+                "--no-figures",
+                "--out",
+                str(tmp),
+            ]
+        )
         if code:
             raise StudyError(f"the analysis of {models} failed (exit code {code}); see the line above")
         write_json(tmp / "settings.json", analysis_settings(spec))
@@ -211,10 +236,18 @@ def run_cell(spec: DictConfig, row: str, seed: int, data: tuple) -> dict:
     if not (run_dir / "cell.json").is_file():
         start = time.perf_counter()
         train(cfg, resume="auto")
-        write_json(run_dir / "cell.json", {
-            "row": row, "seed": seed, "seconds": time.perf_counter() - start, "provenance": provenance(),
-            "run_dir": str(run_dir), "config": to_dict(cfg),
-            "teachers": json.loads((run_dir / "manifest.json").read_text())["teachers"]})
+        write_json(
+            run_dir / "cell.json",
+            {
+                "row": row,
+                "seed": seed,
+                "seconds": time.perf_counter() - start,
+                "provenance": provenance(),
+                "run_dir": str(run_dir),
+                "config": to_dict(cfg),
+                "teachers": json.loads((run_dir / "manifest.json").read_text())["teachers"],
+            },
+        )
     evaluate(lambda: load_model(str(run_dir)), spec, seed, *data[1:], run_dir)
     analyse([str(run_dir)], spec, data[0], analysis_dir(run_dir, spec))
     return finished_cell(spec, row, seed)

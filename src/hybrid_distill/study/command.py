@@ -5,6 +5,7 @@ an interrupted one resumes where it stopped, so running the same command again c
 After each cell, OUT/study.json, OUT/study.md and the per-layer figures are rewritten from every
 finished cell.
 """
+
 import argparse
 import json
 import statistics
@@ -16,8 +17,8 @@ from torch.utils.data import Subset
 
 from ..evaluation.command import load_data
 from ..guards import StopTraining
-from .cell import analyse, finished_cell
 from . import splits
+from .cell import analyse, finished_cell
 from .parallel import default_jobs, run_cells
 from .publish import publish
 from .report import write_report
@@ -66,9 +67,15 @@ def evaluation_data(spec: DictConfig) -> tuple:
     train_ds, test_ds, _ = load_data(data_spec)
     ev, base, shared = spec.evaluate, base_config(spec), used_teachers(spec)
     if shared:  # the teachers' gate holds out the end of the order: nothing may train on it
-        splits.check_disjoint(len(train_ds), {"base.data.limit": base.data.limit, "evaluate.train_images":
-                                              ev.train_images, **{f"teachers.{n}.images": spec.teachers[n].images or
-                                                                  base.data.limit for n in shared}}, ev.heldout_images)
+        splits.check_disjoint(
+            len(train_ds),
+            {
+                "base.data.limit": base.data.limit,
+                "evaluate.train_images": ev.train_images,
+                **{f"teachers.{n}.images": spec.teachers[n].images or base.data.limit for n in shared},
+            },
+            ev.heldout_images,
+        )
     bank = Subset(train_ds, splits.first(len(train_ds), ev.train_images))  # the students' own images (splits.py)
     return data_spec, bank, first_test(test_ds, ev.test_images)
 
@@ -84,21 +91,29 @@ def run_study(spec: DictConfig, log=print, jobs: int = 1, threads: int | None = 
         cell_config(spec, row, seed)
     data = evaluation_data(spec)
     teachers = build_teachers(spec, data[1].dataset, log)
-    teacher_analysis = analyse([t["file"] for t in teachers.values()], spec, data[0],
-                               teacher_analysis_dir(spec, teachers)) if teachers else None
+    teacher_analysis = (
+        analyse([t["file"] for t in teachers.values()], spec, data[0], teacher_analysis_dir(spec, teachers))
+        if teachers
+        else None
+    )
     done = {cell: finished_cell(spec, *cell) for cell in cells}
     todo = [cell for cell in cells if not done[cell]]
     progress = Progress(len(cells), [c for c in done.values() if c])
-    log(progress.line(f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}, "
-                      f"{jobs} cell(s) at a time on {threads or torch.get_num_threads()} thread(s) each"))
+    log(
+        progress.line(
+            f"{spec.name}: {len(run_rows(spec))} rows x {len(spec.seeds)} seeds in {spec.out}, "
+            f"{jobs} cell(s) at a time on {threads or torch.get_num_threads()} thread(s) each"
+        )
+    )
     result = None
     for row, seed, cell, seconds in run_cells(spec, todo, data, jobs, threads):
         done[(row, seed)] = cell
         progress.finish(seconds)
         log(progress.line(f"cell {row} seed {seed}: finished in {duration(seconds)}"))
         row_done = all(done[(row, s)] for s in spec.seeds)  # figures once a row is complete: savefig is slow
-        result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells),
-                              figures=row_done)
+        result = write_report(
+            spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells), figures=row_done
+        )
     if result is None:
         result = write_report(spec, [c for c in done.values() if c], teachers, teacher_analysis, len(cells))
     log(f"[study] wrote {spec.out}/study.json, study.md and {len(result['figures'])} figures")
@@ -118,8 +133,10 @@ def report_only(spec: DictConfig, log=print) -> dict:
     path = teacher_analysis_dir(spec, teachers) / "analysis.json" if teachers else None
     analysis = json.loads(path.read_text()) if path and path.is_file() else None
     result = write_report(spec, done, teachers, analysis, len(cells))
-    log(f"[study] {len(done)} of {len(cells)} cells finished; wrote {spec.out}/study.json, study.md, headline.json "
-        f"and {len(result['figures'])} figures")
+    log(
+        f"[study] {len(done)} of {len(cells)} cells finished; wrote {spec.out}/study.json, study.md, headline.json "
+        f"and {len(result['figures'])} figures"
+    )
     return result
 
 
@@ -136,20 +153,43 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hybrid-distill study", description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="study YAML (see configs/studies/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the study file, e.g. seeds=[0,1] only=[hybrid]")
-    p.add_argument("--smoke", action="store_true", help="apply the study's own `smoke` overrides (a minutes-long "
-                                                        "version) and write to OUT-smoke")
-    p.add_argument("--report", action="store_true", help="only rewrite the report from the cells finished so far "
-                                                         "(trains nothing; safe beside a running study)")
-    p.add_argument("--jobs", type=int, help="cells trained at once, each in its own process (default: one per "
-                   "core on a CPU, 1 with a GPU)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1: measured fastest "
-                   "per core, and it does not collapse when the machine is shared; docs/replication/throughput)")
-    p.add_argument("--publish", action="store_true", help="judge the claims again and write the report to the "
-                   "study's publish.dir, README's verdict markers and (publish.demo) the demo's copy; trains nothing")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="apply the study's own `smoke` overrides (a minutes-long version) and write to OUT-smoke",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only rewrite the report from the cells finished so far (trains nothing; safe beside a running study)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells trained at once, each in its own process (default: one per core on a CPU, 1 with a GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per cell (default 1: measured fastest "
+        "per core, and it does not collapse when the machine is shared; docs/replication/throughput)",
+    )
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="judge the claims again and write the report to the "
+        "study's publish.dir, README's verdict markers and (publish.demo) the demo's copy; trains nothing",
+    )
     p.add_argument("--variant", metavar="NAME", help="apply the study file's `variants: NAME` overrides")
-    p.add_argument("--teacher", action="append", default=[], metavar="NAME",
-                   help="build (or resume) only this shared teacher, then stop; repeat for several. Lets teachers "
-                        "train in parallel processes before the study itself runs")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="build (or resume) only this shared teacher, then stop; repeat for several. Lets teachers "
+        "train in parallel processes before the study itself runs",
+    )
     args = p.parse_intermixed_args(argv)  # overrides before or after the flags, as `train` takes them
     spec = load_study(args.study, args.overrides, smoke=args.smoke, variant=args.variant)
     try:

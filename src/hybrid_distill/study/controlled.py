@@ -16,6 +16,7 @@ other dimensions carry the image (a random patch embedding, random values, proje
 the token features that pick the kept tokens (paper eq. 4) still depend on the image. It is a test
 instrument, labelled as such wherever it is used, not a pre-trained model.
 """
+
 import torch
 from torch import nn
 
@@ -37,11 +38,18 @@ def make_controlled(encoder: nn.Module, betas: list, pos_scale: float = 1.0, see
     D, heads, depth = encoder.embed_dim, encoder.blocks[0].attn.num_heads, len(encoder.blocks)
     hd = D // heads
     per_block = [list(b) for b in betas] if betas and isinstance(betas[0], (list, tuple)) else [list(betas)] * depth
-    if len(per_block) != depth or any(len(b) != heads for b in per_block) or D % 4 or D // 4 <= max(FREQS) \
-            or hd < 4 * len(FREQS):
-        raise ValueError(f"controlled teacher: need one beta per head ({heads}), in one list or one per block "
-                         f"({depth}), a width divisible by 4 above {4 * max(FREQS)} and a head width of at least "
-                         f"{4 * len(FREQS)}; got {betas} at width {D}, head width {hd}")
+    if (
+        len(per_block) != depth
+        or any(len(b) != heads for b in per_block)
+        or D % 4
+        or D // 4 <= max(FREQS)
+        or hd < 4 * len(FREQS)
+    ):
+        raise ValueError(
+            f"controlled teacher: need one beta per head ({heads}), in one list or one per block "
+            f"({depth}), a width divisible by 4 above {4 * max(FREQS)} and a head width of at least "
+            f"{4 * len(FREQS)}; got {betas} at width {D}, head width {hd}"
+        )
     torch.manual_seed(seed)
     pos = position_dims(D)
     encoder.pos_embed.zero_()

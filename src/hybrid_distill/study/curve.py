@@ -4,6 +4,7 @@ Read on held-out training images (splits.last) with the analysis' own metric (re
 attention distance, Park et al. 2023), against uniform attention over the grid: a head at
 <= 0.6 x uniform is what this project calls local.
 """
+
 import json
 from pathlib import Path
 
@@ -60,21 +61,27 @@ def recorder(encoder: nn.Module, images: torch.Tensor, path: Path, every: int, l
     def after_epoch(epoch: int) -> None:
         if epoch % every == 0:
             entry = append(path, point(encoder, images, epoch))[-1]
-            log(f"[curve] epoch {epoch}: lowest head distance {entry['min_ratio']:.3f} x uniform "
-                f"({entry['uniform']:.2f} px)")
+            log(
+                f"[curve] epoch {epoch}: lowest head distance {entry['min_ratio']:.3f} x uniform "
+                f"({entry['uniform']:.2f} px)"
+            )
+
     return after_epoch
 
 
 def plot(curve: list[dict], path: Path, title: str) -> Path:
     """Per layer, its most local head's distance over uniform, against epochs; the LOCAL line dashed."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     epochs = [e["epoch"] for e in curve]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     for layer in range(len(curve[0]["per_head"])):
-        ax.plot(epochs, [min(e["per_head"][layer]) / e["uniform"] for e in curve], marker="o", ms=3,
-                label=f"L{layer + 1}")
+        ax.plot(
+            epochs, [min(e["per_head"][layer]) / e["uniform"] for e in curve], marker="o", ms=3, label=f"L{layer + 1}"
+        )
     ax.axhline(LOCAL, ls="--", color="gray", lw=1, label=f"local: {LOCAL} x uniform")
     ax.axhline(1.0, ls=":", color="gray", lw=1, label="uniform attention")
     ax.set_xlabel("epoch")

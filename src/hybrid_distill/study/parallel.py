@@ -7,6 +7,7 @@ thread per core oversubscribes the moment anything else runs, so each cell here 
 (default 1) and the study runs as many cells at once as it has cores. Cells are keyed by content
 (cell.py), so workers never share a directory.
 """
+
 import os
 import time
 from collections.abc import Iterator
@@ -32,18 +33,21 @@ def worker_start(threads: int | None) -> None:
 
 def cell_job(study: dict, row: str, seed: int) -> tuple[dict, float]:
     """One cell in a worker: the study spec as a plain dict, the evaluation data loaded here."""
-    from .command import evaluation_data
     from .cell import run_cell
+    from .command import evaluation_data
     from .spec import load_study
+
     spec = load_study(study)
     start = time.perf_counter()
     return run_cell(spec, row, seed, evaluation_data(spec)), time.perf_counter() - start
 
 
-def run_cells(spec: DictConfig, todo: list[tuple[str, int]], data: tuple, jobs: int,
-              threads: int | None) -> Iterator[tuple[str, int, dict, float]]:
+def run_cells(
+    spec: DictConfig, todo: list[tuple[str, int]], data: tuple, jobs: int, threads: int | None
+) -> Iterator[tuple[str, int, dict, float]]:
     """(row, seed, finished cell, seconds) as each cell of `todo` finishes."""
     from .cell import run_cell
+
     if jobs <= 1:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -52,8 +56,9 @@ def run_cells(spec: DictConfig, todo: list[tuple[str, int]], data: tuple, jobs: 
             yield row, seed, run_cell(spec, row, seed, data), time.perf_counter() - start
         return
     study = OmegaConf.to_container(spec, enum_to_str=True)
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=worker_start,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=get_context("spawn"), initializer=worker_start, initargs=(threads,)
+    ) as pool:
         futures = {pool.submit(cell_job, study, row, seed): (row, seed) for row, seed in todo}
         for future in as_completed(futures):
             cell, seconds = future.result()

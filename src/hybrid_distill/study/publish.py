@@ -5,6 +5,7 @@ claims.py's rules, then written to the study file's `publish.dir` (study.json, s
 figures and the teachers' analysis), to README between the study's markers, and, with `publish.demo`, as the
 demo's packaged replication.json. Nothing else writes a verdict, so no two documents can disagree.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -14,15 +15,17 @@ from omegaconf import DictConfig
 from . import claims as paper_claims
 from . import curve
 from .report import judged, markdown
-from .teachers import teacher_analysis_dir
 from .spec import StudyError, run_rows, teacher_file
+from .teachers import teacher_analysis_dir
 
 DEMO_COPY = Path(__file__).resolve().parent.parent / "demo" / "replication.json"
 
 
 def markers(name: str) -> tuple[str, str]:
-    return f"<!-- verdicts:{name}:begin (written by `hybrid-distill study --publish`) -->", \
-        f"<!-- verdicts:{name}:end -->"
+    return (
+        f"<!-- verdicts:{name}:begin (written by `hybrid-distill study --publish`) -->",
+        f"<!-- verdicts:{name}:end -->",
+    )
 
 
 def readme_block(name: str, claims: list[dict], link: str, registered: str) -> str:
@@ -30,15 +33,28 @@ def readme_block(name: str, claims: list[dict], link: str, registered: str) -> s
     begin, end = markers(name)
     rows = [paper_claims.cells(f"({c['name']}) {c['text']}", f"**{c['verdict']}**", c["why"]) for c in claims]
     note = f"Rules and protocols fixed {registered}. " if registered else ""
-    return "\n".join([begin, "", "| claim | verdict | why |", "|---|---|---|", *rows, "",
-                      f"{note}Every part with its interval: [{link}]({link}).", "", end])
+    return "\n".join(
+        [
+            begin,
+            "",
+            "| claim | verdict | why |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"{note}Every part with its interval: [{link}]({link}).",
+            "",
+            end,
+        ]
+    )
 
 
 def replace_block(text: str, name: str, block: str, where: Path) -> str:
     begin, end = markers(name)
     if begin not in text or end not in text:
-        raise StudyError(f"{where} has no `{begin}` ... `{end}` markers: add them where the verdicts of study "
-                         f"'{name}' belong, then publish again")
+        raise StudyError(
+            f"{where} has no `{begin}` ... `{end}` markers: add them where the verdicts of study "
+            f"'{name}' belong, then publish again"
+        )
     head, rest = text.split(begin, 1)
     return head + block + rest.split(end, 1)[1]
 
@@ -50,17 +66,25 @@ def source(spec: DictConfig) -> tuple[dict, dict, Path]:
     out, published = Path(spec.out), Path(spec.publish.dir)
     if (out / "study.json").is_file():
         result = json.loads((out / "study.json").read_text())
-        analysis = teacher_analysis_dir(spec, result.get("teachers", {})) / "analysis.json" \
-            if result.get("teachers") else None
+        analysis = (
+            teacher_analysis_dir(spec, result.get("teachers", {})) / "analysis.json" if result.get("teachers") else None
+        )
         if analysis is None or not analysis.is_file():
-            raise StudyError(f"{out}/study.json has no analysis of its shared teachers ({analysis}); run the study "
-                             "(or `--report`) again")
+            raise StudyError(
+                f"{out}/study.json has no analysis of its shared teachers ({analysis}); run the study "
+                "(or `--report`) again"
+            )
         return result, json.loads(analysis.read_text()), out
     if (published / "study.json").is_file() and (published / "analysis" / "analysis.json").is_file():
-        return (json.loads((published / "study.json").read_text()),
-                json.loads((published / "analysis" / "analysis.json").read_text()), published)
-    raise StudyError(f"nothing to publish: neither {out}/study.json nor {published}/study.json (with "
-                     "analysis/analysis.json) exists; run the study (or `--report`) first")
+        return (
+            json.loads((published / "study.json").read_text()),
+            json.loads((published / "analysis" / "analysis.json").read_text()),
+            published,
+        )
+    raise StudyError(
+        f"nothing to publish: neither {out}/study.json nor {published}/study.json (with "
+        "analysis/analysis.json) exists; run the study (or `--report`) first"
+    )
 
 
 def publish_curves(spec: DictConfig, out: Path) -> list[Path]:
@@ -72,8 +96,10 @@ def publish_curves(spec: DictConfig, out: Path) -> list[Path]:
             data = curve.read(source)
             (out / "teachers").mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, out / "teachers" / source.name)
-            title = (f"teacher {name} ({t.kind.value}, {t.epochs} epochs, {t.images} images): the most local head "
-                     f"per layer, epochs 0-{data[-1]['epoch']}")
+            title = (
+                f"teacher {name} ({t.kind.value}, {t.epochs} epochs, {t.images} images): the most local head "
+                f"per layer, epochs 0-{data[-1]['epoch']}"
+            )
             written += [out / "teachers" / source.name, curve.plot(data, out / f"{name}_curve.png", title)]
     return written
 
@@ -106,8 +132,11 @@ def publish(spec: DictConfig, log=print) -> dict:
     if spec.publish.readme:
         readme = Path(spec.publish.readme)
         link = (out / "study.md").as_posix()
-        readme.write_text(replace_block(readme.read_text(), spec.name,
-                                        readme_block(spec.name, headline["claims"], link, registered), readme))
+        readme.write_text(
+            replace_block(
+                readme.read_text(), spec.name, readme_block(spec.name, headline["claims"], link, registered), readme
+            )
+        )
         written.append(readme)
     if spec.publish.demo:
         DEMO_COPY.write_text(json.dumps(headline, indent=2))

@@ -18,10 +18,11 @@ A cell's config is defaults <- base's `from` YAML <- base <- the row's `from` ch
 {seed, name, output_dir}. `weights: teacher:NAME` in a row's teacher is the shared teacher NAME's file;
 its arch and model_kwargs default to that teacher's.
 """
+
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,39 +38,39 @@ class StudyError(ConfigError):
 
 class TeacherKind(str, Enum):
     supervised = "supervised"  # labels, cross-entropy (the stand-in for DeiT / CLIP)
-    mae = "mae"                # MAE: 75% random masking, a decoder, normalised-pixel loss
+    mae = "mae"  # MAE: 75% random masking, a decoder, normalised-pixel loss
     controlled = "controlled"  # heads local or long-range by construction (study/controlled.py), not trained
 
 
 @dataclass
 class SharedTeacher:
     kind: TeacherKind = TeacherKind.supervised
-    arch: Optional[str] = None  # default: the base config's student arch
-    model_kwargs: Optional[Dict[str, Any]] = None  # default: the base config's student model_kwargs
+    arch: str | None = None  # default: the base config's student arch
+    model_kwargs: dict[str, Any] | None = None  # default: the base config's student model_kwargs
     images: int = 0  # the first N training images (0: the base config's data.limit, else all)
     epochs: int = 8
     blr: float = 1.5e-3  # lr = blr * batch / 256
     batch: int = 128
     seed: int = 0
-    crop_scale: Optional[List[float]] = None  # default: the base config's data.crop_scale
+    crop_scale: list[float] | None = None  # default: the base config's data.crop_scale
     must_beat_pixels: bool = False  # stop the study when the held-out k-NN check does not beat raw pixels
     pos_embed: str = "learned"  # 'sincos': MAE's fixed 2-D sin-cos encoder positions (kind mae only)
     mask_ratio: float = 0.75  # kind mae: MAE's default (He et al. 2022, 4.1)
     decoder_depth: int = 2  # kind mae: decoder blocks (MAE ViT-B: 8; 2 at this width)
     curve_every: int = 0  # record per-head attention distance every N epochs (study/curve.py); 0: never
     curve_images: int = 256  # held-out training images the curve is read on
-    head_betas: Optional[List[float]] = None  # kind controlled: per head, > 0 local, < 0 long-range, 0 uniform
+    head_betas: list[float] | None = None  # kind controlled: per head, > 0 local, < 0 long-range, 0 uniform
 
 
 @dataclass
 class EvaluateSpec:
-    data: Optional[str] = None  # 'fashion_mnist[:PATH]' or a folder with train/ and val/; default from base data
+    data: str | None = None  # 'fashion_mnist[:PATH]' or a folder with train/ and val/; default from base data
     train_images: int = 10000  # k-NN bank / probe / fine-tune images: the first N of the study's order (splits.py)
     test_images: int = 10000  # the first N of the test split (0: all)
     heldout_images: int = 10000  # teacher gate queries: the last N of the order, trained on by no model
     knn: bool = True
     linear: bool = True
-    finetune: Optional[Dict[str, Any]] = None  # {preset: fashion_mnist, epochs: 2, ...}: any FinetuneConfig field
+    finetune: dict[str, Any] | None = None  # {preset: fashion_mnist, epochs: 2, ...}: any FinetuneConfig field
 
 
 @dataclass
@@ -81,7 +82,7 @@ class AnalysisSpec:
 @dataclass
 class PublishSpec:
     dir: str = ""  # where `--publish` writes study.json, study.md, headline.json and figures (e.g. docs/replication)
-    readme: Optional[str] = None  # a file whose `<!-- verdicts:NAME:... -->` markers get the verdict table
+    readme: str | None = None  # a file whose `<!-- verdicts:NAME:... -->` markers get the verdict table
     demo: bool = False  # also the demo's packaged replication.json (the headline the demo quotes)
 
 
@@ -89,23 +90,24 @@ class PublishSpec:
 class StudySpec:
     name: str = ""
     out: str = ""
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    reference: Optional[str] = None
-    only: Optional[List[str]] = None  # run these rows only (default: all)
-    base: Dict[str, Any] = field(default_factory=dict)
-    teachers: Dict[str, SharedTeacher] = field(default_factory=dict)
-    rows: Dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str | None = None
+    only: list[str] | None = None  # run these rows only (default: all)
+    base: dict[str, Any] = field(default_factory=dict)
+    teachers: dict[str, SharedTeacher] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
-    claims: Optional[ClaimRoles] = None  # the paper's claims judged in study.md (claims.py)
-    smoke: List[str] = field(default_factory=list)
-    variants: Dict[str, List[str]] = field(default_factory=dict)  # `--variant NAME`: named overrides of this file
-    publish: Optional[PublishSpec] = None
+    claims: ClaimRoles | None = None  # the paper's claims judged in study.md (claims.py)
+    smoke: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # `--variant NAME`: named overrides of this file
+    publish: PublishSpec | None = None
     teachers_dir: str = ""  # where shared teachers live (default OUT/teachers); variants may share the main study's
 
 
-def load_study(source: str | Path | dict, overrides: list[str] | None = None, smoke: bool = False,
-               variant: str | None = None) -> DictConfig:
+def load_study(
+    source: str | Path | dict, overrides: list[str] | None = None, smoke: bool = False, variant: str | None = None
+) -> DictConfig:
     """Schema <- file (or dict) <- its `smoke` overrides (with smoke) or a variant's <- `key=value` overrides,
     checked."""
     where = str(source) if not isinstance(source, dict) else "study"
@@ -117,9 +119,13 @@ def load_study(source: str | Path | dict, overrides: list[str] | None = None, sm
         source.setdefault("name", path.stem)
     spec = as_study(merge(OmegaConf.structured(StudySpec()), source, where))
     if variant is not None and variant not in spec.variants:
-        raise StudyError(f"--variant {variant}: the study has no such variant; variants: "
-                         f"{', '.join(spec.variants) or 'none (add variants: {NAME: [key=value, ...]})'}")
-    extra = (list(spec.smoke) if smoke else []) + (list(spec.variants[variant]) if variant else []) + list(overrides or [])
+        raise StudyError(
+            f"--variant {variant}: the study has no such variant; variants: "
+            f"{', '.join(spec.variants) or 'none (add variants: {NAME: [key=value, ...]})'}"
+        )
+    extra = (
+        (list(spec.smoke) if smoke else []) + (list(spec.variants[variant]) if variant else []) + list(overrides or [])
+    )
     for item in extra:
         if "=" not in item:
             raise StudyError(f"study override '{item}' is not key=value (e.g. seeds=[0,1])")
@@ -150,11 +156,15 @@ def check_study(spec: DictConfig) -> None:
             raise StudyError(f"rows.{name} must be a mapping (a config diff), got {row!r}")
     for name, t in spec.teachers.items():
         if t.pos_embed not in ("learned", "sincos") or t.pos_embed == "sincos" and t.kind is not TeacherKind.mae:
-            raise StudyError(f"teachers.{name}.pos_embed='{t.pos_embed}': 'learned', or 'sincos' (MAE's fixed "
-                             "encoder positions) for kind: mae")
+            raise StudyError(
+                f"teachers.{name}.pos_embed='{t.pos_embed}': 'learned', or 'sincos' (MAE's fixed "
+                "encoder positions) for kind: mae"
+            )
         if t.curve_every and t.curve_images > spec.evaluate.heldout_images:
-            raise StudyError(f"teachers.{name}.curve_images={t.curve_images} must lie inside the held-out end, "
-                             f"evaluate.heldout_images={spec.evaluate.heldout_images}: lower it")
+            raise StudyError(
+                f"teachers.{name}.curve_images={t.curve_images} must lie inside the held-out end, "
+                f"evaluate.heldout_images={spec.evaluate.heldout_images}: lower it"
+            )
         if (t.kind is TeacherKind.controlled) != (t.head_betas is not None):
             raise StudyError(f"teachers.{name}: head_betas (one per head) is for kind: controlled, and required by it")
     check_finetune(spec.evaluate.finetune)
@@ -172,17 +182,22 @@ def check_claims(spec: DictConfig) -> None:
         raise StudyError(f"claims: row '{unknown[0]}' is not a row; rows: {', '.join(spec.rows)}")
     teachers = [t for t in (c.sup_teacher, c.mae_teacher) if t not in spec.teachers]
     if teachers:
-        raise StudyError(f"claims: teacher '{teachers[0]}' is not a shared teacher; teachers: {', '.join(spec.teachers)}")
+        raise StudyError(
+            f"claims: teacher '{teachers[0]}' is not a shared teacher; teachers: {', '.join(spec.teachers)}"
+        )
 
 
 def check_finetune(options) -> None:
     if not options:
         return
     from ..evaluation.finetune import PRESETS, FinetuneConfig, make_config
+
     valid = set(FinetuneConfig.__dataclass_fields__) | {"preset"}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise StudyError(f"evaluate.finetune.{unknown[0]} is not a fine-tune setting; valid: {', '.join(sorted(valid))}")
+        raise StudyError(
+            f"evaluate.finetune.{unknown[0]} is not a fine-tune setting; valid: {', '.join(sorted(valid))}"
+        )
     if options.get("preset", "fashion_mnist") not in PRESETS:
         raise StudyError(f"evaluate.finetune.preset='{options['preset']}' is unknown; choose one of {sorted(PRESETS)}")
     plain = OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
@@ -210,8 +225,9 @@ def nest(diff: dict) -> dict:
         for part in path:
             node = node.setdefault(part, {})
         value = nest(value) if isinstance(value, dict) else value
-        node[last] = deep_merge(node[last], value) if isinstance(node.get(last), dict) and isinstance(value, dict) \
-            else value
+        node[last] = (
+            deep_merge(node[last], value) if isinstance(node.get(last), dict) and isinstance(value, dict) else value
+        )
     return out
 
 
@@ -267,10 +283,12 @@ def resolve_teacher_refs(spec: DictConfig, diff: dict, base: DictConfig, where: 
         weights = (tdiff or {}).get("weights")
         if not (isinstance(weights, str) and weights.startswith(TEACHER_REF)):
             continue
-        shared = weights[len(TEACHER_REF):]
+        shared = weights[len(TEACHER_REF) :]
         if shared not in spec.teachers:
-            raise StudyError(f"{where}: teachers.{tname}.weights={weights} names no shared teacher; "
-                             f"shared teachers: {', '.join(spec.teachers) or 'none (add teachers: {NAME: {kind: ...}})'}")
+            raise StudyError(
+                f"{where}: teachers.{tname}.weights={weights} names no shared teacher; "
+                f"shared teachers: {', '.join(spec.teachers) or 'none (add teachers: {NAME: {kind: ...}})'}"
+            )
         arch, kwargs = shared_teacher_model(spec, shared, base)
         tdiff.update(weights=str(teacher_file(spec, shared)))
         tdiff.setdefault("arch", arch)
@@ -295,6 +313,8 @@ def eval_data(spec: DictConfig, base: DictConfig) -> str:
     if spec.evaluate.data:
         return spec.evaluate.data
     if base.data.dataset != "fashion_mnist":
-        raise StudyError("evaluate.data is not set: name the evaluation data (an image folder with train/ and "
-                         "val/, or fashion_mnist[:PATH])")
+        raise StudyError(
+            "evaluate.data is not set: name the evaluation data (an image folder with train/ and "
+            "val/, or fashion_mnist[:PATH])"
+        )
     return "fashion_mnist" + (f":{base.data.path}" if base.data.path else "")

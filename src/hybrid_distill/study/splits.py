@@ -11,6 +11,7 @@ The students distil on images their teachers trained on (as the paper's students
 which their teachers saw); the gate's queries and the curve's images are seen by no model in
 training, which `check_disjoint` enforces. The test split is read only by the evaluation.
 """
+
 import torch
 
 from ..data.subset import LIMIT_SEED
@@ -32,7 +33,7 @@ def last(size: int, count: int) -> list[int]:
     """The last `count` images of the order, the held-out end no part trains on."""
     if not 0 < count <= size:
         raise StudyError(f"held-out images: asked for {count} of a {size}-image train split")
-    return sorted(train_order(size)[size - count:])
+    return sorted(train_order(size)[size - count :])
 
 
 def check_disjoint(size: int, trained: dict[str, int], heldout: int) -> None:
@@ -40,5 +41,7 @@ def check_disjoint(size: int, trained: dict[str, int], heldout: int) -> None:
     for name, count in trained.items():
         used = count if 0 < count < size else size
         if used + heldout > size:
-            raise StudyError(f"{name}: {used} training images + {heldout} held out exceed the {size} images of the "
-                             f"train split, so the held-out images would be trained on; lower one of them")
+            raise StudyError(
+                f"{name}: {used} training images + {heldout} held out exceed the {size} images of the "
+                f"train split, so the held-out images would be trained on; lower one of them"
+            )

@@ -4,6 +4,7 @@ A row's interval is mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard d
 the denominator). A paired difference is the same statistic of the per-seed differences
 row(seed) - reference(seed), over the seeds both rows have.
 """
+
 import math
 
 LEVEL = 0.95

@@ -1,4 +1,5 @@
 """`hybrid-distill teachers list|prefetch` and `hybrid-distill export`."""
+
 import json
 import sys
 from pathlib import Path
@@ -37,8 +38,10 @@ def prefetch(names: list[str], cache: Path) -> list[dict]:
     return records
 
 
-COPIED_CACHE = ("A --cache folder filled by prefetch can be copied to a machine without internet; there: "
-                "export HF_HOME=/path/to/copy TORCH_HOME=/path/to/copy HF_HUB_OFFLINE=1, then train with weights: pretrained.")
+COPIED_CACHE = (
+    "A --cache folder filled by prefetch can be copied to a machine without internet; there: "
+    "export HF_HOME=/path/to/copy TORCH_HOME=/path/to/copy HF_HUB_OFFLINE=1, then train with weights: pretrained."
+)
 
 
 def teachers_main(argv: list[str] | None = None) -> int:
@@ -63,30 +66,45 @@ def teachers_main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [n for n in args.names if not known_pretrained(resolve_arch(n))]
     if unknown:
-        print(f"unknown teacher '{unknown[0]}': use a name from `hybrid-distill teachers list` or a timm name with "
-              "a pretrained tag (timm.list_pretrained())", file=sys.stderr)
+        print(
+            f"unknown teacher '{unknown[0]}': use a name from `hybrid-distill teachers list` or a timm name with "
+            "a pretrained tag (timm.list_pretrained())",
+            file=sys.stderr,
+        )
         return 2
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
         records = prefetch(args.names, args.cache)
     except Exception as err:  # network, unknown names: say which and what to do
-        print(f"prefetch failed: {err}\nprefetch needs internet access to the Hugging Face hub; run it on a "
-              "machine that has it and copy the --cache folder over.", file=sys.stderr)
+        print(
+            f"prefetch failed: {err}\nprefetch needs internet access to the Hugging Face hub; run it on a "
+            "machine that has it and copy the --cache folder over.",
+            file=sys.stderr,
+        )
         return 1
     for r in records:
         print(f"{r['name']}: {r['file']} sha256={r['sha256']} licence: {r['license']}")
-    print(f"offline runs: export HF_HOME={args.cache.resolve()} TORCH_HOME={args.cache.resolve()} HF_HUB_OFFLINE=1 "
-          "(or the same for a copy of the folder)")
+    print(
+        f"offline runs: export HF_HOME={args.cache.resolve()} TORCH_HOME={args.cache.resolve()} HF_HUB_OFFLINE=1 "
+        "(or the same for a copy of the folder)"
+    )
     return 0
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="hybrid-distill export",
-                                     description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain")
+    parser = Parser(
+        prog="hybrid-distill export",
+        description="write a trained student for timm, ViTDet/mmdet (mae) or mmseg/mmpretrain",
+    )
     parser.add_argument("run", help="run directory, checkpoint file or hybrid-distill model file")
     parser.add_argument("--format", choices=FORMATS, default="timm")
-    parser.add_argument("--out", type=Path, required=True, help="timm: a folder (no suffix) for timm.create_model('local-dir:DIR', "
-                        "pretrained=True), or FILE.safetensors / FILE.pth; other formats: FILE.pth")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="timm: a folder (no suffix) for timm.create_model('local-dir:DIR', "
+        "pretrained=True), or FILE.safetensors / FILE.pth; other formats: FILE.pth",
+    )
     parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
     args = parser.parse_args(argv)
     weight_file("RUN", args.run)
@@ -112,13 +130,19 @@ def export_record(out: Path) -> Path:
 def export_target(out: Path, fmt: str) -> None:
     """--out names a path export may write: the format's kind of path, outside any run's checkpoints/,
     and new or written by an earlier export (never a file someone else made)."""
-    if fmt == "timm" and out.suffix not in ("", ".safetensors", *TORCH_SUFFIXES) or \
-            fmt != "timm" and out.suffix not in TORCH_SUFFIXES:
+    if (
+        fmt == "timm"
+        and out.suffix not in ("", ".safetensors", *TORCH_SUFFIXES)
+        or fmt != "timm"
+        and out.suffix not in TORCH_SUFFIXES
+    ):
         kinds = "a folder (no suffix), FILE.safetensors or FILE.pth" if fmt == "timm" else "FILE.pth"
         raise ConfigError(f"--out {out}: --format {fmt} writes {kinds}, not '{out.suffix}'")
     if "checkpoints" in out.absolute().parts:
         raise ConfigError(f"--out {out} is inside a run's checkpoints/ folder; export somewhere else")
     taken = out.exists() and not (out.is_dir() and not any(out.iterdir()))
     if taken and not export_record(out).is_file():
-        raise ConfigError(f"--out {out} exists and was not written by hybrid-distill export; choose a new path "
-                          "(or delete it yourself)")
+        raise ConfigError(
+            f"--out {out} exists and was not written by hybrid-distill export; choose a new path "
+            "(or delete it yourself)"
+        )

@@ -15,6 +15,7 @@
 `verify` reloads each file strictly, as its consumer would (timm itself; the OpenMMLab class where it
 imports, else our reverse mapping), and compares features.
 """
+
 import json
 import re
 from pathlib import Path
@@ -37,16 +38,20 @@ TOLERANCE = 1e-6  # max |a - b|: the same arithmetic reloaded (timm, our mapping
 MM_TOLERANCE = 1e-5
 
 # Keys of mae_pretrain_vit_base.pth; ViTDet's ViT has a place for each.
-_MAE_KEY = re.compile(r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
-                      r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+_MAE_KEY = re.compile(
+    r"cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
+    r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+)
 
 
 def read_student(run: str | Path) -> tuple[nn.Module, str, dict]:
     """(model, arch, model_kwargs) of a run directory, one of its checkpoints, or a model file."""
     own = read_model(run)
     if own.fd_encoder:
-        raise ValueError(f"{run}: FD's encoder (student.fd_encoder) has a relative position bias that timm's "
-                         "VisionTransformer and the MAE / OpenMMLab layouts lack; eval and analyze take the run")
+        raise ValueError(
+            f"{run}: FD's encoder (student.fd_encoder) has a relative position bias that timm's "
+            "VisionTransformer and the MAE / OpenMMLab layouts lack; eval and analyze take the run"
+        )
     own.model_kwargs.pop("drop_path_rate", None)  # training-only; the exported structure does not depend on it
     own.model_kwargs.pop("num_classes", None)
     return own.build().eval(), own.arch, own.model_kwargs
@@ -66,9 +71,12 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 def write_timm_folder(model: nn.Module, out: Path) -> list[Path]:
     """timm's `save_for_hf`: config.json (architecture, model_args, pretrained_cfg) + model.safetensors."""
     from timm.models import save_for_hf
+
     source = {"tag", "license", "hf_hub_id", "url", "file"}  # the arch's own weights' card, not ours
-    model.pretrained_cfg = {**{k: v for k, v in model.pretrained_cfg.items() if k not in source},
-                            "tag": "hybrid_distill"}
+    model.pretrained_cfg = {
+        **{k: v for k, v in model.pretrained_cfg.items() if k not in source},
+        "tag": "hybrid_distill",
+    }
     save_for_hf(model, str(out), safe_serialization=True)
     return [out / "config.json", out / "model.safetensors"]
 
@@ -82,15 +90,28 @@ def write_timm(model: nn.Module, arch: str, kwargs: dict, out: Path) -> list[Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
-        write_atomic(out, lambda tmp: save_file(_state(model), str(tmp), metadata={"format": "pt", "architecture": arch}))
+
+        write_atomic(
+            out, lambda tmp: save_file(_state(model), str(tmp), metadata={"format": "pt", "architecture": arch})
+        )
     else:
         save_atomic(out, _state(model))  # timm's load_state_dict reads a plain torch file by its suffix
-    overlay = {"file": out.name, "num_classes": 0, "mean": list(mean), "std": list(std),
-               "input_size": [3, *model.patch_embed.img_size], "interpolation": "bicubic"}
-    config = {"architecture": arch, "model_kwargs": kwargs, "pretrained_cfg_overlay": overlay,
-              "usage": "timm.create_model(architecture, pretrained=True, num_classes=0, "
-                       "pretrained_cfg_overlay=dict(overlay, file=<this folder>/overlay['file']), **model_kwargs)",
-              "provenance": provenance()}
+    overlay = {
+        "file": out.name,
+        "num_classes": 0,
+        "mean": list(mean),
+        "std": list(std),
+        "input_size": [3, *model.patch_embed.img_size],
+        "interpolation": "bicubic",
+    }
+    config = {
+        "architecture": arch,
+        "model_kwargs": kwargs,
+        "pretrained_cfg_overlay": overlay,
+        "usage": "timm.create_model(architecture, pretrained=True, num_classes=0, "
+        "pretrained_cfg_overlay=dict(overlay, file=<this folder>/overlay['file']), **model_kwargs)",
+        "provenance": provenance(),
+    }
     timm_config_path(out).write_text(json.dumps(config, indent=2))
     return [out, timm_config_path(out)]
 
@@ -101,18 +122,23 @@ def load_timm_export(config_path: str | Path) -> nn.Module:
     if config_path.is_dir():
         return timm.create_model(f"local-dir:{config_path}", pretrained=True)
     config = json.loads(config_path.read_text())
-    overlay = dict(config["pretrained_cfg_overlay"], file=str(config_path.parent / config["pretrained_cfg_overlay"]["file"]))
-    return timm.create_model(config["architecture"], pretrained=True, num_classes=0,
-                             pretrained_cfg_overlay=overlay, **config["model_kwargs"])
+    overlay = dict(
+        config["pretrained_cfg_overlay"], file=str(config_path.parent / config["pretrained_cfg_overlay"]["file"])
+    )
+    return timm.create_model(
+        config["architecture"], pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay, **config["model_kwargs"]
+    )
 
 
 def write_mae(model: nn.Module, out: Path) -> list[Path]:
     state = _state(model)
     foreign = [k for k in state if not _MAE_KEY.fullmatch(k)]
     if foreign or getattr(model, "no_embed_class", False) or model.num_prefix_tokens != 1:
-        raise ValueError(f"the student has parts the MAE / ViTDet layout has no place for: {foreign[:6]} "
-                         "(MAE layout = CLS token, pos_embed with a CLS entry, pre-LN blocks with qkv bias, "
-                         "final norm). Export --format timm instead.")
+        raise ValueError(
+            f"the student has parts the MAE / ViTDet layout has no place for: {foreign[:6]} "
+            "(MAE layout = CLS token, pos_embed with a CLS entry, pre-LN blocks with qkv bias, "
+            "final norm). Export --format timm instead."
+        )
     save_atomic(out, {"model": state})
     return [out]
 
@@ -164,8 +190,12 @@ def export(run: str | Path, fmt: str, out: str | Path, verify: bool = False) -> 
     out = Path(out)
     if fmt != "timm" and out.suffix not in TORCH_SUFFIXES:
         raise ValueError(f"--out {out}: --format {fmt} writes a torch file; name it FILE.pth")
-    writers = {"timm": lambda: write_timm(model, arch, kwargs, out), "mae": lambda: write_mae(model, out),
-               "mmseg": lambda: write_mm(model, out, "mmseg"), "mmpretrain": lambda: write_mm(model, out, "mmpretrain")}
+    writers = {
+        "timm": lambda: write_timm(model, arch, kwargs, out),
+        "mae": lambda: write_mae(model, out),
+        "mmseg": lambda: write_mm(model, out, "mmseg"),
+        "mmpretrain": lambda: write_mm(model, out, "mmpretrain"),
+    }
     result = {"format": fmt, "arch": arch, "files": [str(p) for p in writers[fmt]()]}
     if fmt in ("mmseg", "mmpretrain"):
         result["settings"] = mm_settings(model, fmt)  # VisionTransformer(**settings) loads it strictly
@@ -177,6 +207,7 @@ def export(run: str | Path, fmt: str, out: str | Path, verify: bool = False) -> 
             result["relative_feature_diff"] = feature_difference(model, reloaded, relative=True)
             what, tolerance = "relative_feature_diff", MM_TOLERANCE
         if result[what] >= tolerance:
-            raise RuntimeError(f"{out} reloads with features off ({what} {result[what]:.3g} >= {tolerance}); "
-                               "the export is wrong")
+            raise RuntimeError(
+                f"{out} reloads with features off ({what} {result[what]:.3g} >= {tolerance}); the export is wrong"
+            )
     return result

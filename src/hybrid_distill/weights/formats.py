@@ -10,6 +10,7 @@ Layouts (the sources are named at each mapping):
 Every path ends in timm's `checkpoint_filter_fn` (pos-embed and patch-embed resampling to the
 model's grid) and a strict `load_state_dict`.
 """
+
 import re
 
 import torch
@@ -32,7 +33,7 @@ def unwrap(payload: dict) -> tuple[dict, str]:
 
 
 def _strip(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def detect_format(sd: dict) -> str:
@@ -59,8 +60,7 @@ def _drop_prefix_all(sd: dict) -> dict:
     """DDP `module.` and DINO `backbone.` wrappers; DINO's projection head is not part of the ViT."""
     for prefix in ("module.", "backbone."):
         if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):
-            sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()
-                  if k.startswith(prefix)}
+            sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
@@ -69,34 +69,52 @@ def _drop_prefix_all(sd: dict) -> dict:
 
 def _hf_vit_key(k: str) -> str | None:
     """transformers modeling_vit.py / modeling_vit_mae.py names -> timm names (None: not encoder)."""
-    fixed = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
-             "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-             "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-             "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    fixed = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight",
+        "layernorm.bias": "norm.bias",
+    }
     if k in fixed:
         return fixed[k]
     m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", k)
     if not m:
         return None  # embeddings.mask_token, pooler.*, classifier.*, decoder.*
     i, part, kind = m.groups()
-    sub = {"attention.output.dense": "attn.proj", "layernorm_before": "norm1", "layernorm_after": "norm2",
-           "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}.get(part)
+    sub = {
+        "attention.output.dense": "attn.proj",
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+        "intermediate.dense": "mlp.fc1",
+        "output.dense": "mlp.fc2",
+    }.get(part)
     return f"blocks.{i}.{sub}.{kind}" if sub else None
 
 
 def _hf_clip_key(k: str) -> str | None:
     """transformers modeling_clip.py vision names -> timm CLIP-tower names."""
-    fixed = {"embeddings.patch_embedding.weight": "patch_embed.proj.weight",
-             "pre_layrnorm.weight": "norm_pre.weight", "pre_layrnorm.bias": "norm_pre.bias",
-             "post_layernorm.weight": "norm.weight", "post_layernorm.bias": "norm.bias"}
+    fixed = {
+        "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
+        "pre_layrnorm.weight": "norm_pre.weight",
+        "pre_layrnorm.bias": "norm_pre.bias",
+        "post_layernorm.weight": "norm.weight",
+        "post_layernorm.bias": "norm.bias",
+    }
     if k in fixed:
         return fixed[k]
     m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", k)
     if not m:
         return None  # class_embedding and position_embedding are reshaped below; position_ids dropped
     i, part, kind = m.groups()
-    sub = {"self_attn.out_proj": "attn.proj", "layer_norm1": "norm1", "layer_norm2": "norm2",
-           "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}.get(part)
+    sub = {
+        "self_attn.out_proj": "attn.proj",
+        "layer_norm1": "norm1",
+        "layer_norm2": "norm2",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }.get(part)
     return f"blocks.{i}.{sub}.{kind}" if sub else None
 
 
@@ -115,16 +133,18 @@ def _fuse_qkv(sd: dict, pattern: str, names: tuple[str, str, str]) -> dict:
 def from_hf_vit(sd: dict) -> dict:
     sd = _strip(sd, "vit.") if any(k.startswith("vit.") for k in sd) else sd
     out = {_hf_vit_key(k): v for k, v in sd.items() if _hf_vit_key(k)}
-    out.update(_fuse_qkv(sd, r"encoder\.layer\.(\d+)\.attention\.attention\.{part}\.(weight|bias)",
-                         ("query", "key", "value")))
+    out.update(
+        _fuse_qkv(sd, r"encoder\.layer\.(\d+)\.attention\.attention\.{part}\.(weight|bias)", ("query", "key", "value"))
+    )
     return out
 
 
 def from_hf_clip(sd: dict) -> dict:
     vision = _strip(sd, "vision_model.")
     out = {_hf_clip_key(k): v for k, v in vision.items() if _hf_clip_key(k)}
-    out.update(_fuse_qkv(vision, r"encoder\.layers\.(\d+)\.self_attn\.{part}\.(weight|bias)",
-                         ("q_proj", "k_proj", "v_proj")))
+    out.update(
+        _fuse_qkv(vision, r"encoder\.layers\.(\d+)\.self_attn\.{part}\.(weight|bias)", ("q_proj", "k_proj", "v_proj"))
+    )
     out["cls_token"] = vision["embeddings.class_embedding"].reshape(1, 1, -1)  # (D,) -> (1, 1, D)
     out["pos_embed"] = vision["embeddings.position_embedding.weight"].unsqueeze(0)  # (N, D) -> (1, N, D)
     if "visual_projection.weight" in sd:  # CLIPModel / CLIPVisionModelWithProjection: (P, D), no bias
@@ -141,36 +161,62 @@ def from_hf_clip(sd: dict) -> dict:
 # openai-clip_to_mmpretrain-clip.py (attn.qkv, attn.proj, pre_norm). Both: layers.i.ln1/ln2,
 # ffn.layers.0.0 (fc1), ffn.layers.1 (fc2), patch_embed.projection, final norm ln1.
 _MM_BLOCK = {
-    "mmseg": {"norm1": "ln1", "norm2": "ln2", "attn.qkv.weight": "attn.attn.in_proj_weight",
-              "attn.qkv.bias": "attn.attn.in_proj_bias", "attn.proj": "attn.attn.out_proj",
-              "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"},
-    "mmpretrain": {"norm1": "ln1", "norm2": "ln2", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj",
-                   "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"},
+    "mmseg": {
+        "norm1": "ln1",
+        "norm2": "ln2",
+        "attn.qkv.weight": "attn.attn.in_proj_weight",
+        "attn.qkv.bias": "attn.attn.in_proj_bias",
+        "attn.proj": "attn.attn.out_proj",
+        "mlp.fc1": "ffn.layers.0.0",
+        "mlp.fc2": "ffn.layers.1",
+    },
+    "mmpretrain": {
+        "norm1": "ln1",
+        "norm2": "ln2",
+        "attn.qkv": "attn.qkv",
+        "attn.proj": "attn.proj",
+        "mlp.fc1": "ffn.layers.0.0",
+        "mlp.fc2": "ffn.layers.1",
+    },
 }
-_MM_TOP = {"cls_token": "cls_token", "pos_embed": "pos_embed", "patch_embed.proj": "patch_embed.projection",
-           "norm": "ln1", "norm_pre": "pre_norm"}
+_MM_TOP = {
+    "cls_token": "cls_token",
+    "pos_embed": "pos_embed",
+    "patch_embed.proj": "patch_embed.projection",
+    "norm": "ln1",
+    "norm_pre": "pre_norm",
+}
 
 
 def _rename(key: str, table: dict) -> str | None:
     for old, new in table.items():
         if key == old or key.startswith(old + "."):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 
 def to_mm(sd: dict, layout: str) -> dict:
     """A timm ViT state dict (no head) in mmseg or mmpretrain backbone names."""
     if layout == "mmseg" and "norm_pre.weight" in sd:
-        raise ValueError("mmseg's VisionTransformer has no pre-norm (CLIP-style ln_pre); export "
-                         "--format mmpretrain, whose ViT has pre_norm, or use a student without norm_pre")
+        raise ValueError(
+            "mmseg's VisionTransformer has no pre-norm (CLIP-style ln_pre); export "
+            "--format mmpretrain, whose ViT has pre_norm, or use a student without norm_pre"
+        )
     out = {}
     for k, v in sd.items():
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", k)
-        new = (f"layers.{m[1]}.{_rename(m[2], _MM_BLOCK[layout])}" if m and _rename(m[2], _MM_BLOCK[layout])
-               else None if m else _rename(k, _MM_TOP))
+        new = (
+            f"layers.{m[1]}.{_rename(m[2], _MM_BLOCK[layout])}"
+            if m and _rename(m[2], _MM_BLOCK[layout])
+            else None
+            if m
+            else _rename(k, _MM_TOP)
+        )
         if new is None:
-            raise ValueError(f"no {layout} name for timm key '{k}' (layer scale, register tokens and "
-                             "heads have no place in the OpenMMLab ViT)")
+            raise ValueError(
+                f"no {layout} name for timm key '{k}' (layer scale, register tokens and "
+                "heads have no place in the OpenMMLab ViT)"
+            )
         out[new] = v
     return out
 
@@ -225,9 +271,11 @@ def check_patch(sd: dict, model: nn.Module, source: str, resample: bool) -> None
     file_kernel = next((tuple(sd[k].shape[-2:]) for k in PATCH_KEYS if k in sd), None)
     model_kernel = tuple(model.patch_embed.patch_size)
     if file_kernel is not None and file_kernel != model_kernel and not resample:
-        raise ValueError(f"{source} has {file_kernel[0]}x{file_kernel[1]} patches but the model is built with "
-                         f"{model_kernel[0]}x{model_kernel[1]} (model_kwargs.patch_size); build it with "
-                         f"patch_size {file_kernel[0]}, or set the teacher's resample: true to resample the kernel")
+        raise ValueError(
+            f"{source} has {file_kernel[0]}x{file_kernel[1]} patches but the model is built with "
+            f"{model_kernel[0]}x{model_kernel[1]} (model_kwargs.patch_size); build it with "
+            f"patch_size {file_kernel[0]}, or set the teacher's resample: true to resample the kernel"
+        )
 
 
 def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resample: bool = False) -> str:
@@ -242,9 +290,11 @@ def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resam
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{source} (format {fmt}) has tensors of other shapes than the model: "
-                         f"{str(err).splitlines()[1:4]}. Pick the arch and model_kwargs (width, depth, "
-                         "patch size) that match the file.") from None
+        raise ValueError(
+            f"{source} (format {fmt}) has tensors of other shapes than the model: "
+            f"{str(err).splitlines()[1:4]}. Pick the arch and model_kwargs (width, depth, "
+            "patch size) that match the file."
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{source} (format {fmt}) does not fit {type(model).__name__} "
@@ -252,5 +302,6 @@ def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resam
             f"missing {result.missing_keys[:6]}{'...' if len(result.missing_keys) > 6 else ''}, "
             f"unexpected {result.unexpected_keys[:6]}{'...' if len(result.unexpected_keys) > 6 else ''}. "
             "Pick the arch that matches the file (e.g. vit_base_patch16_clip_quickgelu_224.openai for "
-            "OpenAI CLIP, vit_base_patch16_224.mae for MAE) and model_kwargs for its width/depth.")
+            "OpenAI CLIP, vit_base_patch16_224.mae for MAE) and model_kwargs for its width/depth."
+        )
     return fmt

@@ -6,6 +6,7 @@ at 224 px). The teacher is built at that `img_size`; timm's `checkpoint_filter_f
 absolute position embeddings to the new grid with `resample_abs_pos_embed` (bicubic, antialiased,
 prefix tokens kept as they are).
 """
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,13 @@ def arch_geometry(arch: str, **model_kwargs) -> dict:
     """Patch size, default grid, width, depth and heads of a timm ViT, built on the meta device."""
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
-    return {"patch": tuple(model.patch_embed.patch_size), "grid": tuple(model.patch_embed.grid_size),
-            "width": model.embed_dim, "depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads}
+    return {
+        "patch": tuple(model.patch_embed.patch_size),
+        "grid": tuple(model.patch_embed.grid_size),
+        "width": model.embed_dim,
+        "depth": len(model.blocks),
+        "heads": model.blocks[0].attn.num_heads,
+    }
 
 
 def grid_model_kwargs(arch: str, student_grid: tuple[int, int], model_kwargs: dict | None = None) -> dict:
@@ -39,8 +45,9 @@ def grid_model_kwargs(arch: str, student_grid: tuple[int, int], model_kwargs: di
 def resample_pos_embed(model: nn.Module, pos_embed: torch.Tensor, old_grid: tuple[int, int]) -> torch.Tensor:
     """A pos-embed of `old_grid` (1, P + L_old, D) on `model`'s grid (1, P + L_new, D), as timm does on load."""
     prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-    return resample_abs_pos_embed(pos_embed, new_size=list(model.patch_embed.grid_size), old_size=list(old_grid),
-                                  num_prefix_tokens=prefix)
+    return resample_abs_pos_embed(
+        pos_embed, new_size=list(model.patch_embed.grid_size), old_size=list(old_grid), num_prefix_tokens=prefix
+    )
 
 
 def resize_to_grid(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -5,6 +5,7 @@ neither the teacher nor the way out. Here the cached file is used directly when 
 network call at all), and otherwise one short TCP connect decides: unreachable (or HF_HUB_OFFLINE=1)
 ends the run at once with a line that names the teacher and both fixes.
 """
+
 import os
 import socket
 from urllib.parse import urlparse
@@ -38,7 +39,8 @@ def unavailable(name: str, arch: str) -> TeacherUnavailable:
         f"teacher '{name}' ({arch}): weights: pretrained needs the Hugging Face hub, which is not reachable "
         f"from here (or HF_HUB_OFFLINE=1), and the weights are not in the cache under HF_HOME={hf_home}. "
         f"Either run `hybrid-distill teachers prefetch {name} --cache DIR` where there is internet, copy DIR "
-        f"here and export HF_HOME=DIR HF_HUB_OFFLINE=1, or set weights: /path/to/the/checkpoint")
+        f"here and export HF_HOME=DIR HF_HUB_OFFLINE=1, or set weights: /path/to/the/checkpoint"
+    )
 
 
 def known_pretrained(arch: str) -> bool:

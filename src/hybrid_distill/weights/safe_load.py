@@ -9,6 +9,7 @@
   tensor rebuilder, storage dtypes and inert stand-ins for the archive's `__torch__.*` classes, and
   `code/*.py` is read as text only for each class's `__parameters__` / `__buffers__` lists.
 """
+
 import argparse
 import io
 import pickle
@@ -22,9 +23,15 @@ import torch
 SAFE_GLOBALS = [argparse.Namespace]
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
 
@@ -36,8 +43,10 @@ class UnsafeCheckpointError(RuntimeError):
 def conversion_hint() -> str:
     """How to convert a trusted pickle to safetensors on a trusted machine. Python steps, not a shell
     line: a file name pasted into a shell command could run as code."""
-    return ("in Python, c = torch.load(PATH, weights_only=False); c = c.get('model', c.get('state_dict', c)); "
-            "safetensors.torch.save_file({k: v.contiguous() for k, v in c.items() if torch.is_tensor(v)}, OUT)")
+    return (
+        "in Python, c = torch.load(PATH, weights_only=False); c = c.get('model', c.get('state_dict', c)); "
+        "safetensors.torch.save_file({k: v.contiguous() for k, v in c.items() if torch.is_tensor(v)}, OUT)"
+    )
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -54,9 +63,11 @@ def load_weights(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no such weight file: {path}")
     from ..validate import weight_file
+
     weight_file("weight file", path)  # empty or not a weight format at all: said as such
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path), device="cpu")
     if is_torchscript_archive(path):
         return read_torchscript_state_dict(path)
@@ -67,7 +78,8 @@ def load_weights(path: str | Path) -> dict:
         raise UnsafeCheckpointError(
             f"{path} needs arbitrary code to load and was refused ({_first_line(err)}). "
             f"If you trust it, convert it once on a trusted machine to safetensors ({conversion_hint()}) "
-            "and pass the .safetensors file instead.") from None
+            "and pass the .safetensors file instead."
+        ) from None
 
 
 def _first_line(err: Exception) -> str:
@@ -80,6 +92,7 @@ def _first_line(err: Exception) -> str:
 
 class _ScriptObject:
     """Inert stand-in for a TorchScript class: keeps the pickled attribute dict, runs nothing."""
+
     qualname = ""
 
     def __setstate__(self, state):
@@ -119,7 +132,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(
             f"{self.path}: TorchScript data.pkl refers to global {module}.{name}, which is not a tensor or "
             "module attribute; refused. Load it with torch.jit.load on a trusted machine and save "
-            "`model.state_dict()` with safetensors, then pass that file.")
+            "`model.state_dict()` with safetensors, then pass that file."
+        )
 
     def persistent_load(self, pid):
         kind, dtype, key, _location, numel = pid
@@ -135,7 +149,7 @@ def _declared_tensors(archive: zipfile.ZipFile, prefix: str) -> dict[str, set[st
     for name in archive.namelist():
         if not (name.startswith(f"{prefix}/code/") and name.endswith(".py")):
             continue
-        module = name[len(prefix) + 6:-3].replace("/", ".")
+        module = name[len(prefix) + 6 : -3].replace("/", ".")
         text = archive.read(name).decode("utf-8", errors="replace")
         for cls, body in re.findall(r"^class (\w+)\(Module\):\n((?:  .*\n)*)", text, flags=re.M):
             lists = re.findall(r"^  __(?:parameters|buffers)__ = \[(.*)\]$", body, flags=re.M)

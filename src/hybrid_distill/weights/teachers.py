@@ -4,6 +4,7 @@
 VisionTransformer (num_classes=0 unless asked) and a record
 `{'file', 'sha256', 'source', 'license', 'arch', 'format'}` for the run manifest.
 """
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,8 +90,14 @@ def teacher_table() -> list[dict]:
 
 def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
     path = Path(file).resolve() if file else None
-    return {"file": str(path) if path else None, "sha256": sha256_file(path) if path else None,
-            "source": source, "license": license, "arch": arch, "format": fmt}
+    return {
+        "file": str(path) if path else None,
+        "sha256": sha256_file(path) if path else None,
+        "source": source,
+        "license": license,
+        "arch": arch,
+        "format": fmt,
+    }
 
 
 def _from_own_run(path: Path, payload: dict, model_kwargs: dict, resample: bool = False) -> tuple[nn.Module, dict]:
@@ -109,13 +116,16 @@ def _from_file(arch: str, file: Path, model_kwargs: dict, resample: bool = False
     if isinstance(payload, dict) and payload.get("format") in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         return _from_own_run(file, payload, model_kwargs, resample)
     if not arch:
-        raise ValueError(f"{file} is an official checkpoint: name its timm arch too "
-                         "(see `hybrid-distill teachers list`)")
+        raise ValueError(
+            f"{file} is an official checkpoint: name its timm arch too (see `hybrid-distill teachers list`)"
+        )
     model = create_vit(arch, **model_kwargs)
     fmt = load_into(model, payload, source=str(file), resample=resample)
     if is_torchscript_archive(file) and type(model.blocks[0].mlp.act).__name__ != "QuickGELU":
-        raise ValueError(f"{file} is an OpenAI CLIP archive, which uses QuickGELU; '{arch}' does not. Use "
-                         f"{arch.split('.')[0].replace('_clip_', '_clip_quickgelu_')}.openai")
+        raise ValueError(
+            f"{file} is an OpenAI CLIP archive, which uses QuickGELU; '{arch}' does not. Use "
+            f"{arch.split('.')[0].replace('_clip_', '_clip_quickgelu_')}.openai"
+        )
     return model, _record(file, f"file {file.name}", license_of(arch), arch, fmt)
 
 
@@ -125,6 +135,7 @@ def _hub_file(arch: str, cache_dir) -> Path | None:
     if not (cfg and cfg.hf_hub_id):
         return None
     from huggingface_hub import try_to_load_from_cache
+
     names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
     for name in names:
         found = try_to_load_from_cache(cfg.hf_hub_id, name, cache_dir=cache_dir)
@@ -133,9 +144,15 @@ def _hub_file(arch: str, cache_dir) -> Path | None:
     return None
 
 
-def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained: bool = False,
-                           model_kwargs: dict | None = None, *, cache_dir: str | Path | None = None,
-                           resample: bool = False) -> tuple[nn.Module, dict]:
+def build_teacher_backbone(
+    arch: str,
+    file: str | Path | None = None,
+    pretrained: bool = False,
+    model_kwargs: dict | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    resample: bool = False,
+) -> tuple[nn.Module, dict]:
     """A frozen-to-be timm ViT and its manifest record {'file', 'sha256', 'source', 'license', ...}.
 
     arch: timm name (tag picks mean/std) or a `teachers list` name; may be empty when `file` is ours.
@@ -159,10 +176,13 @@ def build_teacher_backbone(arch: str, file: str | Path | None = None, pretrained
         record = _record(cached, f"timm/HF hub {arch}", license_of(arch), arch, "timm")
     else:
         model = create_vit(arch, **kwargs)
-        record = {"file": None, "sha256": None, "source": "random init", "license": None, "arch": arch,
-                  "format": None}
+        record = {"file": None, "sha256": None, "source": "random init", "license": None, "arch": arch, "format": None}
     mean, std = mean_std(model)
     pe = model.patch_embed
-    geometry = {"img_size": list(pe.img_size), "patch_size": list(pe.patch_size), "grid": list(pe.grid_size),
-                "prefix_tokens": int(getattr(model, "num_prefix_tokens", 1))}
+    geometry = {
+        "img_size": list(pe.img_size),
+        "patch_size": list(pe.patch_size),
+        "grid": list(pe.grid_size),
+        "prefix_tokens": int(getattr(model, "num_prefix_tokens", 1)),
+    }
     return model.eval(), dict(record, mean=list(mean), std=list(std), **geometry)
