@@ -394,7 +394,7 @@ def test_finetune_under_torchrun_two_processes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     written = list((tmp_path / "out").glob("finetune-*.json"))
-    assert len(written) == 1 and result.stdout.count("finetune: top-1") == 1
+    assert len(written) == 1 and result.stdout.count("finetune: top1 ") == 1
     out = json.loads(written[0].read_text())
     assert out["steps"] == 2 * 16 // (4 * 2)  # 2 epochs of 16 images, batch 4 on each of 2 ranks
     assert out["lr"] == pytest.approx(out["config"]["lr"] * 4 * 2 / out["config"]["ref_batch"])

@@ -1,4 +1,5 @@
-"""`hybrid-distill eval knn|linear|finetune MODEL --data ...`: one protocol, one JSON result.
+"""`hybrid-distill eval PROTOCOL MODEL --data ...`: one protocol (knn, linear, finetune: the table in
+`protocols.py`), one JSON result.
 
 MODEL: a run directory or checkpoint of ours, one of our model files, an official weight file with
 --arch (MAE, DeiT, DINO, CLIP formats), or a timm name (--pretrained: its released weights; without
@@ -13,7 +14,6 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,19 +24,17 @@ from hybrid_distill.config import ConfigError
 from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.features import POOLS
-from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
-from hybrid_distill.evaluation.knn import knn_eval
-from hybrid_distill.evaluation.linear import ProbeConfig, linear_eval
+from hybrid_distill.evaluation.finetune import PRESETS
 from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.evaluation.protocols import PROTOCOLS
 from hybrid_distill.evaluation.source import model_source, source_tag
 from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
-
-PROTOCOLS = ("knn", "linear", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hybrid-distill eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("protocol", choices=PROTOCOLS)
+    summaries = "; ".join(f"{name}: {protocol.summary}" for name, protocol in PROTOCOLS.items())
+    p.add_argument("protocol", choices=list(PROTOCOLS), help=summaries)
     p.add_argument(
         "model", help="run dir, checkpoint, model file (.pt), official weight file (with --arch) or timm name"
     )
@@ -120,35 +118,16 @@ def default_out(model_spec: str) -> Path:
     return Path("eval") / model_spec.replace("/", "_")
 
 
-def run_protocol(args, model, train, test, info: dict, out: Path, source: dict | None = None) -> dict:
-    crop = args.crop_pct if args.crop_pct is not None else info["crop_pct"]
-    common = dict(device=args.device)
-    if args.protocol == "finetune":
-        name = args.preset or (info["name"] if info["name"] in PRESETS else "imagenet")
-        overrides = {
-            k: v
-            for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("crop_pct", args.crop_pct))
-            if v is not None
-        }
-        weights = out / f"finetune-{info['name']}-{name}{source_tag(source)}"  # a timm folder beside the JSON
-        return finetune_eval(model, train, test, name, log=print, save_to=weights, **common, **overrides)
-    feat = dict(
-        pool=args.pool,
-        batch_size=args.batch_size or 256,
-        crop_pct=crop,
-        cache_dir=None if args.no_cache else out / "features",
-        data_keys=(f"{info['spec']}#train", f"{info['spec']}#test"),
-        **common,
-    )
-    if args.protocol == "knn":
-        return knn_eval(model, train, test, k=args.k, temperature=args.temperature, **feat)
-    cfg = ProbeConfig() if args.epochs is None else replace(ProbeConfig(), epochs=args.epochs)
-    return linear_eval(model, train, test, cfg=cfg, **feat)
+def run_protocol(args, model, train, test, info: dict, out: Path, source: dict | None = None) -> tuple[dict, dict]:
+    """(result, settings) of the protocol args name, as its entry in `PROTOCOLS` reads the flags."""
+    protocol = PROTOCOLS[args.protocol]
+    settings = protocol.settings(args, info, out, source)
+    return protocol.run(model, train, test, **settings), settings
 
 
-def result_path(out: Path, args, result: dict, data_name: str) -> Path:
-    variant = result["preset"] if args.protocol == "finetune" else args.pool
-    return out / f"{args.protocol}-{data_name}-{variant}{source_tag(result['source'])}.json"
+def result_path(out: Path, args, settings: dict, source: dict | None, data_name: str) -> Path:
+    variant = settings[PROTOCOLS[args.protocol].variant]
+    return out / f"{args.protocol}-{data_name}-{variant}{source_tag(source)}.json"
 
 
 def evaluate_args(args, model=None) -> dict:
@@ -160,10 +139,10 @@ def evaluate_args(args, model=None) -> dict:
         source = None if model is not None else model_source(args.model)
         model = model if model is not None else load_eval_model(args.model, args.arch, args.pretrained)
         out = args.out or (default_out(args.model) if source is not None else None)
-        result = run_protocol(args, model, train, test, info, out or Path(tempfile.mkdtemp()), source)
+        result, settings = run_protocol(args, model, train, test, info, out or Path(tempfile.mkdtemp()), source)
         result = {**result, "model": args.model, "source": source, "data": info}
         if out is not None and (not dist.is_initialized() or dist.get_rank() == 0):
-            path = result_path(out, args, result, info["name"])
+            path = result_path(out, args, settings, source, info["name"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2, default=str))
             result["path"] = str(path)
@@ -174,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = evaluate_args(args)
     if "path" in result:
-        print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  -> {result['path']}")
+        metrics = "  ".join(f"{m} {result[m]:.2f}%" for m in PROTOCOLS[args.protocol].metrics)
+        print(f"{args.protocol}: {metrics}  -> {result['path']}")
     return 0
 
 

@@ -27,6 +27,7 @@ from ..evaluation.features import extract_features
 from ..evaluation.finetune import finetune_eval
 from ..evaluation.knn import knn_classify
 from ..evaluation.linear import linear_probe
+from ..evaluation.protocols import PROTOCOLS
 from ..files import load_model, sha256_file, write_atomic
 from ..provenance import provenance
 from ..trainer import train
@@ -100,7 +101,8 @@ def analysis_settings(spec: DictConfig) -> dict:
 
 
 def protocols(spec: DictConfig) -> list[str]:
-    return [p for p in ("knn", "linear", "finetune") if spec.evaluate[p]]
+    """The registered protocols the study file turns on (`evaluate.NAME`), in the registry's order."""
+    return [p for p in PROTOCOLS if spec.evaluate.get(p)]
 
 
 def result_path(run_dir: Path, spec: DictConfig, protocol: str) -> Path:
