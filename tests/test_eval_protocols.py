@@ -16,26 +16,34 @@ from hybrid_distill.models.load import create_vit
 from hybrid_distill.study.cell import protocols
 
 
-def majority(model, train_ds, test_ds, pool: str) -> dict:
-    """A toy protocol: every test image gets the training split's most frequent class."""
-    train = torch.tensor([label for _, label in train_ds])
-    test = torch.tensor([label for _, label in test_ds])
-    hit = 100.0 * (test == train.bincount().argmax()).float().mean().item()
-    return {"protocol": "majority", "top1": hit, "config": {"pool": pool}}
+def constant(model, train_ds, test_ds, label: int) -> dict:
+    """A toy protocol: every test image gets one class, named by its own flag --label."""
+    test = torch.tensor([y for _, y in test_ds])
+    return {"protocol": "constant", "top1": 100.0 * (test == label).float().mean().item(), "config": {"label": label}}
 
 
 @pytest.fixture
 def toy():
-    protocol = register(Protocol("majority", majority, lambda args, info, out, source: {"pool": args.pool}, ("top1",)))
+    """The one place the toy protocol is added: its registry entry, with its flag."""
+    protocol = register(
+        Protocol(
+            "constant",
+            constant,
+            lambda args, info, out, source: {"label": args.label},
+            metrics=("top1",),
+            variant="label",
+            flags={"--label": {"type": int, "default": 0}},
+        )
+    )
     yield protocol
-    del PROTOCOLS["majority"]
+    del PROTOCOLS["constant"]
 
 
 @pytest.fixture
 def folder(tmp_path):
-    """train/: 6 images of c0, 3 of c1, 3 of c2; val/: 2 of c0, 1 of c1, 1 of c2, so the majority scores 50%."""
+    """train/: 2 images of each of c0, c1, c2; val/: 2 of c0, 1 of c1, 1 of c2."""
     rng = np.random.default_rng(0)
-    for split, counts in (("train", (6, 3, 3)), ("val", (2, 1, 1))):
+    for split, counts in (("train", (2, 2, 2)), ("val", (2, 1, 1))):
         for c, n in enumerate(counts):
             (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
             for i in range(n):
@@ -49,21 +57,21 @@ def test_a_registered_protocol_runs_through_eval_the_api_and_the_study_list(toy,
     model_file = tmp_path / "m.pt"
     save_model_file(create_vit("vit_tiny_patch16_224", **kw), "vit_tiny_patch16_224", kw, model_file)
 
-    assert main(["eval", "majority", str(model_file), "--data", str(folder), "--pool", "mean"]) == 0
-    written = json.loads((tmp_path / "eval" / f"majority-data-mean-sha{_sha12(model_file)}.json").read_text())
-    assert written["top1"] == 50.0 and written["config"] == {"pool": "mean"}
-    assert "majority: top1 50.00%" in capsys.readouterr().out  # the registered metrics, and only those
+    assert main(["eval", "constant", str(model_file), "--data", str(folder), "--label", "1"]) == 0
+    written = json.loads((tmp_path / "eval" / f"constant-data-1-sha{_sha12(model_file)}.json").read_text())
+    assert written["top1"] == 25.0 and written["config"] == {"label": 1}  # 1 of the 4 val images is c1
+    assert "constant: top1 25.00%  ->" in capsys.readouterr().out  # the registered metrics, and only those
 
-    api = hybrid_distill.evaluate(create_vit("vit_tiny_patch16_224", **kw), folder, "majority")
-    assert api["top1"] == 50.0 and api["data"]["name"] == "data" and "path" not in api
+    api = hybrid_distill.evaluate(create_vit("vit_tiny_patch16_224", **kw), folder, "constant")
+    assert api["top1"] == 50.0 and api["data"]["name"] == "data" and "path" not in api  # default --label 0
 
-    spec = OmegaConf.create({"evaluate": {"knn": True, "linear": False, "finetune": None, "majority": True}})
-    assert protocols(spec) == ["knn", "majority"]
+    spec = OmegaConf.create({"evaluate": {"knn": True, "linear": False, "finetune": None, "constant": True}})
+    assert protocols(spec) == ["knn", "constant"]
 
 
 def test_a_protocol_is_registered_once():
     with pytest.raises(ValueError, match="'knn' is registered twice"):
-        register(Protocol("knn", majority, lambda args, info, out, source: {}))
+        register(Protocol("knn", constant, lambda args, info, out, source: {}))
     assert PROTOCOLS["knn"].run.__name__ == "knn_eval"
 
 

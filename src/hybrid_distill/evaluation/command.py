@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-pct", type=float, help="eval resize/centre crop (default 1.0 Fashion-MNIST, 0.875 folders)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    for protocol in PROTOCOLS.values():
+        for flag, options in protocol.flags.items():
+            p.add_argument(flag, **{"help": f"{protocol.name} only", **options})
     return p
 
 

@@ -4,12 +4,12 @@
 The `eval` command (its choices, its dispatch, its result file's name), `hybrid_distill.evaluate` and the
 study's protocol list read this table. A new protocol is a function `run(model, train_ds, test_ds,
 **settings) -> dict` with its metrics in percent, and one `register(Protocol(...))` call (below, or in the
-code that brings it).
+code that brings it); flags of its own (beyond the command's shared ones) come with its entry.
 """
 
 from argparse import Namespace
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybrid_distill.evaluation.finetune import PRESETS, finetune_eval
@@ -26,6 +26,7 @@ class Protocol:
     metrics: tuple[str, ...] = ("top1", "top5")
     variant: str = "pool"  # the setting whose value names the result file: PROTOCOL-DATA-VARIANT.json
     summary: str = ""
+    flags: dict[str, dict] = field(default_factory=dict)  # '--name' -> argparse add_argument keywords
 
 
 PROTOCOLS: dict[str, Protocol] = {}
