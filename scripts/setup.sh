@@ -31,7 +31,7 @@ if ! { .venv/bin/python -c "import hybrid_distill, timm, torchvision, pytest" 2>
     done
   fi
   .venv/bin/pip install -q --upgrade pip
-  # torch 2.14.1 + torchvision 0.29.1 work together (the 2.13 CPU wheel breaks torchvision)
-  .venv/bin/pip install -q --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"  # no second copy in pip's cache
-  .venv/bin/pip install -q -e ".[test]"
+  # torch and torchvision at the pins of pyproject.toml's `tested` extra; --no-cache-dir: no second copy of
+  # torch in pip's cache
+  .venv/bin/pip install -q --no-cache-dir -e ".[test,tested]"
 fi
