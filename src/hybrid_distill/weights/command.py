@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..cli_parser import Parser
-from ..config import ConfigError
+from ..config_schema import ConfigError
 from ..files import write_atomic
 from ..provenance import provenance
 from ..validate import timm_arch, weight_file, writable_dir
