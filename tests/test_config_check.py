@@ -98,3 +98,14 @@ def test_a_commands_flags_go_through_the_same_checker():
     for crop_pct, k, named in ((math.nan, 20, "--crop-pct=nan"), (0.5, 0, "--k=0"), (math.inf, 1, "--crop-pct=inf")):
         with pytest.raises(ConfigError, match=f"^{named} must be"):
             check_flags(type("Args", (), {"crop_pct": crop_pct, "k": k})(), table)
+
+
+def test_the_python_api_goes_through_the_same_checker(tmp_path):
+    import hybrid_distill
+    from hybrid_distill.api import as_config
+
+    with pytest.raises(ConfigError, match=r"^optim\.blr=nan must be a finite number$"):
+        as_config({"teachers": {}}, {"optim__blr": float("nan")})
+    with pytest.raises(ConfigError, match=r"^RUN=\S*missing\.pt: no such file$"):
+        hybrid_distill.export(tmp_path / "missing.pt", "timm", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
