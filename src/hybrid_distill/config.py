@@ -2,7 +2,7 @@
 dotted overrides, typed by OmegaConf and checked (`config_check.py`) in one call.
 
 `load_config(path, overrides)` fails on an unknown key or a wrong type with one line naming the valid
-choices. The config's types are re-exported here for users; the package's own modules import them from
+choices. Users may import the config's types from here too; the package's own modules import them from
 `config_schema`, which imports nothing of the package.
 """
 
@@ -12,62 +12,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import config_schema
 from .config_check import check
-from .config_schema import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Amp,
-    Config,
-    ConfigError,
-    DataConfig,
-    Decode,
-    DecoderKind,
-    LossConfig,
-    MaskingConfig,
-    MaskReconConfig,
-    MaskStyle,
-    OptimConfig,
-    RelationHeads,
-    RelationKind,
-    Strategy,
-    StudentConfig,
-    TeacherConfig,
-    TeacherPrecision,
-    TrainConfig,
-)
+from .config_schema import Config, ConfigError
 from .config_yaml import read_yaml, yaml_mapping
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "Amp",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "Decode",
-    "DecoderKind",
-    "LossConfig",
-    "MaskReconConfig",
-    "MaskStyle",
-    "MaskingConfig",
-    "OptimConfig",
-    "RelationHeads",
-    "RelationKind",
-    "Strategy",
-    "StudentConfig",
-    "TeacherConfig",
-    "TeacherPrecision",
-    "TrainConfig",
-    "check",
-    "from_dict",
-    "load_config",
-    "merge",
-    "read_yaml",
-    "resolve",
-    "to_dict",
-    "to_yaml",
-    "yaml_mapping",
-]
+__all__ = ["check", "from_dict", "load_config", "merge", "read_yaml", "resolve", "to_dict", "to_yaml", "yaml_mapping"]
+
+
+def __getattr__(name: str):
+    """The config's types (`from hybrid_distill.config import TeacherConfig`) are config_schema's (PEP 562)."""
+    return getattr(config_schema, name)
 
 
 def _one_line(err: OmegaConfBaseException) -> str:
