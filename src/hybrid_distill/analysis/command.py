@@ -85,12 +85,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
     args = p.parse_args(argv)
-    if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
-        p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
     if args.layers and 0 in args.layers:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
     args.queries = [parse_cell(q, p) for q in args.queries]
     return args
+
+
+FLAGS = {
+    "--num-images": AT_LEAST_1,
+    "--map-images": AT_LEAST_0,
+    "--batch-size": AT_LEAST_1,
+    "--img-size": AT_LEAST_1,
+    "--workers": AT_LEAST_0,
+    "--seed": AT_LEAST_0,
+}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -98,7 +106,7 @@ def check_args(args: argparse.Namespace) -> None:
     for spec in args.models:
         model_spec("MODEL", spec)
     pick_device(args.device, "--device")
-    check_flags(args, {"--img-size": AT_LEAST_1, "--workers": AT_LEAST_0, "--seed": AT_LEAST_0})
+    check_flags(args, FLAGS)
     writable_dir("--out", args.out)
 
 
