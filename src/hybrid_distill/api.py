@@ -84,6 +84,8 @@ def analyze(models: list, data: str, out: str | Path, **options) -> dict:
 
 def export(run, fmt: str, out, verify: bool = False) -> dict:
     """Write a run's student for timm (a folder when `out` has no suffix), ViTDet (mae) or mmseg / mmpretrain."""
+    from .weights.command import check_export
     from .weights.export import export as write
 
+    check_export(str(run), fmt, Path(out))
     return write(run, fmt, out, verify=verify)

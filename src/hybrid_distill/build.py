@@ -3,9 +3,9 @@
 import torch
 from omegaconf import DictConfig
 
-from .config import ConfigError, Decoder, MaskStyle, TeacherPrecision
+from .config_schema import ConfigError, DecoderKind, MaskStyle, TeacherPrecision
 from .matching import block_matches, check_can_match
-from .models.decoder import Decoder as DecoderBlocks
+from .models.decoder import Decoder
 from .models.fd_encoder import create_student_vit
 from .models.mask_recon import MaskRecon
 from .models.precision import resolve_teacher_precision
@@ -64,7 +64,7 @@ def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_at
             specs.append(RelationSpec(name, match[b], tcfg.relation_kind, tcfg.relation_heads, key=b))
             if form(tcfg.relation_kind).tokens:  # T^i through the student's own head
                 heads[block_head_name(name, b)] = teacher.model.embed_dim
-    identity = Decoder(cfg.student.decoder) is Decoder.none
+    identity = DecoderKind(cfg.student.decoder) is DecoderKind.none
     if identity:
         check_widths(heads, backbone.embed_dim)
     return Student(
@@ -92,12 +92,12 @@ def check_widths(head_dims: dict[str, int], width: int) -> None:
             )
 
 
-def build_decoder(student_cfg, backbone) -> DecoderBlocks | None:
+def build_decoder(student_cfg, backbone) -> Decoder | None:
     """dBOT's asymmetric decoder of the student's width and heads (paper 2.2), or None."""
-    if Decoder(student_cfg.decoder) is not Decoder.blocks:
+    if DecoderKind(student_cfg.decoder) is not DecoderKind.blocks:
         return None
     block = backbone.blocks[0]
-    return DecoderBlocks(
+    return Decoder(
         backbone.embed_dim,
         student_cfg.decoder_depth,
         block.attn.num_heads,

@@ -10,7 +10,8 @@ import sys
 
 from . import __version__
 from .cli_parser import Parser
-from .config import ConfigError, load_config, to_yaml
+from .config import load_config, to_yaml
+from .config_schema import ConfigError
 from .data.build import DataError
 from .weights.safe_load import UnsafeCheckpointError
 

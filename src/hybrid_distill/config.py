@@ -1,204 +1,28 @@
-"""Typed configuration: defaults in one place (these dataclasses), experiments as YAML diffs.
+"""Loading a config: defaults (`config_schema.py`) <- YAML file (with its `base:` files, `config_yaml.py`) <-
+dotted overrides, typed by OmegaConf and checked (`config_check.py`) in one call.
 
-Defaults are the paper's ViT-B setting (section 4.1) with dBOT / FD defaults where the paper is
-silent; each such field names its source. Teachers are listed by each experiment file.
-`load_config(path, overrides)` merges defaults <- YAML <- dotted overrides and fails on an
-unknown key or a wrong type with one line naming the valid choices.
+`load_config(path, overrides)` fails on an unknown key or a wrong type with one line naming the valid
+choices. Users may import the config's types from here too; the package's own modules import them from
+`config_schema`, which imports nothing of the package.
 """
 
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from . import config_schema
+from .config_check import check
+from .config_schema import Config, ConfigError
+from .config_yaml import read_yaml, yaml_mapping
+
+__all__ = ["check", "from_dict", "load_config", "merge", "read_yaml", "resolve", "to_dict", "to_yaml", "yaml_mapping"]
 
 
-class Strategy(str, Enum):
-    progressive = "progressive"  # paper 3.2, eq. 4
-    last = "last"  # one selection after the picker's final block, to the same count (Table 8 "direct")
-    random = "random"
-    none = "none"
-
-
-class RelationKind(str, Enum):
-    """What a teacher gives at each of its relation blocks (paper eq. 2; Tables 5/6 "T'_m")."""
-
-    raw = "raw"  # R = q k^T per head, unscaled, as eq. 2 writes it (default)
-    scaled = "scaled"  # q k^T * hd^-0.5, the logits the softmax sees: 8x smaller at head dim 64
-    softmax = "softmax"  # attention probabilities
-    msa = "msa"  # MSA^i = Softmax(R / sqrt(hd)) V per head, before the output projection (eq. 2)
-    features = "features"  # T_m^i: the block's output tokens, through their own student head (eq. 2)
-
-
-class RelationHeads(str, Enum):
-    per_head = "per_head"
-    head_mean = "head_mean"  # for students whose head count differs from the teacher's
-
-
-class Decoder(str, Enum):
-    none = "none"  # the encoder's tokens are the prediction: needs equal student and teacher widths
-    linear = "linear"  # one Linear(D_s -> D_t) per feature teacher (FD's 1x1 conv; the default)
-    blocks = "blocks"  # dBOT's asymmetric decoder: decoder_depth timm Blocks, then a Linear (paper 2.2, fig. 1)
-
-
-class MaskStyle(str, Enum):
-    none = "none"
-    simmim = "simmim"  # mask tokens in the encoder's input, loss on masked tokens (paper 2.4, SimMIM)
-    dbot = "dbot"  # the encoder sees visible tokens, mask tokens enter the decoder (paper B.2, dBOT)
-
-
-class Amp(str, Enum):
-    auto = "auto"  # bf16 on CUDA, fp32 on CPU
-    bf16 = "bf16"
-    fp16 = "fp16"
-    none = "none"
-
-
-class TeacherPrecision(str, Enum):
-    auto = "auto"  # bf16 teachers when the student trains under bf16 autocast, else fp32
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp8 = "fp8"  # e4m3 matrix products in the teachers' blocks (sm_89+ GPUs), bf16 elsewhere
-
-
-class Decode(str, Enum):
-    pil = "pil"  # decode, crop and flip in the loader's workers (PIL)
-    gpu = "gpu"  # workers send the JPEG bytes; decode (nvJPEG), crop and flip on the GPU
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "folder"  # folder | tar | wds | fashion_mnist | synthetic | other timm reader spec ('hfds/...')
-    path: str | None = None  # root folder (train split under it, or the split folder itself); wds: shard urls
-    num_samples: int = 0  # wds: samples in the shards (defines the epoch length)
-    split: str = "train"
-    img_size: int = 224
-    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # dBOT / MAE RandomResizedCrop
-    hflip: float = 0.5
-    interpolation: str = "bicubic"
-    limit: int = 0  # use N samples drawn at random with a fixed seed, every class kept (0: all)
-    synthetic_size: int = 512  # images in the synthetic dataset
-    num_workers: int = 8
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
-    max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
-    bad_check_every: int = 50  # steps between checks of the unreadable fraction (and at each epoch's end)
-    decode: Decode = Decode.pil  # gpu: JPEG folders on CUDA only; the same crops from the same per-sample seeds
-
-
-@dataclass
-class MaskReconConfig:
-    """Mask feature reconstruction (paper 2.4, B.2): the feature teachers' targets, predicted at masked tokens."""
-
-    style: MaskStyle = MaskStyle.none
-    ratio: float | None = None  # None: 0.6 simmim (SimMIM's ViT config), 0.75 dbot (dBOT main_pretrain.py)
-    patch: int | None = None  # mask cell in pixels; None: 32 simmim (SimMIM), the model patch dbot (dBOT)
-
-
-@dataclass
-class StudentConfig:
-    arch: str = "vit_base_patch16_224"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (img_size, patch_size, depth, ...)
-    drop_path: float = 0.2  # dBOT --drop_path for ViT-B
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    decoder: Decoder = Decoder.linear  # what predicts the teacher features from the encoder's tokens
-    decoder_depth: int = 8  # blocks of the `blocks` decoder (dBOT mae_vit_*_dec512d8b; paper fig. 9: 1, 4, 8)
-    mask_recon: MaskReconConfig = field(default_factory=MaskReconConfig)
-    fd_encoder: bool = False  # FD's encoder: layer scale 0.1, shared relative position bias, no absolute positions
-
-
-@dataclass
-class TeacherConfig:
-    arch: str = "???"  # timm name
-    weights: str = "pretrained"  # 'pretrained' (timm / HF hub), 'random' (tests only), or a file path
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
-    resample: bool = False  # let timm resample a weights file's patch kernel of another size (else refused)
-    weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
-    features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
-    feature_block: int = -1  # -1: last block; another block is matched at its student block, own head
-    final_norm: bool = True  # teacher's own final norm on a last-block target (FD PRED_FEAT_AFTERNORM)
-    whiten: bool = True  # per-token LayerNorm without affine on feature targets (FD ln_tgt)
-    relation_blocks: list[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
-    relation_kind: RelationKind = RelationKind.raw  # eq. 2's R = Q K^T (was `scaled`: loss balance moves)
-    relation_heads: RelationHeads = RelationHeads.per_head
-    # teacher block (as written above) -> student block that matches it; unlisted: the same relative
-    # depth, student block floor((i + 1) * S / T) - 1 (identity at equal depths)
-    student_blocks: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass
-class MaskingConfig:
-    teacher: str | None = None  # name of the teacher that picks tokens (the MIM teacher); None: keep all
-    strategy: Strategy = Strategy.progressive
-    keep_ratio: float = 0.7  # per selection: 196 -> 137 -> 95 -> 66 (PCAE)
-    blocks: list[int] | None = None  # None: [0, L/3, 2L/3] (paper 4.1)
-    prune_teacher: bool = False  # run the MIM teacher's later blocks on kept tokens only (PCAE style)
-
-
-@dataclass
-class LossConfig:
-    beta: float = 2.0  # smooth-L1 beta (dBOT, FD)
-
-
-@dataclass
-class OptimConfig:
-    batch_size: int = 1024  # global batch (paper 4.1)
-    blr: float = 1.5e-4  # lr = blr * batch_size / 256 = 6e-4 (paper 4.1)
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # dBOT main_pretrain.py
-    warmup_epochs: float = 40.0  # dBOT
-    min_lr: float = 0.0
-    clip_grad: float = 3.0  # dBOT
-    accum_steps: int = 1
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 300  # paper 4.1, ViT-B on IN-1K
-    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
-    device: str = "auto"  # auto | cpu | cuda
-    amp: Amp = Amp.auto
-    teacher_precision: TeacherPrecision = TeacherPrecision.auto  # fp8: targets within ~5% of bf16 (bench --fp8)
-    activation_checkpointing: bool = False  # recompute student blocks in backward (ViT-L/H memory)
-    fsdp: bool = False  # shard the student with FSDP2 (fully_shard per block) instead of DDP, for ViT-L/H
-    compile: bool = False  # torch.compile the student and each teacher in place (first steps compile; bench)
-    log_every: int = 20
-    ckpt_every_steps: int = 0  # 0: once per epoch
-    keep_checkpoints: int = 3
-    monitor_every: int = 0  # attention distance / NMI of the student every N steps (0: off)
-    monitor_images: int = 16  # size of the fixed probe batch (the first images of the dataset)
-    max_nonfinite_steps: int = 10  # save and stop after this many skipped non-finite steps in a row
-    good_state_every: int = 100  # steps between in-memory copies of the state saved when non-finite steps stop
-    # a run (two full copies of student + optimiser in host memory; 0: off, the current state is saved)
-    progress: bool = True
-    tensorboard: bool = True
-    trackers: list[str] = field(default_factory=list)  # wandb and / or mlflow, fed what metrics.jsonl gets
-
-
-@dataclass
-class Config:
-    name: str = "hybrid"
-    output_dir: str = "runs"  # the run goes to output_dir/name
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    teachers: dict[str, TeacherConfig] = field(default_factory=dict)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-class ConfigError(ValueError):
-    """A config problem, said in one line with the fix."""
+def __getattr__(name: str):
+    """The config's types (`from hybrid_distill.config import TeacherConfig`) are config_schema's (PEP 562)."""
+    return getattr(config_schema, name)
 
 
 def _one_line(err: OmegaConfBaseException) -> str:
@@ -233,8 +57,6 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (see configs/ for the shipped experiments)")
-        from .config_base import read_yaml
-
         cfg = merge(cfg, read_yaml(path), str(path))  # with its `base:` files first
     for item in overrides or []:
         if "=" not in item:
@@ -246,112 +68,13 @@ def load_config(
 
 
 def resolve(cfg: DictConfig) -> None:
-    """Interpolations (`${oc.env:HOME}`, `${optim.blr}`) resolved now, in place: one that cannot be is bad input."""
+    """Interpolations (`${oc.env:HOME}`, `${optim.blr}`) resolved in place before the checks, so that they check
+    the values a run will use: one that cannot be resolved is bad input."""
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "a value"
         raise ConfigError(f"{key}: cannot resolve its interpolation ({_one_line(err).split(' full_key')[0]})") from None
-
-
-MAX_NODES = 100_000  # a config has hundreds; YAML aliases can make a few lines expand to billions
-
-
-def strict_loader():
-    """yaml.SafeLoader that refuses duplicate keys in a mapping (YAML would keep the last silently)."""
-    import yaml
-
-    class StrictLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
-            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
-            if twice is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{twice}' appears twice in one mapping", node.start_mark
-                )
-            return super().construct_mapping(node, deep)
-
-    return StrictLoader
-
-
-def check_size(value, path: Path) -> None:
-    """Refuse a document whose aliases expand past MAX_NODES (the 'billion laughs'): PyYAML shares the
-    aliased objects, but every later copy (OmegaConf's) would expand them."""
-    count, stack = 0, [value]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > MAX_NODES:
-            raise ConfigError(
-                f"{path} expands to more than {MAX_NODES:,} values (YAML aliases repeating aliases?); "
-                "write the settings out"
-            )
-        stack.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
-
-
-def yaml_mapping(path: Path) -> dict:
-    """The experiment file as a mapping; not YAML, or YAML that is not a mapping, fails in one line."""
-    import yaml
-
-    try:
-        values = yaml.load(path.read_text(), Loader=strict_loader())  # noqa: S506 (a SafeLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise ConfigError(f"{path} is not valid YAML{line}: {str(err).splitlines()[0]}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(
-            f"{path} holds a YAML {type(values).__name__}, not a mapping of settings (e.g. 'optim: {{blr: 1e-4}}')"
-        )
-    check_size(values, path)
-    return values
-
-
-def check(cfg: DictConfig) -> None:
-    """Cross-field checks that types cannot express, then every range (validate.check_config)."""
-    from .validate import check_config  # validate builds on this module's ConfigError
-
-    for name, t in cfg.teachers.items():
-        if OmegaConf.is_missing(t, "arch"):
-            raise ConfigError(f"teachers.{name}.arch is missing: set a timm name, e.g. vit_base_patch16_224.mae")
-        if not t.features and not t.relation_blocks:
-            raise ConfigError(f"teachers.{name} gives no target: set features=true or relation_blocks=[-3,-2]")
-    mask_teacher = cfg.masking.teacher
-    if mask_teacher is not None and mask_teacher not in cfg.teachers:
-        raise ConfigError(
-            f"masking.teacher='{mask_teacher}' is not a teacher; choose one of {sorted(cfg.teachers)} or null"
-        )
-    if not 0.0 < cfg.masking.keep_ratio <= 1.0:
-        raise ConfigError(f"masking.keep_ratio={cfg.masking.keep_ratio} must be in (0, 1]")
-    if cfg.train.fsdp and cfg.train.compile:
-        raise ConfigError("train.compile is not supported with train.fsdp yet: set train.compile=false, or use DDP")
-    if cfg.train.fsdp and cfg.train.monitor_every:
-        raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
-    check_student(cfg)
-    check_config(cfg)
-
-
-def check_student(cfg: DictConfig) -> None:
-    """The section-2 variants: decoders, mask feature reconstruction."""
-    s, recon = cfg.student, cfg.student.mask_recon
-    if Decoder(s.decoder) is Decoder.blocks and s.decoder_depth < 1:
-        raise ConfigError(f"student.decoder_depth={s.decoder_depth} must be >= 1 with student.decoder=blocks")
-    if MaskStyle(recon.style) is MaskStyle.none:
-        return
-    if MaskStyle(recon.style) is MaskStyle.dbot and Decoder(s.decoder) is not Decoder.blocks:
-        raise ConfigError("student.mask_recon.style=dbot feeds mask tokens to a decoder: set student.decoder=blocks")
-    if recon.ratio is not None and not 0.0 < recon.ratio < 1.0:
-        raise ConfigError(f"student.mask_recon.ratio={recon.ratio} must be in (0, 1)")
-    if cfg.masking.teacher is not None and Strategy(cfg.masking.strategy) is not Strategy.none:
-        raise ConfigError("student.mask_recon masks its own tokens: set masking.teacher=null (no token selection)")
-    for name, t in cfg.teachers.items():
-        if t.relation_blocks:
-            raise ConfigError(
-                f"student.mask_recon reconstructs features only (paper 2.4): teachers.{name} "
-                "gives relations; set its relation_blocks=[] or student.mask_recon.style=none"
-            )
 
 
 def to_yaml(cfg: DictConfig) -> str:

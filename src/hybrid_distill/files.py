@@ -217,11 +217,20 @@ def student_with_decoder(spec: str) -> nn.Module:
     return model
 
 
-def load_model(spec: str, pretrained: bool = False, **model_kwargs) -> nn.Module:
-    """A backbone from a timm name, one of our model files or checkpoints, or a run directory."""
+def model_path(spec: str) -> Path | None:
+    """The file or run directory a model spec names, or None when it is a timm name; a spec that looks
+    like a path (a weight suffix or a '/') and does not exist is refused."""
     path = Path(spec)
     if path.exists():
-        return read_model(path).build()
+        return path
     if path.suffix in {".pt", ".pth", ".safetensors", ".bin"} or "/" in spec:
         raise FileNotFoundError(f"no such model file or run directory: {spec}")
+    return None
+
+
+def load_model(spec: str, pretrained: bool = False, **model_kwargs) -> nn.Module:
+    """A backbone from a timm name, one of our model files or checkpoints, or a run directory."""
+    path = model_path(spec)
+    if path is not None:
+        return read_model(path).build()
     return create_vit(spec, pretrained=pretrained, **model_kwargs)

@@ -7,7 +7,7 @@ the identity when student and teacher are equally deep, e.g. teacher block 9 of 
 Every refusal is one line naming the config key to change.
 """
 
-from .config import ConfigError, RelationHeads, RelationKind
+from .config_schema import ConfigError, RelationHeads, RelationKind
 from .relations import form, resolve_block
 
 

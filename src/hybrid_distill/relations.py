@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ConfigError, RelationHeads, RelationKind
+from .config_schema import ConfigError, RelationHeads, RelationKind
 from .models.attention import attention_logits, qkv_heads
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import files
-from .config import ConfigError
+from .config_schema import ConfigError
 from .validate import weight_file_problem
 
 

@@ -8,7 +8,7 @@ shown key by key and needs `--allow-config-change`. `--init-from RUN` is the oth
 from another run's student weights at step 0 with a fresh optimiser.
 """
 
-from .config import ConfigError
+from .config_schema import ConfigError
 
 SCHEDULE_KEYS = {"train.epochs", "train.max_steps"}
 BOOKKEEPING_KEYS = {
@@ -52,7 +52,8 @@ def with_defaults(old: dict) -> dict:
     """A checkpoint's config over today's defaults: a key added since it was written is not a change."""
     from omegaconf import OmegaConf
 
-    from .config import Config, merge, to_dict
+    from .config import merge, to_dict
+    from .config_schema import Config
 
     return to_dict(merge(OmegaConf.structured(Config()), old, "the checkpoint's config"))
 

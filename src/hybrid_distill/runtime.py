@@ -2,12 +2,13 @@
 
 import contextlib
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .config import Amp, ConfigError
+from .config_schema import Amp, ConfigError
 
 
 @dataclass
@@ -26,11 +27,20 @@ class RunContext:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def pick_device(name: str) -> torch.device:
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def pick_device(name: str | torch.device, key: str = "train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N as a torch device (auto: CUDA when present); a CUDA device only where one
+    is visible. `key` is the setting or flag that named it, for the error's one line."""
+    name = str(name)
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"{key}={name} is not a device: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    count = torch.cuda.device_count() if name.startswith("cuda") else 0
+    if name.startswith("cuda") and int(name.partition(":")[2] or 0) >= count:
+        raise ConfigError(f"{key}={name} but {count} CUDA device(s) are visible: use {key}=cpu or auto")
     return torch.device(name)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import Strategy, TeacherPrecision
+from .config_schema import Strategy, TeacherPrecision
 from .masking import KeepGiven, KeepLeastRedundant, KeepRandom, all_indices, schedule_counts, selection_blocks
 from .models.teacher import Teacher
 from .models.tokens import grid_size

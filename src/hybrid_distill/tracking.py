@@ -7,7 +7,8 @@ when asked for; a missing one stops the run before its first step with the insta
 
 import importlib
 
-from .config import ConfigError, to_dict
+from .config import to_dict
+from .config_schema import ConfigError
 
 KNOWN = ("wandb", "mlflow")
 

@@ -16,7 +16,9 @@ from torch.distributed.checkpoint.state_dict import (
 
 from . import files
 from .build import build_models
-from .config import ConfigError, to_dict, to_yaml
+from .config import to_dict, to_yaml
+from .config_check import micro_batch
+from .config_schema import ConfigError
 from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
 from .data.sampler import sample_name
@@ -71,7 +73,7 @@ class Trainer:
         resume_path = resolve_resume(resume, self.run_dir)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
-        self.micro_batch = self.micro_batch_size()
+        self.micro_batch = micro_batch(cfg.optim.batch_size, cfg.optim.accum_steps, self.dist.world)
         self.loader, self.sampler = build_loader(
             cfg.data,
             self.dataset,
@@ -152,14 +154,6 @@ class Trainer:
         bb = self.student.backbone
         probe = self.student.normalize(images.to(self.device))
         return AttentionMonitor(probe, tuple(bb.patch_embed.grid_size), tuple(bb.patch_embed.patch_size))
-
-    def micro_batch_size(self) -> int:
-        per = self.dist.world * self.cfg.optim.accum_steps
-        if self.cfg.optim.batch_size % per:
-            raise ConfigError(
-                f"optim.batch_size={self.cfg.optim.batch_size} is not divisible by world size x accum_steps = {per}"
-            )
-        return self.cfg.optim.batch_size // per
 
     def wrap(self, student):
         """DDP, or FSDP2 with one unit per block; the relation blocks stay in the root unit because

@@ -19,12 +19,14 @@ from hybrid_distill.analysis import plots
 from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers, query_maps
 from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.cli_parser import Parser
-from hybrid_distill.config import ConfigError
+from hybrid_distill.config_check import AT_LEAST_0, AT_LEAST_1, check_flags
+from hybrid_distill.config_schema import ConfigError
 from hybrid_distill.evaluation.loading import load_eval_model
 from hybrid_distill.files import student_with_decoder, write_atomic
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
-from hybrid_distill.validate import at_least, device, model_spec, writable_dir
+from hybrid_distill.runtime import pick_device
+from hybrid_distill.validate import model_spec, writable_dir
 
 
 class AnalyzeError(ValueError):
@@ -83,23 +85,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
     args = p.parse_args(argv)
-    if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
-        p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
     if args.layers and 0 in args.layers:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
     args.queries = [parse_cell(q, p) for q in args.queries]
     return args
 
 
+FLAGS = {
+    "--num-images": AT_LEAST_1,
+    "--map-images": AT_LEAST_0,
+    "--batch-size": AT_LEAST_1,
+    "--img-size": AT_LEAST_1,
+    "--workers": AT_LEAST_0,
+    "--seed": AT_LEAST_0,
+}
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Models readable, device valid, sizes in range, output writable: before any image is read."""
     for spec in args.models:
         model_spec("MODEL", spec)
-    device("--device", args.device)
-    if args.img_size is not None:
-        at_least("--img-size", args.img_size, 1)
-    at_least("--workers", args.workers, 0)
-    at_least("--seed", args.seed, 0)
+    pick_device(args.device, "--device")
+    check_flags(args, FLAGS)
     writable_dir("--out", args.out)
 
 
@@ -189,12 +196,6 @@ def model_labels(specs: list[str]) -> list[str]:
             unique = f"{label}-{n}"
         out.append(unique)
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load(spec: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = pick_device(args.device, "--device")
     base = open_dataset(args.data, args.split)
     indices = choose_indices(len(base), args.num_images, args.seed)
     results, figures = {}, {}

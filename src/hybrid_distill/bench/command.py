@@ -16,14 +16,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..build import build_models
 from ..cli_parser import Parser
 from ..config import load_config, to_dict
+from ..config_check import AT_LEAST_0, AT_LEAST_1, check_flags
 from ..provenance import provenance
 from ..runtime import RunContext, pick_device, seed_everything
-from ..validate import at_least, device, writable_dir
+from ..validate import writable_dir
+from .flops import SDPA_CPU
 from .phases import Bench, NullClock, Switches, default_switches
 from .stop import Stop
 
@@ -41,21 +43,6 @@ MODES = {
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' datasheets (without sparsity)
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-# CPU SDPA kernels that FlopCounterMode does not count by itself (same formulas as its CUDA ones)
-def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q, k, v)
-
-
-def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-_SDPA_CPU = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
-}
 
 
 def parse(argv):
@@ -99,11 +86,8 @@ def parse(argv):
 
 
 def check_args(args) -> None:
-    if args.batch is not None:
-        at_least("--batch", args.batch, 1)
-    at_least("--steps", args.steps, 1)
-    at_least("--warmup", args.warmup, 0)
-    device("--device", args.device)
+    check_flags(args, {"--batch": AT_LEAST_1, "--steps": AT_LEAST_1, "--warmup": AT_LEAST_0})
+    pick_device(args.device, "--device")
     writable_dir("--out", Path(args.out).parent)
 
 
@@ -155,7 +139,7 @@ def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> 
     """Forward + backward FLOPs of one step (matmuls, convolutions, attention) per image."""
     if sw is not None:
         sw = replace(sw, compile_student=False, compile_teachers=False)  # the same FLOPs, eager
-    counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
+    counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)
     with counter:
         bench.forward_backward(sw, images, NullClock())
     (bench.student if sw is None else bench.student_for(sw)).zero_grad(set_to_none=True)
@@ -276,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = smoke_overrides(load_config(args.config, overrides).teachers) + overrides
     cfg = load_config(args.config, overrides)
-    device = pick_device(args.device)
+    device = pick_device(args.device, "--device")
     batch = args.batch or (128 if device.type == "cuda" else 8)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")

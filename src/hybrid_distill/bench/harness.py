@@ -18,6 +18,7 @@ from ..engine import build_optimizer, train_step
 from ..models.attention import student_fused_attention
 from ..provenance import provenance
 from ..runtime import RunContext, amp_dtype, pick_device, seed_everything
+from .flops import SDPA_CPU
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 # the paper's ViT-B teachers with random weights: the same FLOPs and time, nothing downloaded
@@ -80,9 +81,7 @@ class StepRig:
         return train_step(self.student, self.teachers, [self.images], self.optimizer, self.scaler, 1e-4, self.run)
 
     def gflop_per_image(self) -> float:
-        from .command import _SDPA_CPU  # the CPU attention kernels FlopCounterMode misses
-
-        counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU)
+        counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)
         with counter:
             self.step()
         return counter.get_total_flops() / self.batch / 1e9
@@ -127,7 +126,7 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def device_from(args) -> torch.device:
-    return pick_device(args.device)
+    return pick_device(args.device, "--device")
 
 
 def write_result(path: str | None, result: dict) -> None:

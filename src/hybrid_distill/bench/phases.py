@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ..config import TeacherPrecision
+from ..config_schema import TeacherPrecision
 from ..data.transforms import to_unit
 from ..engine import build_optimizer, forward_backward, optimizer_step, param_groups, set_lr
 from ..models.attention import student_fused_attention

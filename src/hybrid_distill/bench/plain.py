@@ -11,7 +11,7 @@ P prefix tokens, L patches, K kept.
 import torch
 import torch.nn.functional as F
 
-from ..config import RelationKind
+from ..config_schema import RelationKind
 from ..losses import distill_losses
 from ..masking import KeepGiven, all_indices
 from ..models.attention import block_with_logits

@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..guards import ignore_preemption_signals, kill_workers_at_exit
 from .fashion_mnist import FashionMNIST
+from .reader_images import ReaderImages
 from .sampler import SeededDataset, StepSampler
 from .shards import ShardStream, StreamPosition, collate_readable
 from .subset import limit_subset
@@ -31,25 +32,6 @@ class SyntheticImages(torch.utils.data.Dataset):
         rng = np.random.default_rng(index)
         pixels = rng.integers(0, 256, (self.img_size, self.img_size, 3), dtype=np.uint8)
         return Image.fromarray(pixels), index % self.num_classes
-
-
-class ReaderImages(torch.utils.data.Dataset):
-    """A timm reader's samples decoded here, so that an unreadable file raises (timm's ImageDataset
-    silently retries the next one) and is counted and reported by the training loop."""
-
-    def __init__(self, reader):
-        self.reader = reader
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, index: int):
-        source, target = self.reader[index][:2]
-        image = source if isinstance(source, Image.Image) else Image.open(source)
-        return image.convert("RGB"), int(target)
-
-    def filename(self, index: int, absolute: bool = True) -> str:
-        return self.reader.filename(index, absolute=absolute)
 
 
 def _split_root(path: Path, split: str) -> Path:

@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from ..config import ConfigError
-from .build import ReaderImages
+from ..config_schema import ConfigError
+from .reader_images import ReaderImages
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision RandomResizedCrop's default aspect ratio range
 

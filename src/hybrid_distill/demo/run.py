@@ -18,7 +18,8 @@ import torch
 
 from ..analysis.command import main as analyze_main
 from ..cli_parser import Parser
-from ..config import ConfigError, from_dict
+from ..config import from_dict
+from ..config_schema import ConfigError
 from ..data.fashion_mnist import FashionMNIST
 from ..data.subset import limit_subset
 from ..evaluation.features import extract_features

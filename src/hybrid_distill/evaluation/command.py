@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from hybrid_distill.cli_parser import Parser
-from hybrid_distill.config import ConfigError
+from hybrid_distill.config_check import AT_LEAST_1, POSITIVE, Range, check_flags
+from hybrid_distill.config_schema import ConfigError
 from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.features import POOLS
@@ -28,8 +29,16 @@ from hybrid_distill.evaluation.finetune import PRESETS
 from hybrid_distill.evaluation.loading import load_eval_model
 from hybrid_distill.evaluation.protocols import PROTOCOLS
 from hybrid_distill.evaluation.source import model_source, source_tag
-from hybrid_distill.validate import at_least, device, model_spec, positive, within, writable_dir
+from hybrid_distill.runtime import pick_device
+from hybrid_distill.validate import model_spec, writable_dir
 
+FLAGS = {
+    "--epochs": AT_LEAST_1,
+    "--batch-size": AT_LEAST_1,
+    "--k": AT_LEAST_1,
+    "--temperature": POSITIVE,
+    "--crop-pct": Range(0, 1, low_open=True),
+}
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hybrid-distill eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,14 +83,9 @@ def check_args(args, model_given: bool = False) -> None:
     model are loaded."""
     if not model_given:
         model_spec("MODEL", args.model)
-    for flag in ("epochs", "batch_size", "k"):
-        if getattr(args, flag) is not None:
-            at_least(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
-    positive("--temperature", args.temperature)
-    if args.crop_pct is not None:
-        within("--crop-pct", args.crop_pct, 0, 1, open_low=True)
+    check_flags(args, FLAGS)
     if args.device is not None:
-        device("--device", args.device)
+        pick_device(args.device, "--device")
     if args.out is not None:
         writable_dir("--out", args.out)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from hybrid_distill.files import save_atomic
 from hybrid_distill.models.load import mean_std
+from hybrid_distill.runtime import pick_device
 
 POOLS = ("cls", "mean")
 
@@ -111,8 +112,9 @@ def gather_strided(local: torch.Tensor, total: int) -> torch.Tensor:
 
 
 def _device(device) -> torch.device:
+    """The device named (as `--device` takes it), or this rank's: its CUDA device when present."""
     if device is not None:
-        return torch.device(device)
+        return pick_device(device, "--device")
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 

@@ -9,12 +9,11 @@
 """
 
 import sys
-from pathlib import Path
 
 from torch import nn
 
-from ..config import ConfigError
-from ..files import load_model
+from ..config_schema import ConfigError
+from ..files import load_model, model_path
 from ..models.load import create_vit
 from ..weights import build_teacher_backbone
 from ..weights.teachers import resolve_arch
@@ -32,8 +31,8 @@ def load_eval_model(
 ) -> nn.Module:
     """A timm ViT (no classifier) from a file, a run directory or a timm name; see the module doc."""
     warn = warn or (lambda text: print(text, file=sys.stderr))
-    path = Path(spec)
-    if path.exists():
+    path = model_path(spec)
+    if path is not None:
         if arch:
             return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
         try:
@@ -43,8 +42,6 @@ def load_eval_model(
                 f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
                 "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae"
             ) from None
-    if path.suffix in {".pt", ".pth", ".safetensors", ".bin"} or "/" in spec:
-        raise FileNotFoundError(f"no such model file or run directory: {spec}")
     name = resolve_arch(spec)
     if pretrained:
         return build_teacher_backbone(name, pretrained=True, model_kwargs=model_kwargs)[0]

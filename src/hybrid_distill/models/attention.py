@@ -14,7 +14,7 @@ from timm.models.eva import EvaAttention, EvaBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..config import ConfigError
+from ..config_schema import ConfigError
 from .fd_encoder import FDAttention, position_bias
 
 EVA_ATTENTION = (EvaAttention, AttentionRope)

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import MaskStyle
+from ..config_schema import MaskStyle
 
 SIMMIM_RATIO, SIMMIM_PATCH = 0.6, 32  # SimMIM configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml
 DBOT_RATIO = 0.75  # dBOT main_pretrain.py --mask_ratio; dBOT masks single patches (`random_masking`)

@@ -8,7 +8,7 @@ constructor argument of `Teacher`, applied once when it is built.
 import torch
 from torch import nn
 
-from ..config import ConfigError, TeacherPrecision
+from ..config_schema import ConfigError, TeacherPrecision
 from .fp8 import to_float8
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import MaskStyle, RelationHeads, RelationKind
+from ..config_schema import MaskStyle, RelationHeads, RelationKind
 from ..masking import all_indices, gather_tokens
 from ..relations import form, resolve_block, student_target
 from .attention import block_with_parts, check_block, choose_attention

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, RelationKind, TeacherConfig, TeacherPrecision
+from ..config_schema import ConfigError, RelationKind, TeacherConfig, TeacherPrecision
 from ..masking import all_indices, gather_tokens, positions_within
 from ..relations import form, resolve_block, teacher_target
 from .attention import check_block, choose_attention, run_block

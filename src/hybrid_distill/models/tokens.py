@@ -9,7 +9,7 @@ patches, registers dropped (`cls_and_patches`). Models without a CLS token are r
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config_schema import ConfigError
 from ..masking import gather_tokens
 
 

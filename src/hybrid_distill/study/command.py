@@ -13,16 +13,14 @@ import sys
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import Subset
 
-from ..evaluation.command import load_data
 from ..guards import StopTraining
-from . import splits
 from .cell import analyse, finished_cell
+from .evaluation_data import evaluation_data
 from .parallel import default_jobs, run_cells
 from .publish import publish
 from .report import write_report
-from .spec import StudyError, base_config, cell_config, eval_data, load_study, run_rows, teacher_file
+from .spec import StudyError, base_config, cell_config, load_study, run_rows, teacher_file
 from .teachers import build_teacher, build_teachers, teacher_analysis_dir, used_teachers
 
 
@@ -52,32 +50,8 @@ class Progress:
         return f"[study] {what} ({self.done} done, {left} left, ETA {eta})"
 
 
-def first_test(dataset, n: int):
-    return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
-
-
 def cells_of(spec: DictConfig) -> list[tuple[str, int]]:
     return [(row, seed) for row in run_rows(spec) for seed in spec.seeds]
-
-
-def evaluation_data(spec: DictConfig) -> tuple:
-    """(evaluation data spec, bank subset of the train split, test subset), the held-out end checked first;
-    the whole train split is the bank's `.dataset`."""
-    data_spec = eval_data(spec, base_config(spec))
-    train_ds, test_ds, _ = load_data(data_spec)
-    ev, base, shared = spec.evaluate, base_config(spec), used_teachers(spec)
-    if shared:  # the teachers' gate holds out the end of the order: nothing may train on it
-        splits.check_disjoint(
-            len(train_ds),
-            {
-                "base.data.limit": base.data.limit,
-                "evaluate.train_images": ev.train_images,
-                **{f"teachers.{n}.images": spec.teachers[n].images or base.data.limit for n in shared},
-            },
-            ev.heldout_images,
-        )
-    bank = Subset(train_ds, splits.first(len(train_ds), ev.train_images))  # the students' own images (splits.py)
-    return data_spec, bank, first_test(test_ds, ev.test_images)
 
 
 def run_study(spec: DictConfig, log=print, jobs: int = 1, threads: int | None = None) -> dict:

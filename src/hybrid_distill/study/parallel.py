@@ -34,7 +34,7 @@ def worker_start(threads: int | None) -> None:
 def cell_job(study: dict, row: str, seed: int) -> tuple[dict, float]:
     """One cell in a worker: the study spec as a plain dict, the evaluation data loaded here."""
     from .cell import run_cell
-    from .command import evaluation_data
+    from .evaluation_data import evaluation_data
     from .spec import load_study
 
     spec = load_study(study)

@@ -26,7 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, from_dict, merge, yaml_mapping
+from ..config import from_dict, merge, yaml_mapping
+from ..config_schema import ConfigError
 from .claims import ClaimRoles
 
 TEACHER_REF = "teacher:"

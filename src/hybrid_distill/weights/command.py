@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..cli_parser import Parser
-from ..config import ConfigError
+from ..config_schema import ConfigError
 from ..files import write_atomic
 from ..provenance import provenance
 from ..validate import timm_arch, weight_file, writable_dir
@@ -107,9 +107,7 @@ def export_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verify", action="store_true", help="reload the file strictly and compare features")
     args = parser.parse_args(argv)
-    weight_file("RUN", args.run)
-    writable_dir("--out", args.out.parent)
-    export_target(args.out, args.format)
+    check_export(args.run, args.format, args.out)
     try:
         result = export(args.run, args.format, args.out, verify=args.verify)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
@@ -119,6 +117,14 @@ def export_main(argv: list[str] | None = None) -> int:
     write_atomic(export_record(args.out), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def check_export(run: str, fmt: str, out: Path) -> None:
+    """The run readable and --out a path export may write, before anything is read or written (the command
+    and `hybrid_distill.export`)."""
+    weight_file("RUN", run)
+    writable_dir("--out", out.parent)
+    export_target(out, fmt)
 
 
 def export_record(out: Path) -> Path:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import timm
 
-from ..config import ConfigError
+from ..config_schema import ConfigError
 
 CONNECT_TIMEOUT_S = 3.0
 
