@@ -20,6 +20,13 @@ from hybrid_distill.analysis.extract import METRICS, dataset_metrics, num_layers
 from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config import ConfigError
+from hybrid_distill.data.unreadable import (
+    Checked,
+    add_unreadable_flags,
+    check_unreadable_flags,
+    readable_indices,
+    unreadable_policy,
+)
 from hybrid_distill.evaluation.loading import load_eval_model
 from hybrid_distill.files import student_with_decoder, write_atomic
 from hybrid_distill.models.load import mean_std
@@ -82,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
+    add_unreadable_flags(p)
     args = p.parse_args(argv)
     if args.num_images < 1 or args.map_images < 0 or args.batch_size < 1:
         p.error("--num-images and --batch-size must be >= 1 and --map-images >= 0")
@@ -96,6 +104,7 @@ def check_args(args: argparse.Namespace) -> None:
     for spec in args.models:
         model_spec("MODEL", spec)
     device("--device", args.device)
+    check_unreadable_flags(args)
     if args.img_size is not None:
         at_least("--img-size", args.img_size, 1)
     at_least("--workers", args.workers, 0)
@@ -342,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    base = open_dataset(args.data, args.split)
-    indices = choose_indices(len(base), args.num_images, args.seed)
+    policy = unreadable_policy(args, args.out / "unreadable.txt")
+    base = Checked(open_dataset(args.data, args.split), policy, f"analyze {args.data}")
+    indices = readable_indices(base, choose_indices(len(base), args.num_images, args.seed), args.workers)
     results, figures = {}, {}
     for spec, label in zip(args.models, model_labels(args.models)):
         results[label], figures[label] = analyse(load(spec, args), spec, base, indices, args, device)
