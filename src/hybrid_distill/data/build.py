@@ -1,5 +1,6 @@
 """Datasets by name: image folders and tars through timm's readers, Fashion-MNIST IDX, synthetic."""
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def timm_dataset(name: str, path: str, split: str):
             check_not_above_splits(root)
     try:
         dataset = create_dataset(name, root=str(root), split=split, is_training=True)
-    except (RuntimeError, FileNotFoundError, AssertionError) as err:
+    except (RuntimeError, OSError, EOFError, AssertionError, tarfile.TarError) as err:
         raise DataError(
             f"cannot read a dataset at data.path={root}: {str(err).splitlines()[0]} "
             "(expected one sub-folder per class holding images)"
@@ -121,6 +122,8 @@ def shard_stream(cfg) -> ShardStream:
         raise DataError("data.dataset=wds needs webdataset: pip install 'hybrid-distill[wds]'") from None
     if not cfg.path:
         raise DataError("data.dataset=wds needs data.path=/shards/train-{000000..000999}.tar")
+    if cfg.path.count("{") != cfg.path.count("}"):
+        raise DataError(f"data.path={cfg.path} has unbalanced braces: write a shard range as train-{{000..099}}.tar")
     if cfg.num_samples <= 0:
         raise DataError("data.dataset=wds needs data.num_samples (the samples in the shards) for the epoch length")
     stream = ShardStream(cfg.path, None, cfg.num_samples)
