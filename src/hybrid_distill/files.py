@@ -32,6 +32,9 @@ BACKBONE = "backbone."  # the student's timm model inside Student.state_dict()
 class DiskFull(OSError):
     """A write ran out of space, said in one line naming the folder and its free space."""
 
+    def __str__(self) -> str:
+        return self.strerror  # the sentence alone, without OSError's '[Errno 28]'
+
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
