@@ -3,16 +3,24 @@ writes nothing into an existing run directory. In-process through `cli.main`: va
 before any model is built, so the whole table takes seconds."""
 
 import contextlib
+import gzip
 import io
+import json
 import os
+import tarfile
+import zipfile
 
 import numpy as np
 import pytest
+import timm
+import torch
 import yaml
-from conftest import tiny_run_config, write_idx
+from conftest import TINY, tiny_run_config, write_idx
+from PIL import Image
+from safetensors.torch import save_file
 
 from hybrid_distill import cli
-from hybrid_distill.files import sha256_file
+from hybrid_distill.files import save_model_file, sha256_file
 
 TRAIN = ["train", "{d}/c.yaml", "--resume", "auto"]  # --resume: the existing run's own config cases
 EVAL = ["eval", "knn", "vit_tiny_patch16_224", "--data", "fashion_mnist:{d}/fmnist"]
@@ -136,6 +144,92 @@ CONFIG_CASES = [
     ("student.mask_recon.style=simmim student.mask_recon.ratio=1.5", "student.mask_recon"),
 ]
 
+# files that are not what they claim: each as a teacher's weights, an eval / analyze model and an export source
+TEACHER_FILES = [
+    "lying.safetensors",  # a header whose offsets run past the end of the file
+    "huge_header.safetensors",  # a header length of 2**60
+    "int8.pth",  # a tiny ViT's weights quantised to int8
+    "notorch.pt",  # a zip archive of text files
+    "arrays.npz",  # numpy's zip of arrays
+    "truncated.pth",  # a real torch file cut in half
+    "shapes.pth",  # a ViT of another width
+    "list.pth",  # a pickled list of tensors
+    "scalar.pth",  # a pickled number
+    "strings.pth",  # a dict of strings, no tensor
+    "nan.safetensors",  # the right keys and shapes, all NaN
+    "empty_dict.pth",  # {}
+]
+MODEL_FILES = [
+    "noconfig_ckpt.pt",  # our checkpoint format without its config
+    "nokwargs_model.pt",  # our model file without model_kwargs
+    "lying.safetensors",
+    "notorch.pt",
+    "arrays.npz",
+    "truncated.pth",
+    "list.pth",
+    "empty_dict.pth",
+]
+DATA_CASES = [
+    ("data.max_image_pixels=0", "data.max_image_pixels"),
+    ("data.max_image_pixels=-5", "data.max_image_pixels"),
+    ("data.max_image_pixels=1.5", "data.max_image_pixels"),
+    ("data.dataset=folder data.path={d}/above", "{d}/above/imagenet/train"),
+    ("data.dataset=wds data.path={d}/shards/s-{{0..1}}.tar data.num_samples=500", "hold 6 samples"),
+    ("data.dataset=wds data.path={d}/shards/s-{{0..1}}.tar", "data.num_samples"),
+    ("data.dataset=wds data.path={d}/shards/truncated.tar data.num_samples=3", "{d}/shards/truncated.tar"),
+    ("data.dataset=wds data.path={d}/shards/s-{{0..1.tar data.num_samples=3", "unbalanced braces"),
+    ("data.dataset=wds data.path={d}/shards/s-{{5..9}}.tar data.num_samples=3", "shards not found"),
+    ("data.dataset=wds data.path={d}/shards/captions.tar data.num_samples=3", "no image key"),
+    ("data.path={d}/truncidx", "{d}/truncidx"),
+    ("data.path={d}/badmagic", "{d}/badmagic"),
+    ("data.path={d}/afile", "{d}/afile"),
+    ("data.dataset=folder data.path={d}/emptyfolder", "{d}/emptyfolder"),
+    ("data.dataset=folder data.path={d}/afile", "{d}/afile"),
+    ("data.dataset=tar data.path={d}/shards/truncated.tar", "{d}/shards/truncated.tar"),
+    ("optim.batch_size=128 optim.accum_steps=1", "optim.batch_size"),
+]
+FLAG_CASES = [
+    (["train", "{d}/c.yaml", "--dry-run", "data.img_size=32", "name=fresh"], "data.img_size"),
+    (["train", "{d}/c.yaml", "--dry-run", "data.img_size=56", "name=fresh"], "data.img_size"),
+    (["train", "{d}/c.yaml", "--init-from", "{d}/nokwargs_model.pt", "name=fresh"], "{d}/nokwargs_model.pt"),
+    (["train", "{d}/c.yaml", "--init-from", "{d}/model.pt", "name=fresh"], "--init-from"),
+    (["train", "{d}/c.yaml", "--init-from", "{d}/missing", "name=fresh"], "{d}/missing"),
+    (["train", "{d}/c.yaml", "--init-from", "{d}/garbage.pt", "name=fresh"], "{d}/garbage.pt"),
+    (["train", "{d}/c.yaml", "--resume", "{d}/noconfig_ckpt.pt"], "{d}/noconfig_ckpt.pt"),
+    (["train", "{d}/c.yaml", "--resume", "{d}/model.pt"], "{d}/model.pt"),
+    (EVAL + ["--max-bad-fraction", "2"], "--max-bad-fraction"),
+    (EVAL + ["--max-bad-fraction", "nan"], "--max-bad-fraction"),
+    (EVAL + ["--max-image-pixels", "0"], "--max-image-pixels"),
+    (EVAL + ["--k", "-3"], "--k"),
+    (EVAL + ["--temperature", "nan"], "--temperature"),
+    (EVAL + ["--temperature", "inf"], "--temperature"),
+    (EVAL + ["--crop-pct", "nan"], "--crop-pct"),
+    (EVAL + ["--preset", "bogus"], "--preset"),
+    (["eval", "finetune", "{d}/model.pt", "--data", "fashion_mnist:{d}/fmnist", "--batch-size", "200"], "fewer"),
+    (["eval", "knn", "{d}/model.pt", "--data", "fashion_mnist:{d}/truncidx"], "{d}/truncidx"),
+    (["eval", "knn", "{d}/model.pt", "--data", "{d}/emptyfolder"], "train/ and val/"),
+    (["eval", "knn", "{d}/model.pt", "--data", "cifar100:{d}/missing"], "cifar100"),
+    (ANALYZE + ["--max-bad-fraction", "-1"], "--max-bad-fraction"),
+    (ANALYZE + ["--max-image-pixels", "0"], "--max-image-pixels"),
+    (ANALYZE + ["--seed", "-1"], "--seed"),
+    (ANALYZE + ["--split", "val"], "--split"),
+    (["analyze", "{d}/model.pt", "--data", "fashion_mnist:{d}/truncidx", "--out", "{d}/an"], "{d}/truncidx"),
+    (["export", "{d}/runs/tiny", "--out", "/dev/full"], "/dev/full"),
+    (["export", "{d}/runs/tiny", "--out", "/dev/full.pth"], "--out"),
+    (["export", "{d}/runs/tiny", "--format", "bogus", "--out", "{d}/x.pth"], "--format"),
+    (["export", "{d}/runs/tiny", "--format", "mmseg", "--out", "{d}/x.safetensors"], "--out"),
+    (["export", "{d}/noconfig_ckpt.pt", "--out", "{d}/y.pth"], "{d}/noconfig_ckpt.pt"),
+    (BENCH[:-1] + ["{d}/nockpt"], "--out"),
+    (BENCH + ["--deadline", "-1"], "--deadline"),
+    (BENCH + ["--deadline", "0"], "--deadline"),
+    (BENCH + ["--deadline", "nan"], "--deadline"),
+    (BENCH + ["--batch", "-4"], "--batch"),
+    (BENCH + ["--steps", "abc"], "--steps"),
+    (BENCH + ["data.img_size=0"], "data.img_size"),
+    (["teachers", "prefetch", "vit_base_patch16_224.mae", "--cache", "/dev/full/c"], "--cache"),
+    (["demo", "--out", "{d}/demo3", "--data", "{d}/truncidx"], "{d}/truncidx"),
+]
+
 CASES = (
     [(train(*o.split()), key) for o, key in CONFIG_CASES]
     + [
@@ -234,6 +328,15 @@ CASES = (
         (["demo", "--bogus"], "--bogus"),
         (["bogus-command"], "bogus-command"),
     ]
+    + [(train(f"teachers.sup.weights={{d}}/{name}"), f"{{d}}/{name}") for name in TEACHER_FILES]
+    + [
+        (["eval", "knn", f"{{d}}/{name}", "--data", "fashion_mnist:{d}/fmnist"], f"{{d}}/{name}")
+        for name in MODEL_FILES
+    ]
+    + [(["export", f"{{d}}/{name}", "--out", "{d}/x.safetensors"], f"{{d}}/{name}") for name in MODEL_FILES]
+    + [(ANALYZE[:1] + [f"{{d}}/{name}"] + ANALYZE[2:], f"{{d}}/{name}") for name in MODEL_FILES]
+    + [(train(*o.split()), key) for o, key in DATA_CASES]
+    + FLAG_CASES
 )
 
 
@@ -261,6 +364,8 @@ def world(tmp_path_factory):
     (d / "afile").write_text("a file, not a folder")
     (d / "nockpt").mkdir()
     (d / "olddemo" / "students" / "hybrid").mkdir(parents=True)
+    weight_files(d)
+    data_files(d)
     for name in ("tiny", "corrupt"):  # existing runs: config, metrics, a checkpoint with its checksum
         run = d / "runs" / name
         (run / "checkpoints").mkdir(parents=True)
@@ -272,6 +377,67 @@ def world(tmp_path_factory):
             ("0" * 64 if name == "corrupt" else sha256_file(saved)) + "\n"
         )
     return d
+
+
+def weight_files(d):
+    """Files that are not what their names claim (TEACHER_FILES, MODEL_FILES) and one good model file."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, **TINY)
+    state = vit.state_dict()
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}).encode()
+    (d / "lying.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(64))
+    (d / "huge_header.safetensors").write_bytes((2**60).to_bytes(8, "little") + b"{}")
+    torch.save({k: v.to(torch.int8) for k, v in state.items()}, d / "int8.pth")
+    with zipfile.ZipFile(d / "notorch.pt", "w") as archive:
+        archive.writestr("readme.txt", "not a torch file")
+    np.savez(d / "arrays.npz", w=np.zeros(3))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (d / "truncated.pth").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    wider = timm.create_model("vit_tiny_patch16_224", num_classes=0, **{**TINY, "embed_dim": 96})
+    torch.save(wider.state_dict(), d / "shapes.pth")
+    torch.save(list(state.values())[:3], d / "list.pth")
+    torch.save(5, d / "scalar.pth")
+    torch.save({"a": "b"}, d / "strings.pth")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()}, str(d / "nan.safetensors"))
+    torch.save({}, d / "empty_dict.pth")
+    torch.save({"format": "hybrid-distill-checkpoint", "model": state, "step": 1}, d / "noconfig_ckpt.pt")
+    model = {"format": "hybrid-distill-model", "arch": "vit_tiny_patch16_224", "state_dict": state}
+    torch.save({**model, "mean": [0.5] * 3, "std": [0.5] * 3}, d / "nokwargs_model.pt")
+    save_model_file(vit, "vit_tiny_patch16_224", dict(TINY), d / "model.pt")
+
+
+def data_files(d):
+    """A folder one level above its train/ and val/, shards (two of 3 samples, a truncated one, one of
+    captions only), Fashion-MNIST files cut short or with a wrong magic number, an empty folder."""
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, "PNG")
+    for split in ("train", "val"):
+        (d / "above" / "imagenet" / split / "a").mkdir(parents=True)
+        (d / "above" / "imagenet" / split / "a" / "0.png").write_bytes(image.getvalue())
+    (d / "shards").mkdir()
+    for shard, members in (
+        ("s-0", {"png": image.getvalue()}),
+        ("s-1", {"png": image.getvalue()}),
+        ("captions", {"txt": b"a cat"}),
+    ):
+        with tarfile.open(d / "shards" / f"{shard}.tar", "w") as tar:
+            for i in range(3):
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{shard}_{i}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    whole = (d / "shards" / "s-0.tar").read_bytes()
+    (d / "shards" / "truncated.tar").write_bytes(whole[:700])
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        write_idx(d / "truncidx", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
+        images = d / "truncidx" / f"{prefix}-images-idx3-ubyte.gz"
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:5000]))
+        write_idx(d / "badmagic", prefix, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10)
+        images = d / "badmagic" / f"{prefix}-images-idx3-ubyte.gz"
+        images.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + gzip.decompress(images.read_bytes())[4:]))
+    (d / "emptyfolder").mkdir()
 
 
 def snapshot(root):
@@ -288,9 +454,46 @@ def run_cli(argv):
     return code, err.getvalue()
 
 
-@pytest.mark.parametrize(
-    "argv,named", CASES, ids=[" ".join(a[:1] + a[2:] if a[0] == "train" else a)[:80] for a, _ in CASES]
-)
+def case_id(argv: list[str]) -> str:
+    return " ".join(argv[:1] + argv[2:] if argv[0] == "train" else argv)[:80]
+
+
+# Inputs that do not end in one clean line yet (a traceback, exit 1, or a late refusal), each an
+# expected failure that fails the table once fixed: move it out of here then. Where they fail is in
+# weights/ (teacher and model files), evaluation/loading.py, weights/command.py, bench/command.py and
+# the config checks, outside this table's owner's files.
+UNCLEAN = {
+    *(
+        f"train --resume auto teachers.sup.weights={{d}}/{name}"
+        for name in (
+            "lying.safetensors",
+            "int8.pth",
+            "notorch.pt",
+            "arrays.npz",
+            "truncated.pth",
+            "list.pth",
+            "scalar.pth",
+        )
+    ),
+    *(f"eval knn {{d}}/{name} --data fashion_mnist:{{d}}/fmnist" for name in MODEL_FILES[:6]),
+    *(f"export {{d}}/{name} --out {{d}}/x.safetensors" for name in MODEL_FILES),
+    *(f"analyze {{d}}/{name} --data fashion_mnist:{{d}}/fmnist --out {{d}}/an" for name in MODEL_FILES),
+    "train --dry-run data.img_size=32 name=fresh",
+    "train --dry-run data.img_size=56 name=fresh",
+    "train --init-from {d}/nokwargs_model.pt name=fresh",
+    "train --init-from {d}/model.pt name=fresh",
+    "export {d}/runs/tiny --out /dev/full.pth",
+    "export {d}/noconfig_ckpt.pt --out {d}/y.pth",
+    "bench {d}/c.yaml --device cpu --out {d}/nockpt",
+    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline -1",
+    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline 0",
+    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline nan",
+}
+UNCLEAN_MARK = pytest.mark.xfail(strict=True, reason="not one clean line yet (issue 23)")
+PARAMS = [pytest.param(a, n, id=case_id(a), marks=[UNCLEAN_MARK] if case_id(a) in UNCLEAN else []) for a, n in CASES]
+
+
+@pytest.mark.parametrize("argv,named", PARAMS)
 def test_bad_input_ends_in_one_line_naming_it(world, argv, named, monkeypatch):
     monkeypatch.chdir(world)
     runs = snapshot(world / "runs")
@@ -302,7 +505,7 @@ def test_bad_input_ends_in_one_line_naming_it(world, argv, named, monkeypatch):
     assert not (world / "escaped").exists()
 
 
-def test_the_table_covers_every_command_and_100_inputs():
+def test_the_table_covers_every_command_and_250_inputs():
     commands = {argv[0] for argv, _ in CASES}
     assert {"train", "eval", "analyze", "export", "teachers", "bench", "demo"} <= commands
-    assert len(CASES) >= 100
+    assert len(CASES) >= 250 and UNCLEAN <= {case_id(argv) for argv, _ in CASES}

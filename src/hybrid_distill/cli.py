@@ -13,10 +13,19 @@ from .cli_parser import Parser
 from .config import load_config, to_yaml
 from .config_schema import ConfigError
 from .data.build import DataError
+from .files import DiskFull
 from .weights.safe_load import UnsafeCheckpointError
 
 # what bad input raises anywhere in the package: said in one line, exit code 2
-BAD_INPUT = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError, UnsafeCheckpointError)
+BAD_INPUT = (
+    ConfigError,
+    DataError,
+    DiskFull,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    UnsafeCheckpointError,
+)
 
 # subcommand -> (module, function, help); each takes its own argv
 DELEGATED = {

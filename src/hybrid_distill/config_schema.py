@@ -88,6 +88,7 @@ class DataConfig:
     prefetch_factor: int = 2
     max_bad_fraction: float = 0.1  # stop when more of an epoch's samples than this are unreadable
     bad_check_every: int = 50  # steps between checks of the unreadable fraction (and at each epoch's end)
+    max_image_pixels: int = 89_478_485  # larger images count as unreadable (Pillow's decompression-bomb limit)
     decode: Decode = Decode.pil  # gpu: JPEG folders on CUDA only; the same crops from the same per-sample seeds
 
 

@@ -9,8 +9,10 @@ Checkpoints carry a SHA-256 beside them: one without a matching checksum was cut
 while writing, disk full) and is never resumed from. Official teacher formats live in `weights`.
 """
 
+import errno
 import hashlib
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,20 +29,58 @@ CHECKPOINT_FORMAT = "hybrid-distill-checkpoint"
 BACKBONE = "backbone."  # the student's timm model inside Student.state_dict()
 
 
+class DiskFull(OSError):
+    """A write ran out of space, said in one line naming the folder and its free space."""
+
+    def __str__(self) -> str:
+        return self.strerror  # the sentence alone, without OSError's '[Errno 28]'
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_no_space(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT from Python's files, or a native writer's message of it (safetensors: 'os error 28')."""
+    if isinstance(err, OSError) and err.errno in NO_SPACE:
+        return True
+    return "No space left on device" in str(err) or f"os error {errno.ENOSPC}" in str(err)
+
+
+def disk_full(folder: Path) -> DiskFull:
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return DiskFull(
+        errno.ENOSPC,
+        f"the disk of {folder} is full ({free / 2**20:.1f} MiB free): free space there or write elsewhere, "
+        "then run again (a training run continues with --resume auto)",
+    )
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """`write(temp path)`, fsync, rename: a crash never leaves a half file under the real name."""
+    """`write(temp path)`, fsync, rename: a crash never leaves a half file under the real name, and a
+    failed write (a full disk: DiskFull) leaves no temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception) and is_no_space(err):
+            raise disk_full(path.parent) from None
+        raise
     return path
 
 
+def _torch_save(payload: dict, tmp: Path) -> None:
+    with open(tmp, "wb") as f:  # through a Python file, a full disk raises ENOSPC (torch's own writer: a bare
+        torch.save(payload, f)  # RuntimeError 'unexpected pos')
+
+
 def save_atomic(path: str | Path, payload: dict) -> Path:
-    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    return write_atomic(path, lambda tmp: _torch_save(payload, tmp))
 
 
 def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT)) -> dict:
@@ -73,7 +113,12 @@ def _checksum_path(path: Path) -> Path:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Atomically, then the SHA-256 beside it."""
     path = save_atomic(path, {"format": CHECKPOINT_FORMAT, **payload})
-    _checksum_path(path).write_text(sha256_file(path) + "\n")
+    digest = sha256_file(path) + "\n"
+    try:
+        write_atomic(_checksum_path(path), lambda tmp: tmp.write_text(digest))
+    except DiskFull:
+        path.unlink()  # without its checksum it would never be resumed from, only take space
+        raise
     return path
 
 

@@ -175,7 +175,7 @@ class BadSamples:
         bad, seen = self.totals()
         if seen and bad / seen > self.max_fraction:
             self.failed = True
-            self.report()
+            self.report(say=False)  # the stop's own line says it
             raise StopTraining(
                 f"{bad} of {seen} samples ({100 * bad / seen:.1f}%) read so far in epoch {self.epoch} "
                 f"were unreadable, above data.max_bad_fraction={self.max_fraction}; see {self.path}, "
@@ -184,15 +184,23 @@ class BadSamples:
             )
         return {"bad_samples": bad, "samples": seen}
 
-    def report(self) -> None:
+    def report(self, say: bool = True, counts: tuple[int, int] | None = None) -> None:
+        """The new names into the file and, with `counts` (all ranks' bad and seen), one console line."""
         if self.write and len(self.bad) > self.written:
             with open(self.path, "a") as f:
                 f.writelines(f"epoch {self.epoch}\t{self.name_of(i)}\n" for i in self.bad[self.written :])
+        if self.write and say and counts and counts[0]:
+            print(
+                f"epoch {self.epoch}: {counts[0]} of {counts[1]} images unreadable, each replaced by the next "
+                f"readable one; names in {self.path}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.written = len(self.bad)
 
     def end_epoch(self, epoch: int) -> dict:
         counts = self.check()
-        self.report()
+        self.report(counts=(counts["bad_samples"], counts["samples"]))
         self.epoch, self.seen, self.bad, self.written = epoch + 1, 0, [], 0
         return counts
 

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from .config_schema import ConfigError
+from .files import disk_full, is_no_space
 
 LOCK = ".lock"
 
@@ -98,11 +99,22 @@ class RunLock:
                     continue
                 check_owner(self.path.parent)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_me(), f)
+            self._write_owner(fd)
             return self
         check_owner(self.path.parent)  # lost a race twice: name the winner
         raise RunDirError(f"could not lock {self.path}; retry")
+
+    def _write_owner(self, fd: int) -> None:
+        """The owner into the new lock; on a full disk the lock goes again (an empty one would look stale
+        to this run but hold others off until then) and the error names the folder and its free space."""
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(_me(), f)
+        except OSError as err:
+            self.path.unlink(missing_ok=True)
+            if is_no_space(err):
+                raise disk_full(self.path.parent) from None
+            raise
 
     def __exit__(self, *exc) -> None:
         if read_owner(self.path.parent) == _me():

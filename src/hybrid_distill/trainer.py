@@ -21,8 +21,8 @@ from .config_check import micro_batch
 from .config_schema import ConfigError
 from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
-from .data.sampler import sample_name
 from .data.shards import ShardStream
+from .data.unreadable import sample_name
 from .distributed import Dist, init_distributed, mean_over_ranks
 from .engine import build_optimizer, lr_at, train_step
 from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed

@@ -21,6 +21,13 @@ from hybrid_distill.analysis.metrics import uniform_distance
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config_check import AT_LEAST_0, AT_LEAST_1, check_flags
 from hybrid_distill.config_schema import ConfigError
+from hybrid_distill.data.unreadable import (
+    Checked,
+    add_unreadable_flags,
+    check_unreadable_flags,
+    readable_indices,
+    unreadable_policy,
+)
 from hybrid_distill.evaluation.loading import load_eval_model
 from hybrid_distill.files import student_with_decoder, write_atomic
 from hybrid_distill.models.load import mean_std
@@ -84,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-figures", action="store_true", help="write analysis.json only (studies draw their own)")
+    add_unreadable_flags(p)
     args = p.parse_args(argv)
     if args.layers and 0 in args.layers:
         p.error("--layers are 1-indexed (1 = first block, -1 = last); 0 is not a layer")
@@ -107,6 +115,7 @@ def check_args(args: argparse.Namespace) -> None:
         model_spec("MODEL", spec)
     pick_device(args.device, "--device")
     check_flags(args, FLAGS)
+    check_unreadable_flags(args)
     writable_dir("--out", args.out)
 
 
@@ -343,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device, "--device")
-    base = open_dataset(args.data, args.split)
-    indices = choose_indices(len(base), args.num_images, args.seed)
+    policy = unreadable_policy(args, args.out / "unreadable.txt")
+    base = Checked(open_dataset(args.data, args.split), policy, f"analyze {args.data}")
+    indices = readable_indices(base, choose_indices(len(base), args.num_images, args.seed), args.workers)
     results, figures = {}, {}
     for spec, label in zip(args.models, model_labels(args.models)):
         results[label], figures[label] = analyse(load(spec, args), spec, base, indices, args, device)

@@ -1,5 +1,6 @@
 """Datasets by name: image folders and tars through timm's readers, Fashion-MNIST IDX, synthetic."""
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -7,16 +8,16 @@ import torch
 from PIL import Image
 
 from ..guards import ignore_preemption_signals, kill_workers_at_exit
+from .errors import DataError
 from .fashion_mnist import FashionMNIST
 from .reader_images import ReaderImages
 from .sampler import SeededDataset, StepSampler
-from .shards import ShardStream, StreamPosition, collate_readable
+from .shards import ShardStream, StreamPosition, collate_readable, count_samples
 from .subset import limit_subset
 from .transforms import pretrain_transform
+from .unreadable import check_pixel_limit
 
-
-class DataError(ValueError):
-    """A data problem, said in one line with the fix."""
+__all__ = ["DataError", "build_dataset", "build_loader"]
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -38,6 +39,17 @@ def _split_root(path: Path, split: str) -> Path:
     return path / split if (path / split).is_dir() else path
 
 
+def check_not_above_splits(root: Path) -> None:
+    """A folder one level above a dataset (`root/imagenet/{train,val}`) would be read as classes
+    `imagenet/train/...` and `imagenet/val/...` alike: the validation images would be trained on."""
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (child / "train").is_dir() and any((child / v).is_dir() for v in ("val", "validation", "test")):
+            raise DataError(
+                f"data.path={root} holds {child / 'train'}/ and its validation split beside it: read as classes, "
+                f"both would be trained on; set data.path={child} (its train/ is read)"
+            )
+
+
 def timm_dataset(name: str, path: str, split: str):
     """timm's create_dataset: '' or 'folder' for class folders, 'tar', 'wds/...', 'hfds/...'."""
     from timm.data import create_dataset
@@ -46,9 +58,11 @@ def timm_dataset(name: str, path: str, split: str):
     if name in ("folder", "", "tar"):
         root = _split_root(root, split)
         name = "" if name == "folder" else name
+        if root.is_dir():
+            check_not_above_splits(root)
     try:
         dataset = create_dataset(name, root=str(root), split=split, is_training=True)
-    except (RuntimeError, FileNotFoundError, AssertionError) as err:
+    except (RuntimeError, OSError, EOFError, AssertionError, tarfile.TarError) as err:
         raise DataError(
             f"cannot read a dataset at data.path={root}: {str(err).splitlines()[0]} "
             "(expected one sub-folder per class holding images)"
@@ -61,6 +75,7 @@ def timm_dataset(name: str, path: str, split: str):
 def build_dataset(cfg, split: str | None = None):
     """An indexable dataset of (PIL image, label) from the data config."""
     split = split or cfg.split
+    check_pixel_limit(cfg.max_image_pixels)
     if cfg.dataset == "wds":
         return shard_stream(cfg)
     if cfg.dataset == "synthetic":
@@ -89,12 +104,21 @@ def shard_stream(cfg) -> ShardStream:
         raise DataError("data.dataset=wds needs webdataset: pip install 'hybrid-distill[wds]'") from None
     if not cfg.path:
         raise DataError("data.dataset=wds needs data.path=/shards/train-{000000..000999}.tar")
+    if cfg.path.count("{") != cfg.path.count("}"):
+        raise DataError(f"data.path={cfg.path} has unbalanced braces: write a shard range as train-{{000..099}}.tar")
     if cfg.num_samples <= 0:
         raise DataError("data.dataset=wds needs data.num_samples (the samples in the shards) for the epoch length")
     stream = ShardStream(cfg.path, None, cfg.num_samples)
     missing = [s for s in stream.shards if "://" not in s and not Path(s).is_file()]
     if missing:
         raise DataError(f"{len(missing)} of {len(stream.shards)} shards not found, e.g. {missing[0]}: check data.path")
+    held = count_samples(stream.shards)
+    if held is not None and cfg.num_samples > held:
+        raise DataError(
+            f"data.num_samples={cfg.num_samples} but the {len(stream.shards)} shards hold {held} samples: an epoch "
+            f"would read each about {cfg.num_samples / max(held, 1):.1f} times; set data.num_samples={held}"
+        )
+    stream.max_pixels = cfg.max_image_pixels
     return stream
 
 
@@ -135,7 +159,7 @@ def build_loader(cfg, dataset, global_batch: int, micro_batch: int, seed: int, r
     sampler = StepSampler(len(dataset), global_batch, seed=seed, rank=rank, world=world)
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset, transform),
+        SeededDataset(dataset, transform, max_pixels=cfg.max_image_pixels),
         batch_size=micro_batch,
         sampler=sampler,
         drop_last=True,

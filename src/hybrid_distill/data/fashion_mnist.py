@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DataError
+
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -28,14 +30,24 @@ def _find(root: Path, name: str) -> Path:
 
 
 def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format: magic 0x08 0x0D-type byte, then big-endian dims), checked to hold
+    as many bytes as its dims say; a broken one is refused in one line."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # gzip: cut short or not gzip at all
+        raise DataError(f"{path} cannot be read ({err}): download it again") from None
     magic = int.from_bytes(raw[:4], "big")
-    if magic >> 8 != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x})")
+    if magic >> 8 != 0x08 or not 1 <= magic & 0xFF <= 3:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x}): download it again")
     ndim = magic & 0xFF
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise DataError(
+            f"{path} holds {len(raw) - 4 - 4 * ndim} bytes of data where its header says {dims} "
+            f"({int(np.prod(dims))}): the file is cut short or padded; download it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -51,7 +63,7 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.images = read_idx(_find(root, f"{_PREFIX[split]}-images-idx3-ubyte"))  # (n, 28, 28)
         self.labels = read_idx(_find(root, f"{_PREFIX[split]}-labels-idx1-ubyte")).astype(np.int64)
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{root}: {len(self.images)} images but {len(self.labels)} labels")
+            raise DataError(f"{root}: {len(self.images)} images but {len(self.labels)} labels: download them again")
         self.transform = transform
 
     def __len__(self) -> int:

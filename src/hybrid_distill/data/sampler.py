@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .unreadable import BAD_IMAGE_ERRORS, DEFAULT_MAX_PIXELS, pixel_limit
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
@@ -50,10 +52,6 @@ class StepSampler(torch.utils.data.Sampler):
                 yield i, sample_seed(self.seed, self.epoch, i)
 
 
-# what PIL and the readers raise on unreadable, truncated or non-image files
-BAD_SAMPLE_ERRORS = (OSError, ValueError, SyntaxError)
-
-
 class SeededDataset(torch.utils.data.Dataset):
     """Wraps an indexable (image, label) dataset; items are addressed by (index, seed).
 
@@ -61,8 +59,8 @@ class SeededDataset(torch.utils.data.Dataset):
     next readable one (so batches keep their size and no worker dies), or -1.
     """
 
-    def __init__(self, dataset, transform, max_tries: int = 32):
-        self.dataset, self.transform, self.max_tries = dataset, transform, max_tries
+    def __init__(self, dataset, transform, max_tries: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.dataset, self.transform, self.max_tries, self.max_pixels = dataset, transform, max_tries, max_pixels
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -71,8 +69,9 @@ class SeededDataset(torch.utils.data.Dataset):
         bad = -1
         for attempt in range(self.max_tries):
             try:
-                return self.dataset[(index + attempt) % len(self.dataset)], bad
-            except BAD_SAMPLE_ERRORS:
+                with pixel_limit(self.max_pixels):
+                    return self.dataset[(index + attempt) % len(self.dataset)], bad
+            except BAD_IMAGE_ERRORS:
                 bad = index if bad < 0 else bad
         # nothing readable nearby: a blank stand-in keeps the batch and the worker alive; it counts as
         # unreadable, and the trainer's fraction check stops the run (exit 3) instead of a traceback
@@ -84,14 +83,3 @@ class SeededDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), label, bad
-
-
-def sample_name(dataset, index: int) -> str:
-    """A file path for reports where the dataset knows it (timm readers, ImageFolder), else the index."""
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset, index = dataset.dataset, dataset.indices[index]
-    if hasattr(dataset, "filename"):
-        return str(dataset.filename(index, absolute=True))
-    if hasattr(dataset, "samples"):
-        return str(dataset.samples[index][0])
-    return f"index {index}"

@@ -14,21 +14,29 @@ Unreadable samples are replaced by the next one and reported like those of index
 
 import io
 import random
+import re
+import tarfile
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DataError
+from .unreadable import BAD_IMAGE_ERRORS, DEFAULT_MAX_PIXELS, pixel_limit
+
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm")
+# a member's sample key and extension: the path up to the first dot of the file name (webdataset's
+# tariterators.base_plus_ext)
+SAMPLE_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 SHUFFLE_BUFFER = 1000  # samples per worker: webdataset's default bufsize
 
 
 NO_LABEL = -1
 
 
-def decode_sample(sample: dict):
-    """A webdataset sample dict -> (PIL image, int label or -1); raises on a broken sample or one
-    without an image, naming the keys it has."""
+def decode_sample(sample: dict, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """A webdataset sample dict -> (PIL image, int label or -1); raises on a broken sample, one above
+    `max_pixels` or one without an image, naming the keys it has."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         found = sorted(k for k in sample if not k.startswith("__"))
@@ -36,10 +44,35 @@ def decode_sample(sample: dict):
             f"sample {sample.get('__key__')} has no image key ({'/'.join(IMAGE_KEYS)}); "
             f"its keys: {', '.join(found) or 'none'}"
         )
-    image = Image.open(io.BytesIO(sample[key]))
-    image.load()
+    with pixel_limit(max_pixels):
+        image = Image.open(io.BytesIO(sample[key]))
+        image.load()
     label = int(sample["cls"].decode().strip()) if "cls" in sample else NO_LABEL
     return image, label
+
+
+def count_samples(shards: list[str]) -> int | None:
+    """Samples (distinct keys with an image) in local shards, from the tar headers alone (tarfile seeks past
+    the data); None when a shard is remote. A shard that is not a whole tar, or shards without an image,
+    are refused in one line."""
+    if any("://" in shard for shard in shards):
+        return None
+    keys, found = 0, set()
+    for shard in shards:
+        try:
+            with tarfile.open(shard, mode="r:*") as tar:
+                names = [m.name for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DataError(f"shard {shard} is not a whole tar file ({err}): rewrite or remove it") from None
+        parts = [match.groups() for match in map(SAMPLE_NAME.match, names) if match]
+        keys += len({key for key, ext in parts if ext in IMAGE_KEYS})
+        found |= {ext for _, ext in parts}
+    if not keys:
+        raise DataError(
+            f"the {len(shards)} shards hold no sample with an image: no image key ({'/'.join(IMAGE_KEYS)}); "
+            f"its keys: {', '.join(sorted(found)) or 'none'}"
+        )
+    return keys
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -51,6 +84,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ValueError(f"{len(self.shards)} shards for {world} ranks: every rank needs at least one shard")
         self.transform, self.num_samples, self.seed = transform, num_samples, seed
         self.rank, self.world, self.epoch = rank, world, 0
+        self.max_pixels = DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
         return self.num_samples
@@ -74,8 +108,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         images = []
         for sample in wds.tarfile_samples([{"url": url} for url in self.shards], handler=wds.warn_and_continue):
             try:
-                images.append(decode_sample(sample)[0])
-            except (OSError, ValueError, SyntaxError):
+                images.append(decode_sample(sample, self.max_pixels)[0])
+            except BAD_IMAGE_ERRORS:
                 continue
             if len(images) == count:
                 break
@@ -99,8 +133,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         mixed = filters.shuffle(bufsize=SHUFFLE_BUFFER, rng=random.Random(str(stream_seed + ["buffer"])))(raw)
         for position, sample in enumerate(mixed, start=1):
             try:
-                image, label = decode_sample(sample)
-            except (OSError, ValueError, SyntaxError) as err:
+                image, label = decode_sample(sample, self.max_pixels)
+            except BAD_IMAGE_ERRORS as err:
                 yield torch.zeros(0, dtype=torch.uint8), NO_LABEL, position, str(err)  # dropped by the collate below
                 continue
             with torch.random.fork_rng(devices=[]):

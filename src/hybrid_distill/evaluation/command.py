@@ -22,6 +22,13 @@ import torch.distributed as dist
 from hybrid_distill.cli_parser import Parser
 from hybrid_distill.config_check import AT_LEAST_1, POSITIVE, Range, check_flags
 from hybrid_distill.config_schema import ConfigError
+from hybrid_distill.data.unreadable import (
+    Checked,
+    Policy,
+    add_unreadable_flags,
+    check_unreadable_flags,
+    unreadable_policy,
+)
 from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.features import POOLS
@@ -39,6 +46,7 @@ FLAGS = {
     "--temperature": POSITIVE,
     "--crop-pct": Range(0, 1, low_open=True),
 }
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hybrid-distill eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-pct", type=float, help="eval resize/centre crop (default 1.0 Fashion-MNIST, 0.875 folders)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    add_unreadable_flags(p)
     for protocol in PROTOCOLS.values():
         for flag, options in protocol.flags.items():
             p.add_argument(flag, **{"help": f"{protocol.name} only", **options})
@@ -88,10 +97,19 @@ def check_args(args, model_given: bool = False) -> None:
         pick_device(args.device, "--device")
     if args.out is not None:
         writable_dir("--out", args.out)
+    check_unreadable_flags(args)
 
 
-def load_data(spec: str):
-    """(train, test, info) for `fashion_mnist[:PATH]` or an image folder with train/ and val/."""
+def load_data(spec: str, policy: Policy | None = None):
+    """(train, test, info) for `fashion_mnist[:PATH]` or an image folder with train/ and val/; with a policy,
+    both read under it (unreadable images skipped, counted and named)."""
+    train, test, info = open_data(spec)
+    if policy is None:
+        return train, test, info
+    return Checked(train, policy, f"{info['name']} train"), Checked(test, policy, f"{info['name']} test"), info
+
+
+def open_data(spec: str):
     if spec == "fashion_mnist" or spec.startswith("fashion_mnist:"):
         from hybrid_distill.data.fashion_mnist import FashionMNIST
 
@@ -142,11 +160,13 @@ def evaluate_args(args, model=None) -> dict:
     pass a model object; results are then written only with --out) share this, defaults included."""
     check_args(args, model_given=model is not None)
     with process_group("cuda" if torch.cuda.is_available() else "cpu"):
-        train, test, info = load_data(args.data)
+        policy = unreadable_policy(args)
+        train, test, info = load_data(args.data, policy)
         source = None if model is not None else model_source(args.model)
         model = model if model is not None else load_eval_model(args.model, args.arch, args.pretrained)
         out = args.out or (default_out(args.model) if source is not None else None)
-        result, settings = run_protocol(args, model, train, test, info, out or Path(tempfile.mkdtemp()), source)
+        policy.names_file = (out or Path(tempfile.mkdtemp())) / "unreadable.txt"
+        result, settings = run_protocol(args, model, train, test, info, policy.names_file.parent, source)
         result = {**result, "model": args.model, "source": source, "data": info}
         if out is not None and (not dist.is_initialized() or dist.get_rank() == 0):
             path = result_path(out, args, settings, source, info["name"])

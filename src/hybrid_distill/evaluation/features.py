@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hybrid_distill.data.unreadable import drop_unreadable
 from hybrid_distill.files import save_atomic
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.runtime import pick_device
@@ -208,6 +209,7 @@ def extract_features(
         )
     finally:
         model.train(was_training)
+    feats, labels = drop_unreadable(dataset, feats, labels)
     if key is not None and _rank_world()[0] == 0:
         _write_cache(Path(cache_dir), key, feats, labels)
     return feats, labels

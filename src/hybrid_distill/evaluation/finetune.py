@@ -27,6 +27,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from hybrid_distill.data.errors import DataError
+from hybrid_distill.data.unreadable import Checked, drop_unreadable, readable_indices
 from hybrid_distill.evaluation.augment import patch_posterize
 from hybrid_distill.evaluation.features import (
     Transformed,
@@ -238,15 +240,19 @@ def train_loader(dataset, model, cfg: FinetuneConfig):
     if cfg.train_subset is not None and cfg.train_subset < len(dataset):
         gen = torch.Generator().manual_seed(cfg.seed)
         indices = torch.randperm(len(dataset), generator=gen)[: cfg.train_subset].tolist()
+    if isinstance(dataset, Checked):  # read every epoch: the unreadable ones are found once, before the first
+        indices = readable_indices(dataset, indices, cfg.num_workers)
     ds = Transformed(dataset, train_transform(model, cfg), indices)
     rank, world = _rank_world()
     sampler = torch.utils.data.DistributedSampler(ds, shuffle=True, seed=cfg.seed) if world > 1 else None
+    repeats = cfg.repeated_aug if cfg.repeated_aug > 1 else 1
+    if len(ds) * repeats // world < cfg.batch_size:
+        raise DataError(
+            f"{len(ds)} training images are fewer than one batch ({cfg.batch_size} x {world} ranks, "
+            f"{repeats} repeats): lower --batch-size or add images"
+        )
     if cfg.repeated_aug > 1:
         sampler = repeated_sampler(ds, cfg.repeated_aug, rank, world, cfg.batch_size)
-    elif len(ds) < cfg.batch_size * world:
-        raise ValueError(
-            f"{len(ds)} training images are fewer than one batch ({cfg.batch_size} x {world} ranks); lower batch_size"
-        )
     gen = torch.Generator().manual_seed(cfg.seed)
     # drop_last: timm's Mixup needs an even batch, and equal batches keep the lr schedule exact
     return torch.utils.data.DataLoader(
@@ -332,7 +338,7 @@ def test_accuracy(model: nn.Module, test_ds, cfg: FinetuneConfig, device) -> dic
         model, Transformed(test_ds, eval_transform(model, cfg.crop_pct)), batch_size=2 * cfg.batch_size, device=device
     )
     model.train()
-    return accuracy(logits, labels)
+    return accuracy(*drop_unreadable(test_ds, logits, labels))
 
 
 def finetune(
