@@ -59,7 +59,8 @@ def teacher_shas(cfg: DictConfig) -> dict:
 # where a run writes and how it reports, not what it computes (the loader's workers draw seeded per sample)
 NOT_RESULTS = {
     "": ("name", "output_dir"),
-    "data": ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor"),
+    # data.max_image_pixels guards unreadable input: it skips an image, never changes a readable one
+    "data": ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "max_image_pixels"),
     "train": ("log_every", "progress", "tensorboard", "trackers", "ckpt_every_steps", "keep_checkpoints"),
 }
 

@@ -67,6 +67,7 @@ LOADER_ONLY = (
     "prefetch_factor",
     "max_bad_fraction",
     "bad_check_every",
+    "max_image_pixels",
 )  # data settings that do not change the images a teacher sees
 
 
