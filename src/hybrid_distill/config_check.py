@@ -4,6 +4,8 @@ built on the meta device: no memory, no init). Each failure is one line naming t
 raised as ConfigError. A command's own flags go through the same `check_ranges` with their own table.
 """
 
+import functools
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config_schema import ConfigError, DecoderKind, MaskStyle, Strategy
 from .models.load import create_vit
@@ -206,20 +208,35 @@ def micro_batch(batch_size: int, accum_steps: int, world: int) -> int:
     return batch_size // per
 
 
+@functools.lru_cache(maxsize=256)
+def _meta_depth(arch: str, kwargs_json: str) -> int | None:
+    """Blocks of a ViT built on the meta device (None: not a ViT); cached because building one costs about
+    0.5 s and a config asks for the same model several times (student, teachers, matching)."""
+    with torch.device("meta"):
+        model = create_vit(arch, **json.loads(kwargs_json))
+    return len(model.blocks) if hasattr(model, "blocks") else None
+
+
+def _plain(value):
+    """JSON for the config's own containers; anything else is refused by json (and so reaches timm as given)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value)
+    raise TypeError(f"{type(value).__name__} is not a config value")
+
+
 def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
-    """Blocks of the ViT `arch` would build, from a model on the meta device."""
+    """Blocks of the ViT `arch` would build."""
     timm_arch(key, arch)
     try:
-        with torch.device("meta"):
-            model = create_vit(arch, **model_kwargs)
+        depth = _meta_depth(arch, json.dumps(dict(model_kwargs), sort_keys=True, default=_plain))
     except Exception as err:  # timm rejects kwargs with TypeError, AssertionError, ValueError, ...
         raise ConfigError(
             f"{key.rsplit('.', 1)[0]}.model_kwargs={model_kwargs}: timm cannot build {arch} "
             f"with them ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from None
-    if not hasattr(model, "blocks"):
+    if depth is None:
         raise ConfigError(f"{key}={arch} is not a ViT (no transformer blocks); use a vit_* timm name")
-    return len(model.blocks)
+    return depth
 
 
 def check_models(cfg: DictConfig) -> None:

@@ -118,7 +118,7 @@ PRESETS = {
     "cars": DBOT_SMALL_SETS,
     "inat19": replace(DBOT_SMALL_SETS, epochs=360, re_prob=0.1),
     # a short run for the demo: ~0.3M-parameter ViT at 28x28 on 2 CPU cores in about a minute. lr 1e-2 was
-    # picked on held-out training images (scripts/pick_finetune_lr.py: the demo's Hybrid student and random
+    # picked on held-out training images (docs/replication/pick_finetune_lr/: the demo's Hybrid student and random
     # init fine-tuned on the first 10,000 training images, scored on the last 10,000; mean top-1 of the two
     # 50.5 / 58.6 / 62.5 / 60.7 at lr 1e-3 / 3e-3 / 1e-2 / 3e-2); the demo compares both at this one lr;
     # weaker augmentation (no RandAugment / mixup / cutmix, mild crops) suits 28x28 grayscale and few steps

@@ -10,12 +10,15 @@
     rows:
       hybrid: {teachers: {sup: {weights: "teacher:sup", features: true}}}
       hybrid_no_mask: {from: hybrid, masking.strategy: none}   # `from`: another row; dotted keys allowed
+      paper_row: {base: configs/paper/t3_deit_mae.yaml, train.epochs: 1}   # `base`: config files
     evaluate: {knn: true, linear: true, finetune: {preset: fashion_mnist, epochs: 2}}
     analysis: {images: 200}
     smoke: ["seeds=[0,1]", "only=[hybrid]"]  # overrides of this file that `--smoke` applies
 
-A cell's config is defaults <- base's `from` YAML <- base <- the row's `from` chain <- the row <-
-{seed, name, output_dir}. `weights: teacher:NAME` in a row's teacher is the shared teacher NAME's file;
+A cell's config is defaults <- base's `from` YAML <- base <- the row's `from` chain <- the row's `base`
+files <- the row <- {seed, name, output_dir}. YAML files (`base.from`, a row's `base`: one path or a list,
+from the current directory) are read as `load_config` reads them, their own `base:` chains first.
+`weights: teacher:NAME` in a row's teacher is the shared teacher NAME's file;
 its arch and model_kwargs default to that teacher's.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import from_dict, merge, yaml_mapping
+from ..config import from_dict, merge, read_yaml, yaml_mapping
 from ..config_schema import ConfigError
 from .claims import ClaimRoles
 
@@ -240,27 +243,41 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def file_diff(start, where: str) -> dict:
+    """A YAML config file as a plain diff, read by the configs' own reader (its `base:` chain first)."""
+    path = Path(str(start))
+    if not path.is_file():
+        raise StudyError(f"{where}: config file not found: {start} (a path from the current directory)")
+    return OmegaConf.to_container(read_yaml(path))
+
+
 def base_diff(spec: DictConfig) -> dict:
     """The base as a plain diff over the defaults, its `from` YAML loaded first."""
     base = nest(OmegaConf.to_container(spec.base))
     start = base.pop("from", None)
-    if start is None:
-        return base
-    path = Path(start)
-    if not path.is_file():
-        raise StudyError(f"base.from: config file not found: {start} (a path from the current directory)")
-    return deep_merge(OmegaConf.to_container(OmegaConf.load(path)), base)
+    return base if start is None else deep_merge(file_diff(start, "base.from"), base)
+
+
+def row_files(row: str, files) -> list:
+    """A row's `base`: one config file or a list of them."""
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise StudyError(f"rows.{row}.base={files!r} must be a config file or a list of them (e.g. configs/x.yaml)")
+    return files
 
 
 def row_diff(spec: DictConfig, row: str, seen: tuple = ()) -> dict:
-    """A row's diff with its `from` chain resolved (earlier rows first)."""
+    """A row's diff: its `from` chain resolved (earlier rows first), then its `base` files, then its own keys."""
     if row in seen:
         raise StudyError(f"rows.{row}: `from` chain loops ({' -> '.join([*seen, row])})")
     if row not in spec.rows:
         raise StudyError(f"rows.{seen[-1]}.from: '{row}' is not a row; rows: {', '.join(spec.rows)}")
     diff = nest(OmegaConf.to_container(spec.rows[row]))
-    parent = diff.pop("from", None)
-    return deep_merge(row_diff(spec, parent, (*seen, row)), diff) if parent else diff
+    parent, files = diff.pop("from", None), diff.pop("base", None)
+    out = row_diff(spec, parent, (*seen, row)) if parent else {}
+    for start in row_files(row, files) if files is not None else []:
+        out = deep_merge(out, file_diff(start, f"rows.{row}.base"))
+    return deep_merge(out, diff)
 
 
 def teacher_file(spec: DictConfig, name: str) -> Path:

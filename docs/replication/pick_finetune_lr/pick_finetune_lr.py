@@ -4,7 +4,8 @@ Fine-tunes the demo's Hybrid student and the random-init ViT exactly as demo sta
 10,000 training images, the preset's recipe) at each candidate lr, and scores them on the last 10,000
 training images, which no demo stage reads. Needs a finished demo run (`hybrid-distill demo`).
 
-    .venv/bin/python scripts/pick_finetune_lr.py --run runs/demo --out runs/pick_finetune_lr.json
+    .venv/bin/python docs/replication/pick_finetune_lr/pick_finetune_lr.py \
+        --run runs/demo --out runs/pick_finetune_lr.json
 """
 
 import argparse

@@ -5,7 +5,7 @@ Each student (a run directory, e.g. a study cell) is fine-tuned with the `fashio
 training images, which no study stage trains on. Prints one line per epoch and writes every record with
 provenance.
 
-    .venv/bin/python scripts/finetune_heldout.py runs/studies/fashion_mnist_196/cells/hybrid/seed0 \
+    .venv/bin/python docs/replication/finetune_heldout.py runs/studies/fashion_mnist_196/cells/hybrid/seed0 \
         --epochs 6 --train-subset 10000 --lrs 1e-2 2e-3 --out runs/finetune_heldout.json
 """
 

@@ -4,7 +4,7 @@ Trains the shipped study's MAE teacher twice, with timm's learned positions and 
 sin-cos ones (`teachers.mae.pos_embed`), on fewer images, and analyses both (attention distance and NMI per
 head and layer on test images; no accuracy is read from the test split).
 
-    .venv/bin/python scripts/mae_positions.py --images 10000 --epochs 10 --out runs/mae_positions
+    .venv/bin/python docs/replication/mae_positions/mae_positions.py --images 10000 --epochs 10 --out runs/mae_positions
 """
 
 import argparse
