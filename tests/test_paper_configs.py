@@ -8,8 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hybrid_distill.build import build_models
-from hybrid_distill.config import Config, from_dict, load_config, to_dict
-from hybrid_distill.config import read_yaml
+from hybrid_distill.config import Config, from_dict, load_config, read_yaml, to_dict
 from hybrid_distill.trainer import Trainer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
