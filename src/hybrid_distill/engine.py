@@ -33,7 +33,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) on CUDA and CPU: faster than foreach (hybrid-distill
-    bench, '- fused_adamw')."""
+    bench at commit 225686b, '- fused_adamw': 1.02x on an H200, 1.03x on the CPU; README)."""
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) or None
     return torch.optim.AdamW(
         param_groups(model, optim_cfg.weight_decay), lr=0.0, betas=tuple(optim_cfg.betas), fused=fused
