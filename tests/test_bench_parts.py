@@ -62,7 +62,7 @@ def test_batch_sweep_reports_every_batch_that_ran(tmp_path):
 
 
 class FailingBench:
-    def step(self, sw, images):
+    def step(self, sw, images, profile=False):
         if sw == "broken":
             raise RuntimeError("no graphs here")
         return {"step": 0.1}
@@ -75,12 +75,31 @@ def test_a_failing_extra_variant_is_dropped_and_the_others_measured(capsys):
     assert "failed and is dropped: RuntimeError: no graphs here" in capsys.readouterr().err
 
 
+class ProfiledBench:
+    def __init__(self):
+        self.profiled = []
+
+    def step(self, sw, images, profile=False):
+        if profile:
+            self.profiled.append(sw)
+            return {"phases": {"losses": 0.2}}
+        return {"step": 0.1}
+
+
+def test_the_last_warm_up_step_of_each_variant_gives_its_phases_and_is_not_timed():
+    bench, phases = ProfiledBench(), {}
+    runs = {"plain": None, "optimised": "ok"}
+    records = measure(bench, runs, iter(lambda: torch.zeros(1), None), warmup=2, steps=2, phases=phases)
+    assert bench.profiled in ([None, "ok"], ["ok", None]) and phases == {n: {"losses": 0.2} for n in runs}
+    assert {n: [t["step"] for t in r] for n, r in records.items()} == {"plain": [0.1, 0.1], "optimised": [0.1, 0.1]}
+
+
 class TimedOutBench:
     """Its fifth step receives SIGTERM, as from `timeout` in scripts/gpu_check.sh."""
 
     calls = 0
 
-    def step(self, sw, images):
+    def step(self, sw, images, profile=False):
         self.calls += 1
         if self.calls == 5:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -33,7 +33,7 @@ class Target:
     teacher: str
     teacher_block: int
     student_block: int
-    kind: str
+    kind: str  # FEATURES or a RelationKind (a str enum)
     head: int | None = None
     heads: RelationHeads = RelationHeads.per_head
 

@@ -154,12 +154,21 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
 
 
 def measure(
-    bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: Stop | None = None, on_repeat=None
+    bench: Bench,
+    runs: dict,
+    batches,
+    warmup: int,
+    steps: int,
+    stop: Stop | None = None,
+    on_repeat=None,
+    phases: dict | None = None,
 ) -> dict[str, list[dict]]:
-    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped. Stops
+    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped, the last
+    one run under the profiler: its phases go to `phases` (variant -> seconds per phase). Stops
     between steps when `stop` says so (deadline, SIGTERM) with the repeats done; `on_repeat(records)`
     after each repeat (the partial result file)."""
     names, records = list(runs), {n: [] for n in runs}
+    phases = {} if phases is None else phases
     stop = stop or Stop()
     for r in range(warmup + steps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -168,7 +177,7 @@ def measure(
                 return {n: v for n, v in records.items() if v}
             start = time.perf_counter()
             images = next(batches)  # with --data: the wait for the loader's workers (0 when overlapped)
-            step_variant(bench, runs, name, images, time.perf_counter() - start, r, warmup, names, records)
+            step_variant(bench, runs, name, images, time.perf_counter() - start, r, warmup, names, records, phases)
         kind = "warm-up" if r < warmup else "timed"
         print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
         if on_repeat is not None:
@@ -177,12 +186,22 @@ def measure(
 
 
 def step_variant(
-    bench: Bench, runs: dict, name: str, images, data_s: float, r: int, warmup: int, names: list, records: dict
+    bench: Bench,
+    runs: dict,
+    name: str,
+    images,
+    data_s: float,
+    r: int,
+    warmup: int,
+    names: list,
+    records: dict,
+    phases: dict,
 ) -> None:
-    """One step of one variant, recorded after warm-up; an extra variant that fails is dropped."""
+    """One step of one variant, recorded after warm-up (the last warm-up profiled); an extra variant
+    that fails is dropped."""
     start = time.perf_counter()
     try:
-        times = {"data": data_s, **bench.step(runs[name], images)}
+        times = {"data": data_s, **bench.step(runs[name], images, profile=r == warmup - 1)}
     except Exception as err:  # an extra variant (a compiled one, say) must not take the others down
         if name in ("plain", "optimised"):
             raise
@@ -196,6 +215,8 @@ def step_variant(
         return
     if r < warmup:  # the first calls compile: say how long they took
         print(f"  {name}: {time.perf_counter() - start:.1f} s (warm-up {r + 1})", file=sys.stderr, flush=True)
+        if "phases" in times:
+            phases[name] = times["phases"]
     else:
         records[name].append(times)
 
@@ -273,12 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in (n for n in runs if n.startswith("optimised fp32")):
         flops[name] = flops["optimised"]  # the same work in another precision
     partial = Path(args.out).with_suffix(".partial.json")  # the raw repeats so far, should the bench be killed
+    phases, on_repeat = {}, lambda done: write_partial(partial, done, batch)
     with stop.watching():
-        records = measure(
-            bench, runs, batches, args.warmup, args.steps, stop, lambda done: write_partial(partial, done, batch)
-        )
-        images = next(batches)
-        phases = {n: {} if stop() else bench.phases(runs[n], images) for n in records}  # one profiled step each
+        records = measure(bench, runs, batches, args.warmup, args.steps, stop, on_repeat, phases)
+        for name in (n for n in records if n not in phases):  # no warm-up: one more step, profiled
+            phases[name] = {} if stop() else bench.step(runs[name], next(batches), profile=True)["phases"]
     if not {"plain", "optimised"} <= set(records):
         print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ variant's overrides (`train.amp`, `train.teacher_precision`, `train.compile`): a
 the trainer can run. The plain step is `plain.py`, on the fp32 eager variant's models. A step is timed
 from outside; its phases (input, each teacher, student forward, losses, student backward, optimiser)
 are the `torch.profiler.record_function` ranges the step opens (engine.py, targets.py, plain.py), read
-from one more step run under the profiler: CPU time, or on CUDA the kernels' device time.
+from the last warm-up step, run under the profiler: CPU time, or on CUDA the kernels' device time.
 """
 
 import time
@@ -83,8 +83,11 @@ class Bench:
             self.rigs[sw] = StepRig(OmegaConf.merge(self.cfg, OmegaConf.from_dotlist(sw.overrides())), self.device, 1)
         return self.rigs[sw]
 
-    def step(self, sw: Switches | None, images: torch.Tensor) -> dict[str, float]:
-        """One training step timed from outside: {'step': seconds} (and 'peak_mib' on CUDA)."""
+    def step(self, sw: Switches | None, images: torch.Tensor, profile: bool = False) -> dict:
+        """One training step timed from outside: {'step': seconds} (and 'peak_mib' on CUDA); with
+        `profile`, a step run under the profiler instead: {'phases': seconds per phase} (a warm-up)."""
+        if profile:
+            return {"phases": self.phases(sw, images)}
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats()

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import MaskStyle
 from ..masking import all_indices, gather_tokens
-from ..relations import form, resolve_block, student_target
+from ..relations import student_target
 from ..targets import Target, features_of, relations_of
 from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
@@ -60,7 +60,6 @@ class Student(nn.Module):
             check_block(block)
         check_class_token(backbone, "the student")
         self.backbone = backbone
-        self.fused_attention = fused_attention
         choose_attention(backbone, fused_attention)
         self.normalize = Normalize(mean, std)
         width = backbone.embed_dim
@@ -70,15 +69,10 @@ class Student(nn.Module):
         self.last = len(backbone.blocks) - 1
         # features first, then block targets: the order of the loss parts
         self.targets = sorted(targets, key=lambda t: not t.is_features)
-        for t in self.targets:
-            resolve_block(t.student_block, self.last + 1, f"the student block of teacher '{t.teacher}'")
+        # blocks tapped whole (logits, per-head outputs, output tokens), and those whose output alone a
+        # feature head reads (features of an earlier teacher block)
         self.relation_blocks = {t.student_block for t in self.targets if not t.is_features}
-        # blocks whose output tokens a head reads (features of an earlier block, T^i)
-        self.output_blocks = {
-            t.student_block
-            for t in self.targets
-            if (t.is_features and t.student_block != self.last) or (not t.is_features and not form(t.kind).reads_input)
-        }
+        self.output_blocks = {t.student_block for t in self.targets if t.is_features and t.student_block != self.last}
 
     def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
         """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
