@@ -3,10 +3,9 @@
 # paper's ViT-B setting (ViT-B/16 student, CLIP ViT-B/16 features + MAE ViT-B/16 relations, 224 px,
 # random teacher weights: the same FLOPs and time, nothing downloaded), each under its own time limit,
 # a failed part not stopping the others, in this order:
-#   bench_compiled  plain vs optimised step (student and teachers compiled), and the optimised step with the
-#                   student under CUDA graphs (mode="reduce-overhead"): % of bf16 peak; first, as compilation
-#                   takes minutes (about 3 on an H200 for student and teachers)
-#   bench_eager     plain vs optimised (eager) step, each optimisation switched off on its own
+#   bench_compiled  plain vs optimised step (student and teachers compiled): % of bf16 peak; first, as
+#                   compilation takes minutes (about 3 on an H200 for student and teachers)
+#   bench_eager     plain vs optimised (eager) step, bf16 teachers and bf16 student switched off on their own
 #   input           JPEG decode + RandomResizedCrop + flip: PIL and torchvision per CPU core, nvJPEG on
 #                   the GPU, on 400 x 350 quality-90 JPEGs written here; cores per GPU to feed the step
 #   fp8             FP8 teachers: targets' relative error against bf16, speed ratio (teachers, step)
@@ -74,7 +73,7 @@ part env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     git log -1 --format='commit %h %s' 2>/dev/null || true"
 COMPILED_CAP=${COMPILED_CAP:-210}
 part bench_compiled "$COMPILED_CAP" "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" \
-    "${COMPILE[@]}" --cuda-graphs --no-ablation --deadline @DEADLINE@ \
+    "${COMPILE[@]}" --no-ablation --deadline @DEADLINE@ \
     --out "$OUT/bench_compiled.json" "${RANDOM_TEACHERS[@]}"
 part bench_eager 60 "${BENCH[@]}" configs/hybrid_vitb_mae_clip.yaml "${DEV[@]}" --batch "$B" "${STEPS[@]}" \
     --compile off --out "$OUT/bench_eager.json" "${RANDOM_TEACHERS[@]}"

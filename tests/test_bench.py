@@ -1,16 +1,18 @@
-"""The trainer's step (engine.forward_backward) and the plain step compute the same thing; the bench
-times the trainer's step; the bench command runs."""
+"""The plain step (bench/plain.py) is the tests' oracle: the trainer's step (engine.forward_backward)
+gives its losses and gradients. The bench times the trainer's own step (engine.train_step), reads its
+phases from the step's profiler ranges, and runs its ablations as config overrides; the command runs."""
 
 import json
+import time
 
 import pytest
 import torch
 from conftest import TINY, tiny_run_config
 
-from hybrid_distill.bench import phases
+from hybrid_distill.bench import harness
 from hybrid_distill.bench.command import main as bench_main
 from hybrid_distill.bench.command import variants
-from hybrid_distill.bench.phases import Bench, NullClock, Switches
+from hybrid_distill.bench.phases import Bench, Switches
 from hybrid_distill.bench.plain import plain_forward_backward
 from hybrid_distill.build import build_models
 from hybrid_distill.config import from_dict
@@ -29,12 +31,17 @@ DINOV3_MIM = {
 }
 
 
-def make_bench(**extra) -> Bench:
-    cfg = from_dict(tiny_run_config("/unused", "/unused", **extra))
+def tiny_config(**extra):
+    return from_dict(tiny_run_config("/unused", "/unused", **extra))
+
+
+def make_models(student_fused_attention: bool = True, **extra):
+    """Student, teachers and run context of the tiny config, seeded."""
+    cfg = tiny_config(**extra)
     torch.manual_seed(0)
-    student, teachers, _ = build_models(cfg)
+    student, teachers, _ = build_models(cfg, student_fused_attention)
     run = RunContext(torch.device("cpu"), None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, 3.0)
-    return Bench(student, teachers, cfg.optim, run)
+    return student, teachers, run
 
 
 def detached(parts: dict, student) -> tuple[dict, dict]:
@@ -43,23 +50,18 @@ def detached(parts: dict, student) -> tuple[dict, dict]:
     return {k: v.detach() for k, v in parts.items()}, grads
 
 
-def trainer_step(bench: Bench, images):
+def trainer_step(models, images):
     """The trainer's own forward and backward (engine.train_step runs it on each micro-batch)."""
+    student, teachers, run = models
     torch.manual_seed(1)  # the same drop path draws for both steps
-    parts = forward_backward(bench.student, bench.teachers, to_unit(images), bench.run)
-    return detached(parts, bench.student)
+    return detached(forward_backward(student, teachers, to_unit(images), run), student)
 
 
-def plain_step(bench: Bench, images):
+def oracle_step(models, images):
+    """The oracle: plain.py's step on the same models."""
+    student, teachers, run = models
     torch.manual_seed(1)
-    return detached(
-        plain_forward_backward(bench.student, bench.teachers, images, bench.run, NullClock()), bench.student
-    )
-
-
-def losses_and_grads(bench: Bench, sw, images):
-    torch.manual_seed(1)
-    return detached(bench.forward_backward(sw, images, NullClock()), bench.student_for(sw) if sw else bench.student)
+    return detached(plain_forward_backward(student, teachers, images, run), student)
 
 
 def assert_same(a, b, rtol=1e-5, grad_rtol=1e-4):
@@ -87,46 +89,60 @@ def assert_same(a, b, rtol=1e-5, grad_rtol=1e-4):
         {**TRIMMED, "teachers.mim": DINOV3_MIM},
     ],
 )
-def test_the_trainers_step_and_the_plain_step_give_the_same_losses_and_gradients(extra):
+def test_the_trainers_step_gives_the_oracles_losses_and_gradients(extra):
     extra = dict(extra)
     if extra.pop("model_kwargs_reg", None):  # register tokens in every model: P = 3 prefix tokens
         kw = {**TINY, "reg_tokens": 2, "no_embed_class": True}
         extra.update({"student.model_kwargs": kw, "teachers.sup.model_kwargs": kw, "teachers.mim.model_kwargs": kw})
-    bench = make_bench(**extra)
+    models = make_models(**extra)
     images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
-    assert_same(plain_step(bench, images), trainer_step(bench, images))
+    assert_same(oracle_step(models, images), trainer_step(models, images))
 
 
-def test_the_benchs_optimised_step_is_the_trainers(monkeypatch):
-    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
+def test_both_attention_paths_of_the_student_give_the_same_step():
+    """SDPA (CUDA) and the explicit path (the CPU's choice, student_fused_attention) are the same maths."""
+    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    fused = trainer_step(make_models(True, **TRIMMED, **{"student.drop_path": 0.0}), images)
+    explicit = trainer_step(make_models(False, **TRIMMED, **{"student.drop_path": 0.0}), images)
+    assert_same(fused, explicit)
+
+
+PHASES = {"input", "teacher mim", "teacher sup", "student forward", "losses", "student backward", "optimiser"}
+
+
+def test_the_benchs_optimised_step_is_the_trainers_and_its_phases_are_the_steps_ranges(monkeypatch):
+    bench = Bench(tiny_config(**TRIMMED), torch.device("cpu"))
     calls = []
-    monkeypatch.setattr(phases, "forward_backward", lambda *a, **k: calls.append(k) or forward_backward(*a, **k))
+    step = harness.train_step
+    monkeypatch.setattr(harness, "train_step", lambda *a, **k: calls.append(a) or step(*a, **k))
     images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
     times = bench.step(Switches(), images)
-    assert len(calls) == 1 and calls[0]["lap"].__self__.times  # the bench's clock, through the same function
-    assert {"input", "teacher mim", "teacher sup", "student forward", "losses", "student backward", "optimiser"} == set(
-        times
-    )
+    assert len(calls) == 1 and calls[0][2][0] is images and set(times) == {"step"} and times["step"] > 0
+    start = time.perf_counter()
+    phases = bench.phases(Switches(), images)
+    outside = time.perf_counter() - start
+    assert set(phases) == PHASES and len(calls) == 2
+    assert all(t > 0 for t in phases.values()) and sum(phases.values()) < outside  # disjoint ranges, in seconds
+    assert set(bench.phases(None, images)) == PHASES and len(calls) == 2  # the plain step opens the same ranges
 
 
-def test_every_switch_off_gives_the_same_losses():
-    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
+def test_switches_are_config_overrides_and_bf16_teachers_stay_close_with_fp32_targets():
+    assert Switches(bf16_teachers=True).overrides() == [
+        "train.teacher_precision=bf16",
+        "train.amp=none",
+        "train.compile=false",
+    ]
+    bench = Bench(tiny_config(**TRIMMED, **{"student.drop_path": 0.0}), torch.device("cpu"))
     images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
-    reference = losses_and_grads(bench, Switches(), images)
-    for name in ("fused_attention", "uint8_input"):
-        assert_same(losses_and_grads(bench, Switches().without(name), images), reference)
-    assert_same(losses_and_grads(bench, Switches(explicit_student_attention=True), images), reference)
-
-
-def test_bf16_teachers_stay_close_and_targets_are_fp32():
-    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
-    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
-    reference, _ = losses_and_grads(bench, Switches(), images)
-    parts, grads = losses_and_grads(bench, Switches(bf16_teachers=True), images)
-    assert torch.allclose(parts["loss"], reference["loss"], rtol=0.05)
-    targets = bench.teacher_set(Switches(bf16_teachers=True))(torch.rand(2, 3, 28, 28))
+    fp32, bf16 = bench.rig(Switches()), bench.rig(Switches(bf16_teachers=True))
+    assert bf16.precision.value == "bf16" and fp32.precision.value == "fp32" and bf16.run.amp_dtype is None
+    # built from the same seed: the same weights, one rounded to bf16
+    for a, b in zip(fp32.teachers.parameters(), bf16.teachers.parameters()):
+        assert torch.equal(a.to(torch.bfloat16), b)
+    reference, parts = fp32.step(images)["loss"], bf16.step(images)["loss"]
+    assert torch.allclose(parts, reference, rtol=0.05) and not torch.equal(parts, reference)
+    targets = bf16.teachers(torch.rand(2, 3, 28, 28))
     assert targets.features["sup"].dtype == torch.float32 and not targets.features["sup"].requires_grad
-    assert next(bench.teachers.teachers["sup"].model.parameters()).dtype == torch.float32  # master copy intact
 
 
 def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, capsys):
@@ -147,6 +163,8 @@ def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, cap
                 "0",
                 "--device",
                 "cpu",
+                "--precision",
+                "bf16",
                 "--out",
                 str(out),
                 "optim.weight_decay=0.01",
@@ -166,34 +184,41 @@ def test_bench_command_prints_both_steps_every_phase_and_the_ratio(tmp_path, cap
         "optimiser",
         "ratio",
         "GFLOP",
-        "- fused_attention",
+        "optimised fp32",
     ):
         assert word in text, word
+    ablations = [line.split() for line in text.splitlines() if "speeds the optimised step up" in line]
+    assert sorted(words[0] for words in ablations) == ["bf16_student", "bf16_teachers"]
     result = json.loads(out.read_text())
+    assert result["config"]["optim"]["weight_decay"] == 0.01
+    assert set(result["steps"]["optimised"]["phases_s"]) == {"data"} | PHASES
     assert result["provenance"]["packages"]["torch"]
     assert result["steps"]["plain"]["gflop_per_image"] > result["steps"]["optimised"]["gflop_per_image"] > 0
     assert result["ratio"] > 0 and len(result["steps"]["plain"]["step_s"]) == 2
 
 
 def test_compiled_bench_ablates_the_other_switches_from_the_eager_step():
-    sw = Switches(bf16_teachers=True, bf16_student=True, compile_student=True, compile_teachers=True)
-    runs = variants(sw, torch.device("cuda"), ablation=True)
-    assert runs["optimised"] == sw and runs["plain"] is None
-    assert runs["- compile_teachers"] == Switches(bf16_teachers=True, bf16_student=True, compile_student=True)
-    eager = runs["optimised eager"]
-    assert not eager.compile_student and not eager.compile_teachers and eager.bf16_teachers
-    assert runs["- fused_attention (eager)"] == eager.without("fused_attention")
-    assert runs["optimised fp32 (eager)"] == Switches()
-    compiled = [n for n, v in runs.items() if v is not None and (v.compile_student or v.compile_teachers)]
-    assert sorted(compiled) == ["- compile_student", "- compile_teachers", "optimised"]  # no graph but these
-    assert set(variants(sw, torch.device("cuda"), ablation=False)) == {"plain", "optimised", "optimised fp32 (eager)"}
+    sw = Switches(bf16_teachers=True, bf16_student=True, compile=True)
+    runs = variants(sw, ablation=True)
+    eager = Switches(bf16_teachers=True, bf16_student=True)
+    assert runs == {
+        "plain": None,
+        "optimised": sw,
+        "optimised eager": eager,
+        "- bf16_teachers (eager)": Switches(bf16_student=True),
+        "- bf16_student (eager)": Switches(bf16_teachers=True),
+        "optimised fp32 (eager)": Switches(),
+    }
+    assert variants(Switches(), ablation=True) == {"plain": None, "optimised": Switches()}
 
 
 def test_compiled_teachers_give_the_eager_targets():
-    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
+    bench = Bench(tiny_config(**TRIMMED, **{"student.drop_path": 0.0}), torch.device("cpu"))
     images = torch.rand(2, 3, 28, 28)
-    eager, compiled = bench.teacher_set(Switches())(images), bench.teacher_set(Switches(compile_teachers=True))(images)
-    assert bench.teachers.teachers["mim"]._compiled_call_impl is None  # the eager set is left alone
+    eager_set, compiled_set = bench.rig(Switches()).teachers, bench.rig(Switches(compile=True)).teachers
+    eager, compiled = eager_set(images), compiled_set(images)
+    assert eager_set.teachers["mim"]._compiled_call_impl is None  # the eager set is left alone
+    assert compiled_set.teachers["mim"]._compiled_call_impl is not None
     assert torch.equal(eager.keep, compiled.keep)
     assert torch.allclose(eager.features["sup"], compiled.features["sup"], atol=1e-5)
     for block, rel in eager.relations["mim"].items():
@@ -201,19 +226,20 @@ def test_compiled_teachers_give_the_eager_targets():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh)")
-def test_plain_and_optimised_steps_agree_on_cuda():
+def test_the_trainers_step_gives_the_oracles_on_cuda_and_bf16_stays_close():
     torch.backends.cudnn.allow_tf32 = False  # fp32 convolution for the patch embedding
-    bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
-    bench.student.cuda()
-    bench.teachers.cuda()
-    bench.run.device = torch.device("cuda")
-    images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
-    plain = plain_step(bench, images.cuda())
-    assert_same(plain, trainer_step(bench, images.cuda()), rtol=1e-4, grad_rtol=1e-3)
-    parts, _ = losses_and_grads(bench, Switches(bf16_teachers=True, bf16_student=True), images)
-    assert torch.isfinite(parts["loss"]) and torch.allclose(parts["loss"], plain[0]["loss"], rtol=0.1)
-    for t in bench.teachers.teachers.values():
-        assert next(t.model.parameters()).dtype == torch.float32
+    student, teachers, run = make_models(**TRIMMED, **{"student.drop_path": 0.0})
+    run.device = torch.device("cuda")
+    models = (student.cuda(), teachers.cuda(), run)
+    images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8).cuda()
+    oracle = oracle_step(models, images)
+    assert_same(oracle, trainer_step(models, images), rtol=1e-4, grad_rtol=1e-3)
+    bench = Bench(tiny_config(**TRIMMED, **{"student.drop_path": 0.0}), torch.device("cuda"))
+    fp32 = bench.rig(Switches()).step(images)["loss"]
+    bf16 = bench.rig(Switches(bf16_teachers=True, bf16_student=True)).step(images)["loss"]
+    assert torch.isfinite(bf16) and torch.allclose(bf16, fp32, rtol=0.1)
+    phases = bench.phases(Switches(bf16_teachers=True, bf16_student=True), images)
+    assert set(phases) == PHASES and all(t > 0 for t in phases.values())  # the kernels' device time
 
 
 def test_bench_reads_the_real_loader_with_data(idx_folder, tmp_path, capsys):

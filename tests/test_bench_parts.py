@@ -7,9 +7,8 @@ import signal
 import pytest
 import torch
 
-from hybrid_distill.bench.command import GRAPHS, measure, variants
 from hybrid_distill.bench.command import main as bench_main
-from hybrid_distill.bench.phases import Switches
+from hybrid_distill.bench.command import measure
 from hybrid_distill.bench.report import main as report_main
 from hybrid_distill.bench.stop import Stop
 
@@ -62,25 +61,37 @@ def test_batch_sweep_reports_every_batch_that_ran(tmp_path):
     assert [r["batch"] for r in result["rows"]] == [2, 3] and result["largest_batch"] == 3
 
 
-def test_cuda_graphs_variant_only_with_a_compiled_student():
-    sw = Switches(compile_student=True, compile_teachers=True)
-    runs = variants(sw, torch.device("cpu"), ablation=False, graphs=True)
-    assert runs[GRAPHS].cuda_graphs and runs[GRAPHS].compile_student and not runs["optimised"].cuda_graphs
-    assert GRAPHS not in variants(Switches(), torch.device("cpu"), ablation=False, graphs=True)
-
-
 class FailingBench:
-    def step(self, sw, images):
+    def step(self, sw, images, profile=False):
         if sw == "broken":
             raise RuntimeError("no graphs here")
-        return {"student": 0.1}
+        return {"step": 0.1}
 
 
 def test_a_failing_extra_variant_is_dropped_and_the_others_measured(capsys):
-    runs = {"plain": None, "optimised": "ok", GRAPHS: "broken"}
+    runs = {"plain": None, "optimised": "ok", "- compile": "broken"}
     records = measure(FailingBench(), runs, iter(lambda: torch.zeros(1), None), warmup=1, steps=2)
     assert set(records) == {"plain", "optimised"} and len(records["optimised"]) == 2
     assert "failed and is dropped: RuntimeError: no graphs here" in capsys.readouterr().err
+
+
+class ProfiledBench:
+    def __init__(self):
+        self.profiled = []
+
+    def step(self, sw, images, profile=False):
+        if profile:
+            self.profiled.append(sw)
+            return {"phases": {"losses": 0.2}}
+        return {"step": 0.1}
+
+
+def test_the_last_warm_up_step_of_each_variant_gives_its_phases_and_is_not_timed():
+    bench, phases = ProfiledBench(), {}
+    runs = {"plain": None, "optimised": "ok"}
+    records = measure(bench, runs, iter(lambda: torch.zeros(1), None), warmup=2, steps=2, phases=phases)
+    assert bench.profiled in ([None, "ok"], ["ok", None]) and phases == {n: {"losses": 0.2} for n in runs}
+    assert {n: [t["step"] for t in r] for n, r in records.items()} == {"plain": [0.1, 0.1], "optimised": [0.1, 0.1]}
 
 
 class TimedOutBench:
@@ -88,11 +99,11 @@ class TimedOutBench:
 
     calls = 0
 
-    def step(self, sw, images):
+    def step(self, sw, images, profile=False):
         self.calls += 1
         if self.calls == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return {"student": 0.1}
+        return {"step": 0.1}
 
 
 def test_sigterm_lets_the_step_in_flight_finish_and_reports_the_repeats_done(capsys):

@@ -69,8 +69,12 @@ def test_an_intermediate_feature_block_is_matched_at_its_student_block(idx_folde
     student, teachers, _ = built(
         idx_folder, tmp_path, **{"teachers.sup.feature_block": 2, "student.model_kwargs": {**TINY, "depth": 3}}
     )
-    assert student.feature_at == {"sup": 0}  # teacher block 2 of 6 -> student block 0 of 3
-    assert [(r.key, b) for r, b in student.relation_specs] == [(3, 1), (4, 1)]
+    # teacher block 2 of 6 -> student block 0 of 3; relation blocks 3, 4 of 6 -> 1 of 3
+    assert [(t.part, t.teacher_block, t.student_block) for t in student.targets] == [
+        ("sup/feat", 2, 0),
+        ("mim/rel3", 3, 1),
+        ("mim/rel4", 4, 1),
+    ]
     targets, out, parts = step(student, teachers, torch.rand(2, 3, 28, 28))
     assert out.features["sup"].shape == targets.features["sup"].shape == (2, 17, 48)
     assert torch.isfinite(parts["loss"])
@@ -82,7 +86,12 @@ def test_student_blocks_names_the_matching_block(idx_folder, tmp_path):
         tmp_path,
         **{"student.model_kwargs": {**TINY, "depth": 4}, "teachers.mim.student_blocks": {-3: 0, 4: 2}},
     )
-    assert [(r.key, b) for r, b in student.relation_specs] == [(3, 0), (4, 2)]
+    # the last block's features are the student's last block's; the relations go where they are named
+    assert [(t.part, t.teacher_block, t.student_block) for t in student.targets] == [
+        ("sup/feat", 5, 3),
+        ("mim/rel3", 3, 0),
+        ("mim/rel4", 4, 2),
+    ]
 
 
 def test_student_msa_matches_its_target_and_by_hand(idx_folder, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_run_config
 from torch import nn
 
-from hybrid_distill.bench.fp8_check import targets_at
+from hybrid_distill.bench.fp8_check import targets_at, teacher_sets
 from hybrid_distill.build import build_models
 from hybrid_distill.config import ConfigError, TeacherPrecision, from_dict
 from hybrid_distill.models.fp8 import E4M3_MAX, Float8Linear, fp8_unsupported, quantize_rows, to_float8
@@ -44,13 +44,10 @@ def test_float8_linear_matches_bf16_within_e4m3_rounding():
 @needs_fp8
 def test_fp8_teachers_give_targets_near_bf16_ones():
     cfg = from_dict(tiny_run_config("/unused", "/unused", **{"train.amp": "bf16"}))
-    torch.manual_seed(0)
-    _, teachers, _ = build_models(cfg, teacher_precision="fp32")
-    bf16, fp8 = teachers.copy(precision=TeacherPrecision.bf16), teachers.copy(precision=TeacherPrecision.fp8)
+    sets = teacher_sets(cfg, CPU)  # built as the trainer builds them, from the same seed
+    bf16, fp8 = sets["bf16"], sets["fp8"]
     assert fp8.precision is TeacherPrecision.fp8 and bf16.precision is TeacherPrecision.bf16
-    _, built, _ = build_models(cfg, amp_dtype=torch.bfloat16, teacher_precision="fp8")  # the trainer's way
-    assert built.precision is TeacherPrecision.fp8
-    assert all(p.dtype == torch.bfloat16 for p in built.parameters() if p.dtype != torch.float8_e4m3fn)
+    assert all(p.dtype == torch.bfloat16 for p in fp8.parameters() if p.dtype != torch.float8_e4m3fn)
     linears = [m for m in fp8.modules() if isinstance(m, Float8Linear)]
     assert len(linears) == 2 * 6 * 4  # qkv, proj, fc1, fc2 of every block of both teachers
     pixels = torch.rand(4, 3, 28, 28)

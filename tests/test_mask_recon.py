@@ -47,9 +47,10 @@ def test_loss_ignores_visible_targets_and_reads_masked_ones(idx_folder, tmp_path
     assert mask[:, 1:].sum(dim=1).eq(math.ceil(L * (0.6 if style == "simmim" else 0.75))).all()
     base = distill_losses(out, targets, {"sup": 1.0}, 2.0)["sup/mask_feat"]
     feats = targets.features["sup"]
+    sup = next(t for t in targets.values if t.is_features)
 
     def loss_with(changed):
-        targets.features["sup"] = changed
+        targets.values[sup] = changed
         return distill_losses(out, targets, {"sup": 1.0}, 2.0)["sup/mask_feat"]
 
     assert torch.equal(loss_with(torch.where(mask[..., None], feats, feats + 10.0)), base)  # visible changed

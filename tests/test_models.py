@@ -10,7 +10,6 @@ from conftest import TINY, tiny_run_config, tiny_vit
 from hybrid_distill.build import build_models
 from hybrid_distill.config import (
     ConfigError,
-    MaskingConfig,
     RelationHeads,
     RelationKind,
     TeacherConfig,
@@ -19,9 +18,9 @@ from hybrid_distill.config import (
 )
 from hybrid_distill.losses import distill_losses, smooth_l1
 from hybrid_distill.masking import KeepGiven, KeepLeastRedundant, all_indices, least_redundant
-from hybrid_distill.models.student import RelationSpec, Student
+from hybrid_distill.models.student import Student
 from hybrid_distill.models.teacher import Teacher
-from hybrid_distill.targets import Targets, TeacherSet
+from hybrid_distill.targets import FEATURES, Target, Targets
 
 
 def every_patch(batch: int = 2, patches: int = 49) -> KeepGiven:
@@ -48,8 +47,8 @@ def hand_logits(model, images, block_index, with_v=False):
 
 def test_student_with_every_token_equals_timm_forward_features():
     backbone = tiny_vit().eval()
-    spec = RelationSpec("m", -2, RelationKind.scaled, RelationHeads.per_head)
-    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, [spec]).eval()
+    target = Target("m", 4, 4, RelationKind.scaled)  # a block whose logits the student taps
+    student = Student(backbone, [0.0] * 3, [1.0] * 3, [target]).eval()
     images = torch.rand(2, 3, 28, 28)
     out = student.forward_all(images)
     assert torch.allclose(out.tokens, backbone.forward_features(images), atol=1e-5)
@@ -57,7 +56,7 @@ def test_student_with_every_token_equals_timm_forward_features():
 
 def test_kept_token_student_equals_timm_on_the_gathered_sequence():
     backbone = tiny_vit().eval()
-    student = Student(backbone, [0.0] * 3, [1.0] * 3, {}, []).eval()
+    student = Student(backbone, [0.0] * 3, [1.0] * 3, []).eval()
     images, keep = torch.rand(2, 3, 28, 28), torch.tensor([[0, 5, 9, 48], [1, 2, 3, 40]])
     tokens = backbone._pos_embed(backbone.patch_embed(images))
     gathered = torch.cat([tokens[:, :1], torch.stack([t[1:][k] for t, k in zip(tokens, keep)])], dim=1)
@@ -179,15 +178,15 @@ def test_smooth_l1_by_hand_and_named_weighted_parts():
     # |d| = 0.5, 2, 5 with beta 2: 0.5 * d^2 / beta = 0.0625; |d| >= beta: |d| - beta / 2 = 1, 4
     assert torch.isclose(smooth_l1(pred, target, 2.0), torch.tensor((0.0625 + 1.0 + 4.0) / 3))
 
+    c, m9, m10 = Target("c", 11, 5, FEATURES, 1), Target("m", 9, 4, "raw"), Target("m", 10, 4, "raw")
+
     class Out:
-        features = {"c": torch.zeros(1, 2, 1)}
-        relations = {"m": {9: torch.zeros(1, 1, 2, 2), 10: torch.zeros(1, 1, 2, 2)}}
+        values = {c: torch.zeros(1, 2, 1), m9: torch.zeros(1, 1, 2, 2), m10: torch.zeros(1, 1, 2, 2)}
         loss_mask = None
 
     targets = Targets(
         torch.zeros(1, 1, dtype=torch.long),
-        {"c": torch.full((1, 2, 1), 4.0)},
-        {"m": {9: torch.full((1, 1, 2, 2), 1.0), 10: torch.full((1, 1, 2, 2), 3.0)}},
+        {m9: torch.full((1, 1, 2, 2), 1.0), c: torch.full((1, 2, 1), 4.0), m10: torch.full((1, 1, 2, 2), 3.0)},
     )
     parts = distill_losses(Out(), targets, {"c": 1.0, "m": 0.5}, 2.0)
     assert parts["c/feat"].item() == pytest.approx(3.0)  # 4 - 1
@@ -237,7 +236,7 @@ def test_a_vit_without_class_token_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^teacher 'siglip' \(x\) has no class token \(timm class_token=False\)"):
         Teacher("siglip", TeacherConfig(arch="x", features=True), tiny_vit(**no_cls), (7, 7))
     with pytest.raises(ConfigError, match=r"^the student has no class token"):
-        Student(tiny_vit(**no_cls), [0.0] * 3, [1.0] * 3, {}, [])
+        Student(tiny_vit(**no_cls), [0.0] * 3, [1.0] * 3, [])
     Teacher("ok", TeacherConfig(arch="x", features=True), tiny_vit(reg_tokens=2), (7, 7))  # registers are fine
 
 
@@ -269,8 +268,5 @@ def test_a_teacher_lives_wholly_on_the_device_it_is_built_for():
     meta = torch.device("meta")
     teacher = Teacher("sup", TeacherConfig(arch="x", features=True), tiny_vit(), (7, 7), device=meta)
     assert {t.device for t in [*teacher.parameters(), *teacher.buffers()]} == {meta}  # Normalize's mean / std too
-    other = TeacherSet({"sup": teacher}, MaskingConfig(teacher=None), 49).copy(fused_attention=False)
-    assert {t.device for t in [*other.parameters(), *other.buffers()]} == {meta}
-    bf16 = TeacherSet({"sup": teacher}, MaskingConfig(teacher=None), 49).copy(precision=TeacherPrecision.bf16)
-    with pytest.raises(ValueError, match="copy needs fp32 teachers, these are bf16"):
-        bf16.copy()
+    bf16 = Teacher("sup", TeacherConfig(arch="x", features=True), tiny_vit(), (7, 7), TeacherPrecision.bf16, meta)
+    assert {t.device for t in [*bf16.parameters(), *bf16.buffers()]} == {meta}

@@ -4,15 +4,14 @@ import torch
 from omegaconf import DictConfig
 
 from .config_schema import ConfigError, DecoderKind, MaskStyle, TeacherPrecision
-from .matching import block_matches, check_can_match
+from .matching import match_targets
 from .models.decoder import Decoder
 from .models.fd_encoder import create_student_vit
 from .models.mask_recon import MaskRecon
 from .models.precision import resolve_teacher_precision
-from .models.student import RelationSpec, Student, block_head_name
+from .models.student import Student
 from .models.teacher import Teacher, build_teacher_model
 from .models.tokens import grid_size
-from .relations import form
 from .targets import TeacherSet
 
 
@@ -23,19 +22,20 @@ def build_backbone(cfg: DictConfig):
 
 
 def build_teachers(
-    cfg: DictConfig, student_grid, device=None, precision: TeacherPrecision = TeacherPrecision.fp32
+    cfg: DictConfig, student, device=None, precision: TeacherPrecision = TeacherPrecision.fp32
 ) -> tuple[TeacherSet, dict]:
-    """The frozen teachers on `device` in `precision` (resolved) and their manifest records (file,
-    sha256, source, licence)."""
+    """The frozen teachers on `device` in `precision` (resolved), with the targets the student
+    `student` (its timm backbone) matches (matching.py), and their manifest records (file, sha256,
+    source, licence)."""
     if not cfg.teachers:
         raise ConfigError("no teachers configured: add teachers.<name>.arch=... (see configs/)")
-    teachers, records = {}, {}
+    teachers, records, grid = {}, {}, grid_size(student)
     for name, tcfg in cfg.teachers.items():
-        model, records[name] = build_teacher_model(name, tcfg, student_grid)
+        model, records[name] = build_teacher_model(name, tcfg, grid)
         check_finite(name, tcfg, model)
-        teachers[name] = Teacher(name, tcfg, model, student_grid, precision=precision, device=device)
-    grid = tuple(student_grid)
-    return TeacherSet(teachers, cfg.masking, grid[0] * grid[1]), records
+        teachers[name] = Teacher(name, tcfg, model, grid, precision=precision, device=device)
+    targets = match_targets(cfg, teachers, student)
+    return TeacherSet(teachers, cfg.masking, grid[0] * grid[1], targets), records
 
 
 def check_finite(name: str, tcfg, model) -> None:
@@ -49,36 +49,22 @@ def check_finite(name: str, tcfg, model) -> None:
 
 
 def build_student(cfg: DictConfig, teachers: TeacherSet, backbone=None, fused_attention: bool = True) -> Student:
-    """Each teacher target matched at its student block (matching.py), features through their own head."""
+    """The student of the teachers' targets (each matched at its student block), token targets through
+    their own head."""
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    heads, specs, feature_at, depth = {}, [], {}, len(backbone.blocks)
-    for name, teacher in teachers.teachers.items():
-        tcfg = cfg.teachers[name]
-        check_can_match(name, tcfg, teacher.model.blocks[0].attn, backbone.blocks[0].attn)
-        match = block_matches(name, tcfg, teacher.depth, depth)
-        if tcfg.features:
-            heads[name] = teacher.model.embed_dim
-            if teacher.feature_block != teacher.depth - 1:
-                feature_at[name] = match[teacher.feature_block]
-        for b in teacher.relation_blocks:
-            specs.append(RelationSpec(name, match[b], tcfg.relation_kind, tcfg.relation_heads, key=b))
-            if form(tcfg.relation_kind).tokens:  # T^i through the student's own head
-                heads[block_head_name(name, b)] = teacher.model.embed_dim
     identity = DecoderKind(cfg.student.decoder) is DecoderKind.none
     if identity:
-        check_widths(heads, backbone.embed_dim)
+        check_widths({t.head_name: t.head for t in teachers.targets if t.head is not None}, backbone.embed_dim)
     return Student(
         backbone,
         cfg.student.mean,
         cfg.student.std,
-        heads,
-        specs,
+        teachers.targets,
         cfg.train.activation_checkpointing,
         fused_attention,
         build_decoder(cfg.student, backbone),
         build_recon(cfg.student, backbone),
         linear_heads=not identity,
-        feature_at=feature_at,
     )
 
 
@@ -136,5 +122,5 @@ def build_models(
     in the student (models/attention.py, student_fused_attention picks it per device)."""
     backbone = build_backbone(cfg)
     precision = resolve_teacher_precision(teacher_precision or cfg.train.teacher_precision, amp_dtype)
-    teachers, records = build_teachers(cfg, grid_size(backbone), device, precision)
+    teachers, records = build_teachers(cfg, backbone, device, precision)
     return build_student(cfg, teachers, backbone, student_fused_attention), teachers, records

@@ -3,6 +3,8 @@
 Smooth L1 with beta 2.0, mean over channels (or relation entries) and tokens, as dBOT and FD.
 """
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -31,20 +33,19 @@ def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 def distill_losses(
     out: StudentOutput, targets: Targets, weights: dict[str, float], beta: float
 ) -> dict[str, torch.Tensor]:
-    """Named weighted parts '<teacher>/feat' (or '<teacher>/mask_feat' with mask reconstruction) and
-    '<teacher>/rel<block index>', and their sum under 'loss'."""
+    """One weighted part per target, named by it ('<teacher>/feat', or '<teacher>/mask_feat' with mask
+    reconstruction, and '<teacher>/rel<block index>'), features first, and their sum under 'loss'."""
     parts = {}
-    for name, feats in targets.features.items():
-        if out.loss_mask is not None:
-            parts[f"{name}/mask_feat"] = weights[name] * masked_smooth_l1(
-                out.features[name], feats, out.loss_mask, beta
-            )
+    listed = sorted(targets.values, key=lambda t: not t.is_features)
+    blocks = Counter(t.teacher for t in listed if not t.is_features)
+    for t in listed:
+        pred, target = out.values[t], targets.values[t]
+        if t.is_features and out.loss_mask is not None:
+            parts[f"{t.teacher}/mask_feat"] = weights[t.teacher] * masked_smooth_l1(pred, target, out.loss_mask, beta)
+        elif t.is_features:
+            parts[t.part] = weights[t.teacher] * smooth_l1(pred, target, beta)
         else:
-            parts[f"{name}/feat"] = weights[name] * smooth_l1(out.features[name], feats, beta)
-    for name, relations in targets.relations.items():
-        # eq. 3 distils the concatenation [R^{L-1}, R^{L-2}] under one mean: each block weighs 1/n
-        for block, rel in relations.items():
-            share = weights[name] / len(relations)
-            parts[f"{name}/rel{block}"] = share * smooth_l1(out.relations[name][block], rel, beta)
+            # eq. 3 distils the concatenation [R^{L-1}, R^{L-2}] under one mean: each block weighs 1/n
+            parts[t.part] = weights[t.teacher] / blocks[t.teacher] * smooth_l1(pred, target, beta)
     parts["loss"] = torch.stack(list(parts.values())).sum()
     return parts

@@ -9,6 +9,7 @@ Every refusal is one line naming the config key to change.
 
 from .config_schema import ConfigError, RelationHeads, RelationKind
 from .relations import form, resolve_block
+from .targets import FEATURES, Target
 
 
 def same_relative_depth(block: int, teacher_depth: int, student_depth: int) -> int:
@@ -53,3 +54,22 @@ def check_can_match(name: str, tcfg, teacher_attn, student_attn) -> None:
             f"(teacher) and {student_attn.head_dim} (student) with no head between them: use a student of head width "
             f"{teacher_attn.head_dim} or relation_kind=features"
         )
+
+
+def match_targets(cfg, teachers: dict, student) -> list[Target]:
+    """The one list of targets (targets.py) of every teacher (`Teacher`s by name), in config order and
+    each teacher's features first: each target matched at its student block. Features of the teacher's
+    last block are the student's last block's (its final tokens, after any decoder)."""
+    depth, out = len(student.blocks), []
+    for name, teacher in teachers.items():
+        tcfg = cfg.teachers[name]
+        check_can_match(name, tcfg, teacher.model.blocks[0].attn, student.blocks[0].attn)
+        match = block_matches(name, tcfg, teacher.depth, depth)
+        width = teacher.model.embed_dim
+        if tcfg.features:
+            block = teacher.feature_block
+            out.append(Target(name, block, depth - 1 if block == teacher.depth - 1 else match[block], FEATURES, width))
+        kind, heads = RelationKind(tcfg.relation_kind), RelationHeads(tcfg.relation_heads)
+        head = width if form(kind).tokens else None  # T^i through the student's own head
+        out += [Target(name, b, match[b], kind, head, heads) for b in teacher.relation_blocks]
+    return out

@@ -1,6 +1,7 @@
 """`hybrid-distill bench CONFIG`: images/s, time per phase, peak memory, GFLOP per image and (CUDA)
 fraction of bf16 peak, for the plain and the optimised step interleaved in one process after
-warm-up, medians over repeats, their ratio, and each optimisation switched off on its own.
+warm-up, medians over repeats, their ratio, and each of the optimised step's config choices
+(bf16 teachers, bf16 student, compile: phases.Switches) switched off on its own.
 
     hybrid-distill bench configs/hybrid_vitb_mae_clip.yaml --batch 8 --steps 5 --device cpu \
         teachers.clip.weights=random teachers.mim.weights=random
@@ -18,18 +19,15 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..build import build_models
 from ..cli_parser import Parser
 from ..config import load_config, to_dict
 from ..config_check import AT_LEAST_0, AT_LEAST_1, check_flags
 from ..provenance import provenance
-from ..runtime import RunContext, pick_device, seed_everything
+from ..runtime import pick_device
 from ..validate import writable_dir
 from .flops import SDPA_CPU
-from .phases import Bench, NullClock, Switches, default_switches
+from .phases import Bench, Switches, default_switches
 from .stop import Stop
-
-GRAPHS = "optimised + CUDA graphs"
 
 # `hybrid-distill bench MODE ...`: flag -> (module, what it measures)
 MODES = {
@@ -70,11 +68,6 @@ def parse(argv):
     p.add_argument("--no-ablation", action="store_true", help="skip the runs with one optimisation switched off")
     p.add_argument("--smoke", action="store_true", help="tiny models at 32 px: checks the code path in seconds")
     p.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="add the optimised step with the student compiled in mode='reduce-overhead' (CUDA graphs)",
-    )
-    p.add_argument(
         "--deadline",
         type=float,
         default=None,
@@ -111,38 +104,29 @@ def loader_batches(cfg, batch: int):
         epoch += 1
 
 
-def variants(sw: Switches, device: torch.device, ablation: bool, graphs: bool = False) -> dict[str, Switches | None]:
-    """plain, optimised, and with `ablation` each optimisation switched off on its own. When compiling,
-    the other switches are ablated from the eager optimised step ('(eager)'): every compiled variant
-    would cost a compilation of its own, and dynamo's recompile limit would fall back to eager."""
+def variants(sw: Switches, ablation: bool) -> dict[str, Switches | None]:
+    """plain, optimised, and with `ablation` each switch turned off on its own. When compiling, the
+    other switches are ablated from the eager optimised step ('(eager)'): every compiled variant would
+    cost a compilation of its own."""
     out = {"plain": None, "optimised": sw}
-    compiled = [name for name in ("compile_student", "compile_teachers") if getattr(sw, name)]
-    eager = replace(sw, compile_student=False, compile_teachers=False)
-    suffix = " (eager)" if compiled else ""
+    eager = replace(sw, compile=False)
+    suffix = " (eager)" if sw.compile else ""
     if ablation:
-        for name in compiled:  # no new graphs: the other modules run eager
-            out[f"- {name}"] = sw.without(name)
-        if compiled:
+        if sw.compile:
             out["optimised eager"] = eager
         for name in eager.on():
-            if name == "uint8_input" and device.type != "cuda":
-                continue  # no host-to-device copy on the CPU
             out[f"- {name}{suffix}"] = eager.without(name)
-    if graphs and sw.compile_student:
-        out[GRAPHS] = replace(sw, cuda_graphs=True)
     if sw.bf16_teachers or sw.bf16_student:  # the optimised step in fp32 as well: the ratio in both precisions
-        out[f"optimised fp32{suffix}"] = replace(eager, bf16_teachers=False, bf16_student=False)
+        out[f"optimised fp32{suffix}"] = Switches()
     return out
 
 
 def gflop_per_image(bench: Bench, sw: Switches | None, images: torch.Tensor) -> float:
-    """Forward + backward FLOPs of one step (matmuls, convolutions, attention) per image."""
-    if sw is not None:
-        sw = replace(sw, compile_student=False, compile_teachers=False)  # the same FLOPs, eager
+    """Forward + backward FLOPs of one step (matmuls, convolutions, attention) per image; the optimised
+    step's counted on its fp32 eager variant (the same work)."""
     counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)
     with counter:
-        bench.forward_backward(sw, images, NullClock())
-    (bench.student if sw is None else bench.student_for(sw)).zero_grad(set_to_none=True)
+        bench.run(None if sw is None else Switches(), images)
     return counter.get_total_flops() / images.shape[0] / 1e9
 
 
@@ -154,12 +138,21 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
 
 
 def measure(
-    bench: Bench, runs: dict, batches, warmup: int, steps: int, stop: Stop | None = None, on_repeat=None
+    bench: Bench,
+    runs: dict,
+    batches,
+    warmup: int,
+    steps: int,
+    stop: Stop | None = None,
+    on_repeat=None,
+    phases: dict | None = None,
 ) -> dict[str, list[dict]]:
-    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped. Stops
+    """Every variant once per repeat, the order rotated each repeat; warm-up repeats dropped, the last
+    one run under the profiler: its phases go to `phases` (variant -> seconds per phase). Stops
     between steps when `stop` says so (deadline, SIGTERM) with the repeats done; `on_repeat(records)`
     after each repeat (the partial result file)."""
     names, records = list(runs), {n: [] for n in runs}
+    phases = {} if phases is None else phases
     stop = stop or Stop()
     for r in range(warmup + steps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -168,7 +161,7 @@ def measure(
                 return {n: v for n, v in records.items() if v}
             start = time.perf_counter()
             images = next(batches)  # with --data: the wait for the loader's workers (0 when overlapped)
-            step_variant(bench, runs, name, images, time.perf_counter() - start, r, warmup, names, records)
+            step_variant(bench, runs, name, images, time.perf_counter() - start, r, warmup, names, records, phases)
         kind = "warm-up" if r < warmup else "timed"
         print(f"repeat {r + 1}/{warmup + steps} done ({kind})", file=sys.stderr, flush=True)
         if on_repeat is not None:
@@ -177,13 +170,23 @@ def measure(
 
 
 def step_variant(
-    bench: Bench, runs: dict, name: str, images, data_s: float, r: int, warmup: int, names: list, records: dict
+    bench: Bench,
+    runs: dict,
+    name: str,
+    images,
+    data_s: float,
+    r: int,
+    warmup: int,
+    names: list,
+    records: dict,
+    phases: dict,
 ) -> None:
-    """One step of one variant, recorded after warm-up; an extra variant that fails is dropped."""
+    """One step of one variant, recorded after warm-up (the last warm-up profiled); an extra variant
+    that fails is dropped."""
     start = time.perf_counter()
     try:
-        times = {"data": data_s, **bench.step(runs[name], images)}
-    except Exception as err:  # an experimental variant (CUDA graphs) must not take the others down
+        times = {"data": data_s, **bench.step(runs[name], images, profile=r == warmup - 1)}
+    except Exception as err:  # an extra variant (a compiled one, say) must not take the others down
         if name in ("plain", "optimised"):
             raise
         print(
@@ -196,6 +199,8 @@ def step_variant(
         return
     if r < warmup:  # the first calls compile: say how long they took
         print(f"  {name}: {time.perf_counter() - start:.1f} s (warm-up {r + 1})", file=sys.stderr, flush=True)
+        if "phases" in times:
+            phases[name] = times["phases"]
     else:
         records[name].append(times)
 
@@ -205,15 +210,15 @@ def write_partial(path: Path, records: dict, batch: int) -> None:
     path.write_text(json.dumps({"batch": batch, "partial": True, "step_records": records}))
 
 
-def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None) -> dict:
-    totals = [sum(v for k, v in t.items() if k != "peak_mib") for t in records]
-    phases = {k: statistics.median(t[k] for t in records) for k in records[0] if k != "peak_mib"}
+def summarise(records: list[dict], batch: int, gflop: float | None, peak: float | None, phases: dict) -> dict:
+    """records: {'data', 'step'[, 'peak_mib']} seconds per timed repeat; phases: one profiled step's."""
+    totals = [t["data"] + t["step"] for t in records]
     step = statistics.median(totals)
     out = {
         "step_s": totals,
         "median_step_s": step,
         "images_per_s": batch / step,
-        "phases_s": phases,
+        "phases_s": {"data": statistics.median(t["data"] for t in records), **phases},
         "peak_mib": max((t.get("peak_mib", 0.0) for t in records), default=0.0) or None,
         "gflop_per_image": gflop,
     }
@@ -234,7 +239,7 @@ def print_table(summary: dict, ratio: float, device_name: str) -> None:
         frac = f"{100 * s['fraction_of_bf16_peak']:.1f}" if s.get("fraction_of_bf16_peak") else "-"
         print(f"{row}{gf:>11}{mem:>10}{frac:>13}")
     print(f"ratio optimised / plain (images/s): {ratio:.2f}x")
-    for name in (n for n in summary if n.startswith("optimised fp32") or n == GRAPHS):
+    for name in (n for n in summary if n.startswith("optimised fp32")):
         fp32 = summary["plain"]["median_step_s"] / summary[name]["median_step_s"]
         print(f"ratio {name} / plain (images/s): {fp32:.2f}x")
     for name, s in summary.items():
@@ -264,31 +269,25 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (128 if device.type == "cuda" else 8)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    seed_everything(cfg.seed)
-    sw = default_switches(device, bf16, use_compile)
-    # fp32 teachers whatever the config says: the bench makes its bf16 variants as copies of them
-    student, teachers, _ = build_models(cfg, sw.student_fused, device, teacher_precision="fp32")
-    student.to(device).train()
-    run = RunContext(
-        device, None, {n: t.weight for n, t in cfg.teachers.items()}, cfg.loss.beta, cfg.optim.clip_grad or float("inf")
-    )
-    bench = Bench(student, teachers, cfg.optim, run)
+    sw = default_switches(bf16, use_compile)
+    bench = Bench(cfg, device)
     batches = loader_batches(cfg, batch) if args.data else synthetic_batches(batch, cfg.data.img_size, device)
-    runs = variants(sw, device, not args.no_ablation, args.cuda_graphs)
+    runs = variants(sw, not args.no_ablation)
     sample = next(batches)[: min(batch, 2)]
     flops = {n: gflop_per_image(bench, runs[n], sample) for n in ("plain", "optimised")}
-    for name in (n for n in runs if n.startswith("optimised fp32") or n == GRAPHS):
-        flops[name] = flops["optimised"]  # the same work in another precision or launch mode
+    for name in (n for n in runs if n.startswith("optimised fp32")):
+        flops[name] = flops["optimised"]  # the same work in another precision
     partial = Path(args.out).with_suffix(".partial.json")  # the raw repeats so far, should the bench be killed
+    phases, on_repeat = {}, lambda done: write_partial(partial, done, batch)
     with stop.watching():
-        records = measure(
-            bench, runs, batches, args.warmup, args.steps, stop, lambda done: write_partial(partial, done, batch)
-        )
+        records = measure(bench, runs, batches, args.warmup, args.steps, stop, on_repeat, phases)
+        for name in (n for n in records if n not in phases):  # no warm-up: one more step, profiled
+            phases[name] = {} if stop() else bench.step(runs[name], next(batches), profile=True)["phases"]
     if not {"plain", "optimised"} <= set(records):
         print("hybrid-distill bench: no timed repeat of both the plain and the optimised step", file=sys.stderr)
         return 1
     peak = bf16_peak_tflops(device)
-    summary = {n: summarise(r, batch, flops.get(n), peak) for n, r in records.items()}
+    summary = {n: summarise(r, batch, flops.get(n), peak, phases[n]) for n, r in records.items()}
     ratio = summary["plain"]["median_step_s"] / summary["optimised"]["median_step_s"]
     env = provenance()
     print_table(summary, ratio, env["device"])

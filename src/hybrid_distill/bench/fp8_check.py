@@ -11,11 +11,11 @@ ratio of the teachers alone and of the whole training step (engine.train_step), 
 import argparse
 
 import torch
+from omegaconf import OmegaConf
 
 from ..build import build_models
 from ..data.transforms import to_unit
 from ..masking import KeepGiven
-from ..models.precision import resolve_teacher_precision
 from ..runtime import seed_everything
 from .harness import (
     RANDOM_VITB,
@@ -39,12 +39,13 @@ def parse(argv):
     return p.parse_intermixed_args(argv)
 
 
-def teacher_copies(teachers) -> dict:
-    """fp32 teachers -> the same weights in each precision."""
-    return {
-        precision: teachers.copy(precision=resolve_teacher_precision(precision, torch.bfloat16))
-        for precision in PRECISIONS
-    }
+def teacher_sets(cfg, device: torch.device) -> dict:
+    """The same teachers (seeded: the same weights) in each precision, built as the trainer builds them."""
+    sets = {}
+    for precision in PRECISIONS:
+        seed_everything(cfg.seed)
+        _, sets[precision], _ = build_models(cfg, device=device, amp_dtype=torch.bfloat16, teacher_precision=precision)
+    return sets
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -92,9 +93,7 @@ def main(argv=None) -> int:
     device = device_from(args)
     batch = args.batch or (256 if device.type == "cuda" else 4)
     cfg = paper_config("hybrid_vitb_mae_clip", RANDOM_VITB, ["train.amp=bf16", *args.overrides], args.smoke)
-    seed_everything(cfg.seed)
-    _, teachers, _ = build_models(cfg, device=device, teacher_precision="fp32")
-    copies = teacher_copies(teachers)
+    copies = teacher_sets(cfg, device)
     images = torch.randint(
         0,
         256,
@@ -108,7 +107,8 @@ def main(argv=None) -> int:
     del copies["fp32"]
     if not args.no_step:
         for p in ("bf16", "fp8"):
-            fns[f"step {p}"] = StepRig(cfg, device, batch, teacher_precision=p).step
+            rig = StepRig(OmegaConf.merge(cfg, {"train": {"teacher_precision": p}}), device, batch)
+            fns[f"step {p}"] = rig.step
     times = time_interleaved(fns, device, args.warmup, args.steps)
     step = {n: median(t) for n, t in times.items()}
     ratios = {

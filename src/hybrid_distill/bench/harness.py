@@ -55,15 +55,17 @@ def smoke_overrides(teacher_names) -> list[str]:
 
 
 class StepRig:
-    """Student, teachers, optimiser and run context of one config, stepped by engine.train_step."""
+    """Student, teachers, optimiser and run context of one config, stepped by engine.train_step; built
+    as the trainer builds them (seeded: the same config gives the same weights)."""
 
-    def __init__(self, cfg, device: torch.device, batch: int, teacher_precision: str | None = None):
+    def __init__(self, cfg, device: torch.device, batch: int):
         seed_everything(cfg.seed)
         dtype = amp_dtype(cfg.train.amp, device)
-        self.student, self.teachers, _ = build_models(
-            cfg, student_fused_attention(device), device, dtype, teacher_precision
-        )  # as the trainer
+        self.student, self.teachers, _ = build_models(cfg, student_fused_attention(device), device, dtype)
         self.student.to(device).train()
+        if cfg.train.compile:  # in place, as the trainer
+            self.student.compile()
+            self.teachers.compile()
         self.precision = self.teachers.precision
         self.optimizer = build_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -77,8 +79,10 @@ class StepRig:
         self.device, self.batch = device, batch
         self.images = synthetic_images(batch, cfg.data.img_size, device)
 
-    def step(self) -> dict[str, torch.Tensor]:
-        return train_step(self.student, self.teachers, [self.images], self.optimizer, self.scaler, 1e-4, self.run)
+    def step(self, images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One engine.train_step on `images` (uint8), or on the rig's own synthetic batch."""
+        images = self.images if images is None else images
+        return train_step(self.student, self.teachers, [images], self.optimizer, self.scaler, 1e-4, self.run)
 
     def gflop_per_image(self) -> float:
         counter = FlopCounterMode(display=False, custom_mapping=SDPA_CPU)

@@ -1,6 +1,7 @@
-"""The plain step: the same algorithm written the obvious way. It is the one deliberate second
-implementation of the training step (`engine.forward_backward`): the baseline of `hybrid-distill bench`
-and the oracle of tests/test_bench.py, which checks that both give the same losses and gradients.
+"""The plain step, the tests' oracle: the same algorithm written the obvious way. It is the one
+deliberate second implementation of the training step (`engine.forward_backward`): the oracle of
+tests/test_bench.py, which checks that both give the same losses and gradients, and the baseline of
+`hybrid-distill bench`. It opens the step's profiler ranges (engine.py) so the bench reads its phases.
 
 fp32; attention probabilities materialised in every block of every model (what `output_attentions`
 does); every teacher run through all its blocks; full N x N relations, then indexed; kept tokens
@@ -10,6 +11,7 @@ P prefix tokens, L patches, K kept.
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ..config_schema import RelationKind
 from ..losses import distill_losses
@@ -73,7 +75,7 @@ def masked_rows(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tens
     return picked.movedim(1, dim)
 
 
-def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[Targets, torch.Tensor]:
+def plain_targets(teachers: TeacherSet, pixels: torch.Tensor) -> tuple[Targets, torch.Tensor]:
     """Every teacher, the picker first; returns the targets and the final keep mask (B, L)."""
     B, L = pixels.shape[0], teachers.num_patches
     select = teachers.selector(B, pixels.device)
@@ -82,14 +84,11 @@ def plain_targets(teachers: TeacherSet, pixels: torch.Tensor, clock) -> tuple[Ta
     targets = Targets(torch.empty(0))
     with torch.no_grad():
         for name in teachers.order():
-            out, mask = plain_teacher(teachers.teachers[name], pixels, mask, select)
+            with record_function(f"teacher {name}"):
+                out, mask = plain_teacher(teachers.teachers[name], pixels, mask, select)
             select = KeepGiven(out.keep)  # the others follow the picker's keep set
             targets.keep = out.keep
-            if out.features is not None:
-                targets.features[name] = out.features
-            if out.relations:
-                targets.relations[name] = out.relations
-            clock.lap(f"teacher {name}")
+            targets.add(name, out, teachers.targets)
     return targets, mask
 
 
@@ -107,26 +106,23 @@ def plain_student(student: Student, pixels: torch.Tensor, mask: torch.Tensor) ->
     taps = {}
     for i, block in enumerate(bb.blocks):
         x, lg = block_with_logits(block, x)
-        if i in student.relation_blocks:
-            taps[i] = (lg, None, x)
+        taps[i] = (lg, None, x)
     x = bb.norm(x)
     tokens = torch.cat([x[:, :1], x[:, P:]], dim=1)  # (B, 1 + K, D)
-    return StudentOutput(
-        tokens, {n: student.heads[n](tokens) for n in student.feature_heads}, student.relations(taps, P)
-    )
+    return StudentOutput(tokens, student.predictions(tokens, taps, P))
 
 
 def plain_forward_backward(
-    student: Student, teachers: TeacherSet, images: torch.Tensor, run, clock
+    student: Student, teachers: TeacherSet, images: torch.Tensor, run
 ) -> dict[str, torch.Tensor]:
-    """uint8 images (B, 3, H, W) -> loss parts; gradients left in the student. `clock.lap(phase)`."""
-    pixels = (images.float() / 255.0).to(run.device)  # fp32 on the host, then moved
-    clock.lap("input")
-    targets, mask = plain_targets(teachers, pixels, clock)
-    out = plain_student(student, pixels, mask)
-    clock.lap("student forward")
-    parts = distill_losses(out, targets, run.loss_weights, run.beta)
-    clock.lap("losses")
-    parts["loss"].backward()
-    clock.lap("student backward")
+    """uint8 images (B, 3, H, W) -> loss parts; gradients left in the student."""
+    with record_function("input"):
+        pixels = (images.float() / 255.0).to(run.device)  # fp32 on the host, then moved
+    targets, mask = plain_targets(teachers, pixels)
+    with record_function("student forward"):
+        out = plain_student(student, pixels, mask)
+    with record_function("losses"):
+        parts = distill_losses(out, targets, run.loss_weights, run.beta)
+    with record_function("student backward"):
+        parts["loss"].backward()
     return parts

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 import torch
+from omegaconf import OmegaConf
 
 from .harness import (
     RANDOM_VITB,
@@ -60,10 +61,7 @@ def sweep(cfg, args, title: str) -> dict:
 
     device = device_from(args)
     batches = [int(b) for b in args.batches.split(",")]
-    rig = StepRig(cfg, device, 2)
-    if args.compile:
-        rig.student.compile()
-        rig.teachers.compile()
+    rig = StepRig(OmegaConf.merge(cfg, {"train": {"compile": bool(args.compile)}}), device, 2)
     gflop = rig.gflop_per_image()  # eager or compiled: the same FLOPs
     peak = bf16_peak_tflops(device)
     rows = []

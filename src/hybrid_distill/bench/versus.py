@@ -45,9 +45,6 @@ def main(argv=None) -> int:
     rigs = {}
     for name, config in CONFIG_NAMES.items():
         rigs[name] = StepRig(paper_config(config, RANDOM_VITB, extra, args.smoke), device, batch)
-        if args.compile:
-            rigs[name].student.compile()
-            rigs[name].teachers.compile()
     gflop = {n: r.gflop_per_image() for n, r in rigs.items()}
     times = time_interleaved({n: r.step for n, r in rigs.items()}, device, args.warmup, args.steps)
     step = {n: median(t) for n, t in times.items()}

@@ -6,15 +6,17 @@ beside it and are saved apart (FD, dBOT): they are trained, never exported. A ta
 earlier teacher block is matched at the student block `matching.py` names, through its own head.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config_schema import MaskStyle, RelationHeads, RelationKind
+from ..config_schema import MaskStyle
 from ..masking import all_indices, gather_tokens
-from ..relations import form, resolve_block, student_target
+from ..relations import student_target
+from ..targets import Target, features_of, relations_of
 from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
 from .mask_recon import MaskRecon, visible_indices
@@ -24,84 +26,53 @@ from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens,
 @dataclass
 class StudentOutput:
     tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
-    features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher -> (B, 1 + K, D_t)
-    # teacher -> teacher block -> what relations.py reads there (relations, MSA or block features)
-    relations: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    values: dict[Target, torch.Tensor] = field(default_factory=dict)  # each target's prediction, as Targets
     loss_mask: torch.Tensor | None = None  # (B, 1 + K) bool: the tokens the feature loss reads (mask reconstruction)
 
+    @property
+    def features(self) -> Mapping[str, torch.Tensor]:
+        return features_of(self.values)
 
-@dataclass
-class RelationSpec:
-    """A relation-block target the student must produce for one teacher: the student block (as
-    configured, -1 the last), the form, and the teacher block it matches (the target's key; None: the
-    student block). The kind and heads are typed here once, whatever the caller passed."""
-
-    teacher: str
-    spec: int
-    kind: RelationKind
-    heads: RelationHeads
-    key: int | None = None
-
-    def __post_init__(self):
-        self.kind, self.heads = RelationKind(self.kind), RelationHeads(self.heads)
-
-
-def block_head_name(teacher: str, block: int) -> str:
-    """The head of teacher block `block`'s features (relation_kind=features), beside the feature heads."""
-    return f"{teacher}_block{block}"
+    @property
+    def relations(self) -> Mapping[str, Mapping[int, torch.Tensor]]:
+        return relations_of(self.values)
 
 
 class Student(nn.Module):
-    """`fused_attention`: SDPA in the blocks whose logits are not read (student_fused_attention)."""
+    """`targets`: the list it predicts (`matching.match_targets`); `fused_attention`: SDPA in the blocks
+    whose logits are not read (student_fused_attention)."""
 
     def __init__(
         self,
         backbone: nn.Module,
         mean,
         std,
-        head_dims: dict[str, int],
-        relation_specs: list[RelationSpec],
+        targets: list[Target],
         activation_checkpointing: bool = False,
         fused_attention: bool = True,
         decoder: Decoder | None = None,
         recon: MaskRecon | None = None,
         linear_heads: bool = True,
-        feature_at: dict[str, int] | None = None,
     ):
-        """head_dims: teacher (or block_head_name) -> target width; feature_at: teacher -> the student
-        block whose output its head reads, for features of a teacher block other than the last."""
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
         for block in backbone.blocks:
             check_block(block)
         check_class_token(backbone, "the student")
         self.backbone = backbone
-        self.fused_attention = fused_attention
         choose_attention(backbone, fused_attention)
         self.normalize = Normalize(mean, std)
         width = backbone.embed_dim
         head = (lambda dim: nn.Linear(width, dim)) if linear_heads else (lambda dim: nn.Identity())
-        self.heads = nn.ModuleDict({name: head(dim) for name, dim in head_dims.items()})
+        self.heads = nn.ModuleDict({t.head_name: head(t.head) for t in targets if t.head is not None})
         self.decoder, self.recon = decoder, recon  # dBOT's decoder blocks, mask reconstruction; None when off
-        depth = len(backbone.blocks)
-        self.relation_specs = [
-            (r, resolve_block(r.spec, depth, f"student relation for teacher '{r.teacher}'")) for r in relation_specs
-        ]
-        self.relation_blocks = {block for _, block in self.relation_specs}
-        self.feature_at = dict(feature_at or {})
-        self.feature_heads = [
-            n
-            for n in head_dims
-            if n not in {block_head_name(r.teacher, self.key(r, b)) for r, b in self.relation_specs}
-        ]
-        # blocks whose output tokens a head reads (intermediate features, T^i)
-        self.output_blocks = set(self.feature_at.values()) | {
-            b for r, b in self.relation_specs if not form(r.kind).reads_input
-        }
-
-    @staticmethod
-    def key(spec: RelationSpec, block: int) -> int:
-        return block if spec.key is None else spec.key
+        self.last = len(backbone.blocks) - 1
+        # features first, then block targets: the order of the loss parts
+        self.targets = sorted(targets, key=lambda t: not t.is_features)
+        # blocks tapped whole (logits, per-head outputs, output tokens), and those whose output alone a
+        # feature head reads (features of an earlier teacher block)
+        self.relation_blocks = {t.student_block for t in self.targets if not t.is_features}
+        self.output_blocks = {t.student_block for t in self.targets if t.is_features and t.student_block != self.last}
 
     def forward(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> StudentOutput:
         """pixels (B, 3, H, W) in [0, 1]; keep (B, K) patch indices, None for all."""
@@ -118,16 +89,22 @@ class Student(nn.Module):
         decoded = tokens
         if self.decoder is not None:  # dBOT: mask tokens fill the masked patches; else the same tokens
             decoded = self.decoder(tokens, seen, mask if self.style is MaskStyle.dbot else None)
-        return StudentOutput(
-            tokens, self.features(decoded, taps, P), self.relations(taps, P), self.loss_mask(mask, keep)
-        )
+        return StudentOutput(tokens, self.predictions(decoded, taps, P), self.loss_mask(mask, keep))
 
-    def features(self, decoded: torch.Tensor, taps: dict, P: int) -> dict[str, torch.Tensor]:
-        """Each feature head on the last block's (decoded) tokens, or on its matched block's output."""
-        return {
-            n: self.heads[n](cls_and_patches(taps[self.feature_at[n]][2], P) if n in self.feature_at else decoded)
-            for n in self.feature_heads
-        }
+    def predictions(self, decoded: torch.Tensor, taps: dict, P: int) -> dict[Target, torch.Tensor]:
+        """Each target's prediction: features from the last block's (decoded) tokens or the matched
+        block's output, through their head; block targets from the matched block's tap (relations.py)."""
+        return {t: self.predict(t, decoded, taps, P) for t in self.targets}
+
+    def predict(self, t: Target, decoded: torch.Tensor, taps: dict, P: int) -> torch.Tensor:
+        if t.is_features:
+            tokens = decoded if t.student_block == self.last else cls_and_patches(taps[t.student_block][2], P)
+            return self.heads[t.head_name](tokens)
+        head = self.heads[t.head_name] if t.head is not None else None
+        attn = self.backbone.blocks[t.student_block].attn
+        return student_target(
+            t.kind, t.heads, attn, taps[t.student_block], lambda x, dim: cls_and_patches(x, P, dim), head
+        )
 
     @property
     def style(self) -> MaskStyle:
@@ -172,19 +149,6 @@ class Student(nn.Module):
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
-
-    def relations(self, taps: dict, P: int) -> dict[str, dict[int, torch.Tensor]]:
-        """What each relation spec reads at its student block, keyed by the teacher block it matches."""
-        out: dict[str, dict[int, torch.Tensor]] = {}
-        for r, block in self.relation_specs:
-            out.setdefault(r.teacher, {})[self.key(r, block)] = self.block_target(r, block, taps[block], P)
-        return out
-
-    def block_target(self, r: RelationSpec, block: int, tap, P: int) -> torch.Tensor:
-        head = self.heads[block_head_name(r.teacher, self.key(r, block))] if form(r.kind).tokens else None
-        return student_target(
-            r.kind, r.heads, self.backbone.blocks[block].attn, tap, lambda t, dim: cls_and_patches(t, P, dim), head
-        )
 
     def forward_all(self, pixels: torch.Tensor) -> StudentOutput:
         """Every token kept: equals timm's forward_features on CLS + patches."""

@@ -59,8 +59,8 @@ def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tup
 
 
 class Teacher(nn.Module):
-    """Frozen ViT teacher; `.train()` never takes it out of eval mode. `fused_attention`: SDPA in its
-    blocks (relations are read from q and k apart, so every block may use it). `precision` (resolved,
+    """Frozen ViT teacher; `.train()` never takes it out of eval mode. SDPA in every block (relations are
+    read from q and k apart, so every block may use it). `precision` (resolved,
     models/precision.py) is applied on `device` (None: where the model is) when it is built."""
 
     def __init__(
@@ -69,7 +69,6 @@ class Teacher(nn.Module):
         cfg: TeacherConfig,
         model: nn.Module,
         student_grid: tuple[int, int],
-        fused_attention: bool = True,
         precision: TeacherPrecision = TeacherPrecision.fp32,
         device: torch.device | None = None,
     ):
@@ -88,8 +87,7 @@ class Teacher(nn.Module):
         self.precision = TeacherPrecision(precision)
         self.name, self.cfg = name, cfg
         self.model = apply_precision(model.requires_grad_(False).to(device), self.precision, device)
-        self.fused_attention = fused_attention
-        choose_attention(model, fused_attention)
+        choose_attention(model, True)
         self.normalize = Normalize(*mean_std(model)).to(device)  # its mean / std buffers beside the model
         depth = len(model.blocks)
         self.feature_block = (
