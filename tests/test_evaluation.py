@@ -338,7 +338,7 @@ def test_gather_strided_uneven_shards_across_two_ranks():
     procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, 5, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
+    results = dict(queue.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(timeout=30)
     want = torch.arange(5, dtype=torch.float32).view(-1, 1).repeat(1, 2)
