@@ -79,6 +79,12 @@ def test_t_critical_matches_closed_forms_and_tables():
     assert t_critical(10_000) == pytest.approx(1.960, abs=1e-3)
 
 
+def test_head_spread_is_the_population_std_of_the_heads_distances():
+    assert cell_module.head_spread([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) == pytest.approx(2.0)  # mean 5
+    assert cell_module.head_spread([3.0, 3.0, 3.0]) == 0.0  # heads alike: no spread
+    assert cell_module.head_spread([1.0, 3.0]) == pytest.approx(1.0)  # over H, not H - 1 (that gives sqrt 2)
+
+
 def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp_path):
     out = tmp_path / "study"
     spec = load_study(tiny_study(idx_folder, out))
