@@ -10,6 +10,7 @@ import time
 import pytest
 import timm
 import torch
+from helpers import colour_folder
 from PIL import Image
 from torchvision.datasets import FakeData
 
@@ -26,17 +27,8 @@ def small_vit():
     return timm.create_model("vit_tiny_patch16_224", num_classes=0, **SMALL)
 
 
-def image_folder(root):
-    for split in ("train", "val"):
-        for label, colour in enumerate(("red", "blue")):
-            (root / split / f"c{label}").mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (20, 20), colour).save(root / split / f"c{label}" / f"{i}.png")
-    return root
-
-
 def test_offline_pretrained_timm_name_fails_in_one_line_naming_prefetch(tmp_path):
-    data = image_folder(tmp_path / "images")
+    data = colour_folder(tmp_path / "images", n_per_class=3)
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_cache"), "PATH": "/usr/bin:/bin"}
     start = time.monotonic()
     result = subprocess.run(
@@ -75,7 +67,7 @@ def test_an_official_mae_file_is_evaluated_with_its_weights(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"not a hybrid-distill file.*--arch"):
         load_eval_model(str(file))
-    data = image_folder(tmp_path / "images")
+    data = colour_folder(tmp_path / "images", n_per_class=3)
     assert command.main(["knn", str(file), "--arch", "vit_tiny_patch16_224", "--data", str(data), "--k", "2"]) == 0
     written = list((tmp_path / "eval").glob("knn-images-cls*.json"))  # named per weight file (its SHA-256)
     assert len(written) == 1 and json.loads(written[0].read_text())["top1"] == 100.0

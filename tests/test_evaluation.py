@@ -11,6 +11,7 @@ import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_folder
 from PIL import Image
 from torchvision.datasets import FakeData
 
@@ -349,22 +350,12 @@ def test_gather_strided_uneven_shards_across_two_ranks():
 # ---------------------------------------------------------------- command line
 
 
-def image_folder(root, n_per_class=4):
-    for split in ("train", "val"):
-        for c, colour in enumerate(("red", "blue")):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n_per_class):
-                Image.new("RGB", (20, 20), color=colour).save(folder / f"{i}.png")
-    return root
-
-
 @pytest.mark.slow
 def test_finetune_under_torchrun_two_processes(tmp_path):
     # DDP on gloo: each rank takes half of every epoch (DistributedSampler), lr scaled by the world size,
     # rank 0 alone writes the result after the test features are gathered from both ranks
     model_file = save_model_file(tiny_vit(), "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
-    data = image_folder(tmp_path / "images", n_per_class=8)  # 16 training images
+    data = colour_folder(tmp_path / "images", n_per_class=8)  # 16 training images
     argv = [
         sys.executable,
         "-m",
@@ -404,7 +395,7 @@ def test_finetune_under_torchrun_two_processes(tmp_path):
 def test_command_knn_and_linear_write_json(tmp_path):
     model = tiny_vit()
     model_file = save_model_file(model, "vit_tiny_patch16_224", TINY, tmp_path / "model.pt")
-    data = image_folder(tmp_path / "images")
+    data = colour_folder(tmp_path / "images")
     assert command.main(["knn", str(model_file), "--data", str(data), "--k", "3"]) == 0
     result = json.loads(next((tmp_path / "eval").glob("knn-images-cls-sha*.json")).read_text())
     assert result["protocol"] == "knn" and result["config"]["k"] == 3
