@@ -334,7 +334,7 @@ def test_gather_strided_uneven_shards_across_two_ranks():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the ranks need no fresh interpreter importing torch
     queue = ctx.Queue()
     procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, 5, queue)) for r in range(2)]
     for p in procs:

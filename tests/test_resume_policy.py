@@ -98,8 +98,8 @@ def test_logged_values_are_the_mean_over_ranks():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    queue = mp.get_context("spawn").Queue()
-    mp.spawn(_mean_worker, args=(port, queue), nprocs=2)
+    queue = mp.get_context("fork").Queue()  # fork: the ranks need no fresh interpreter importing torch
+    mp.start_processes(_mean_worker, args=(port, queue), nprocs=2, start_method="fork")
     results = dict(queue.get() for _ in range(2))
     assert results[0] == results[1] == {"loss": 2.0, "skipped": 0.5}
     assert mean_over_ranks({"loss": 3.0}) == {"loss": 3.0}  # one process: unchanged
