@@ -54,3 +54,10 @@ def jpeg_folder(root: Path, n: int, bad: int) -> list[str]:
             path.write_bytes(data[: len(data) // 3] if i % 2 else rng.bytes(300))
             broken.append(str(path))
     return broken
+
+
+def solid_images(n: int, classes: int = 3, size: int = 16) -> list:
+    """(PIL image, label) pairs like ImageFolder's, image i of class i % classes in that class's solid colour:
+    separable by any model's features, so a trained probe must reach 100% top-1."""
+    colours = ("red", "blue", "green", "yellow", "white")[:classes]
+    return [(Image.new("RGB", (size, size), colours[i % classes]), i % classes) for i in range(n)]

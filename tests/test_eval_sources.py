@@ -10,9 +10,8 @@ import time
 import pytest
 import timm
 import torch
-from helpers import colour_folder
+from helpers import colour_folder, solid_images
 from PIL import Image
-from torchvision.datasets import FakeData
 
 from hybrid_distill.evaluation import command, finetune
 from hybrid_distill.evaluation.datasets import torchvision_data
@@ -105,11 +104,10 @@ def test_dbot_recipe_presets_for_the_small_sets():
 
 
 def test_the_cifar100_recipe_runs_with_ema_and_repeated_augmentation():
-    data = FakeData(size=32, image_size=(3, 16, 16), num_classes=3)
     result = finetune.finetune_eval(
         small_vit(),
-        data,
-        FakeData(size=10, image_size=(3, 16, 16), num_classes=3, random_offset=9),
+        solid_images(32),
+        solid_images(10),
         "cifar100",
         batch_size=8,
         epochs=1,
@@ -117,7 +115,10 @@ def test_the_cifar100_recipe_runs_with_ema_and_repeated_augmentation():
         num_workers=0,
     )
     assert result["steps"] == 32 // 8  # the epoch keeps the dataset's length (DeiT / dBOT RASampler)
-    assert 0.0 <= result["ema_top1"] <= 100.0 and 0.0 <= result["top1"] <= 100.0
+    # the EMA is scored as the model is: 3 classes put every label in the top 5; 10 images of 3 solid
+    # colours, each colour one prediction, give top-1 of 0, 30, 40, 60, 70 or 100 (classes of 4, 3, 3 images)
+    assert result["ema_top5"] == result["top5"] == 100.0
+    assert {round(result["ema_top1"], 4), round(result["top1"], 4)} <= {0.0, 30.0, 40.0, 60.0, 70.0, 100.0}
 
 
 def test_inat19_is_torchvisions_reader_split_by_the_official_val_list(tmp_path):
