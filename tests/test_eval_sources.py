@@ -26,7 +26,7 @@ def small_vit():
     return timm.create_model("vit_tiny_patch16_224", num_classes=0, **SMALL)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_weights.py's offline tests, in-process
 def test_offline_pretrained_timm_name_fails_in_one_line_naming_prefetch(tmp_path):
     data = colour_folder(tmp_path / "images", n_per_class=3)
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_cache"), "PATH": "/usr/bin:/bin"}

@@ -51,7 +51,7 @@ def test_help_says_how_to_use_a_copied_cache(capsys):
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_a_closed_stdout_ends_the_command_quietly
 def test_teachers_list_into_a_closed_pipe_has_no_traceback():
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybrid_distill.cli", "teachers", "list", "--json"],

@@ -46,7 +46,7 @@ def assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
         assert torch.allclose(a[key], b[key], atol=atol), key
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_faults.py's test_sigterm_finishes_the_step_saves_and_exits_75
 def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resumes_exactly(idx_folder, tmp_path, capsys):
     extra = {"train.max_steps": 40, "train.epochs": 7, "data.num_workers": 2, "data.persistent_workers": True}
     straight = write_yaml(tmp_path / "a.yaml", tiny_run_config(idx_folder, tmp_path / "a", **extra))
@@ -78,7 +78,7 @@ def test_sigterm_to_the_process_group_with_two_workers_saves_exits_75_and_resume
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_faults.py's test_ctrl_c_finishes_the_step_...
 def test_ctrl_c_to_the_command_saves_and_exits_130_without_a_traceback_then_resumes(idx_folder, tmp_path):
     values = tiny_run_config(idx_folder, tmp_path, **{"train.epochs": 50})
     config = write_yaml(tmp_path / "c.yaml", values)

@@ -32,7 +32,7 @@ def stream_config(idx_folder, out, urls, **extra):
     return from_dict(values)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_shards_without_labels_train; exact resume in test_train.py
 def test_shards_train_resume_exactly_and_report_broken_samples(idx_folder, tmp_path, shards):
     whole = Trainer(stream_config(idx_folder, tmp_path / "a", shards, **{"train.max_steps": 8}))
     whole.fit()

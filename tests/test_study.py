@@ -120,7 +120,7 @@ def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp
         assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_two_rows_two_seeds_...; a resumed run in test_train.py
 def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)
@@ -181,7 +181,7 @@ def random_teacher_study(idx_folder, out, **evaluate) -> dict:
     return study
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # default suite: test_a_cells_key_ignores_where_it_writes_and_how_it_logs
 def test_cells_are_keyed_by_content_a_changed_evaluation_only_evaluates(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)
