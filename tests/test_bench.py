@@ -189,6 +189,7 @@ def test_compiled_bench_ablates_the_other_switches_from_the_eager_step():
     assert set(variants(sw, torch.device("cuda"), ablation=False)) == {"plain", "optimised", "optimised fp32 (eager)"}
 
 
+@pytest.mark.slow  # torch.compile of both teachers (as test_train.py's compiled run)
 def test_compiled_teachers_give_the_eager_targets():
     bench = make_bench(**TRIMMED, **{"student.drop_path": 0.0})
     images = torch.rand(2, 3, 28, 28)

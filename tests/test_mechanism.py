@@ -83,6 +83,7 @@ def distilled(tmp_path_factory):
     return student.eval(), load_model(str(tmp / "teacher.pt")).eval()
 
 
+@pytest.mark.slow  # 160 training steps; default suite: the step's relations in test_regression.py
 def test_the_student_orders_its_heads_as_the_teacher_does(distilled):
     student, teacher = distilled
     images = torch.randn(16, 3, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -97,6 +98,7 @@ def test_the_student_orders_its_heads_as_the_teacher_does(distilled):
         assert s[i][order[-1]] - s[i][order[0]] > 0.1, f"block {block}: student heads {s[i].tolist()} barely differ"
 
 
+@pytest.mark.slow  # 160 training steps; default suite: the step's relations in test_regression.py
 def test_the_student_relations_correlate_with_the_teachers_head_by_head(distilled):
     student, teacher = distilled
     images = torch.randn(16, 3, 28, 28, generator=torch.Generator().manual_seed(2))
