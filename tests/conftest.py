@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny ViTs and configs that run in seconds on a CPU."""
+"""Shared fixtures: tiny ViTs and configs that run in seconds on a CPU; plain helpers are in helpers.py.
+
+Two suites. `pytest` runs the default one: every behaviour once, on tiny models and a few steps, in one
+process. `pytest -m slow` (run by .ci/run) runs the tests marked `@pytest.mark.slow`: real-size models,
+subprocesses and torchrun, and the longer variants of behaviours whose fast representative is in the
+default suite (each slow test's file says which).
+"""
 
 import gzip
 from pathlib import Path

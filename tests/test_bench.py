@@ -212,6 +212,7 @@ def test_compiled_bench_ablates_the_other_switches_from_the_eager_step():
     assert variants(Switches(), ablation=True) == {"plain": None, "optimised": Switches()}
 
 
+@pytest.mark.slow  # torch.compile of both teachers (as test_train.py's compiled run)
 def test_compiled_teachers_give_the_eager_targets():
     bench = Bench(tiny_config(**TRIMMED, **{"student.drop_path": 0.0}), torch.device("cpu"))
     images = torch.rand(2, 3, 28, 28)

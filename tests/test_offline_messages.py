@@ -1,5 +1,6 @@
 """Offline and piped use of the command line: fast one-line failures that say what to do."""
 
+import os
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ def test_help_says_how_to_use_a_copied_cache(capsys):
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # default suite: test_a_closed_stdout_ends_the_command_quietly
 def test_teachers_list_into_a_closed_pipe_has_no_traceback():
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybrid_distill.cli", "teachers", "list", "--json"],
@@ -59,3 +61,16 @@ def test_teachers_list_into_a_closed_pipe_has_no_traceback():
     proc.stdout.close()  # as `| head` does once it has its lines: the writes that follow get EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_closed_stdout_ends_the_command_quietly(monkeypatch, capsys):
+    # the in-process half of the test above: a pipe whose reader is gone, as after `| head` exits
+    read, write = os.pipe()
+    os.close(read)
+    stdout = open(write, "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["teachers", "list", "--json"]) == 0
+    finally:
+        stdout.close()  # its fd now points at /dev/null: the handler's dup2
+    assert capsys.readouterr().err == ""

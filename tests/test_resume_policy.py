@@ -1,7 +1,6 @@
 """Resume and restart: overrides after flags, extending a run, a changed config, --init-from,
 and metrics that neither repeat steps nor depend on the world size."""
 
-import json
 import os
 import socket
 
@@ -10,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import tiny_run_config
-from test_train import write_yaml
+from helpers import logged, write_yaml
 
 from hybrid_distill import cli
 from hybrid_distill.config import ConfigError, from_dict
@@ -24,10 +23,6 @@ def tiny(idx_folder, out, resume=None, allow=False, **extra):
     trainer = Trainer(from_dict(tiny_run_config(idx_folder, out, **extra)), resume=resume, allow_config_change=allow)
     trainer.fit()
     return trainer
-
-
-def records(trainer):
-    return [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_overrides_after_the_flags_are_accepted(idx_folder, tmp_path, monkeypatch):
@@ -80,9 +75,9 @@ def test_resume_from_an_older_checkpoint_does_not_repeat_steps(idx_folder, tmp_p
     run = tiny(idx_folder, tmp_path, **{"train.keep_checkpoints": 5})  # checkpoints at steps 6 and 12
     (run.run_dir / "checkpoints" / "checkpoint-00000012.pt").unlink()
     resumed = tiny(idx_folder, tmp_path, resume="auto")
-    steps = [r["step"] for r in records(resumed) if "loss" in r]
+    steps = [r["step"] for r in logged(resumed.run_dir) if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # 7..12 written once, by the resumed run
-    assert all(isinstance(r["time"], float) for r in records(resumed))
+    assert all(isinstance(r["time"], float) for r in logged(resumed.run_dir))
 
 
 def test_progress_off_prints_a_line_every_log_every_steps(idx_folder, tmp_path, capsys):
@@ -103,8 +98,8 @@ def test_logged_values_are_the_mean_over_ranks():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    queue = mp.get_context("spawn").Queue()
-    mp.spawn(_mean_worker, args=(port, queue), nprocs=2)
+    queue = mp.get_context("fork").Queue()  # fork: the ranks need no fresh interpreter importing torch
+    mp.start_processes(_mean_worker, args=(port, queue), nprocs=2, start_method="fork")
     results = dict(queue.get() for _ in range(2))
     assert results[0] == results[1] == {"loss": 2.0, "skipped": 0.5}
     assert mean_over_ranks({"loss": 3.0}) == {"loss": 3.0}  # one process: unchanged

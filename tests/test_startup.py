@@ -1,12 +1,12 @@
 """What a run says before it starts: summary, --print-config, --dry-run, --version, config `base:`."""
 
-import subprocess
+import runpy
 import sys
 
 import pytest
 import yaml
 from conftest import tiny_run_config
-from test_train import write_yaml
+from helpers import write_yaml
 
 from hybrid_distill import __version__
 from hybrid_distill.cli import main
@@ -40,9 +40,11 @@ def test_print_config_and_version(idx_folder, tmp_path, capsys):
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"hybrid-distill {__version__}"
 
 
-def test_python_dash_m_runs_the_command():
-    out = subprocess.run([sys.executable, "-m", "hybrid_distill", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == f"hybrid-distill {__version__}"
+def test_python_dash_m_runs_the_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["hybrid_distill", "--version"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("hybrid_distill", run_name="__main__")  # what `python -m hybrid_distill` runs
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"hybrid-distill {__version__}"
 
 
 def test_a_config_builds_on_a_shipped_one_with_base(tmp_path):

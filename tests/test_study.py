@@ -79,6 +79,12 @@ def test_t_critical_matches_closed_forms_and_tables():
     assert t_critical(10_000) == pytest.approx(1.960, abs=1e-3)
 
 
+def test_head_spread_is_the_population_std_of_the_heads_distances():
+    assert cell_module.head_spread([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) == pytest.approx(2.0)  # mean 5
+    assert cell_module.head_spread([3.0, 3.0, 3.0]) == 0.0  # heads alike: no spread
+    assert cell_module.head_spread([1.0, 3.0]) == pytest.approx(1.0)  # over H, not H - 1 (that gives sqrt 2)
+
+
 def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp_path):
     out = tmp_path / "study"
     spec = load_study(tiny_study(idx_folder, out))
@@ -114,6 +120,7 @@ def test_two_rows_two_seeds_aggregate_to_hand_computed_intervals(idx_folder, tmp
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # default suite: test_two_rows_two_seeds_...; a resumed run in test_train.py
 def test_killed_mid_study_skips_finished_cells_and_resumes_the_interrupted_one(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)
@@ -174,6 +181,7 @@ def random_teacher_study(idx_folder, out, **evaluate) -> dict:
     return study
 
 
+@pytest.mark.slow  # default suite: test_a_cells_key_ignores_where_it_writes_and_how_it_logs
 def test_cells_are_keyed_by_content_a_changed_evaluation_only_evaluates(idx_folder, tmp_path, monkeypatch):
     out = tmp_path / "study"
     study = random_teacher_study(idx_folder, out)

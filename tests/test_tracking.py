@@ -1,11 +1,11 @@
 """W&B and MLflow, off by default, get exactly the records metrics.jsonl gets (fake modules, no service)."""
 
-import json
 import sys
 import types
 
 import pytest
 from conftest import tiny_run_config
+from helpers import logged
 
 from hybrid_distill.config import ConfigError, from_dict
 from hybrid_distill.trainer import Trainer
@@ -37,7 +37,7 @@ def test_trackers_get_what_metrics_jsonl_gets(idx_folder, tmp_path, monkeypatch)
     )
     trainer = Trainer(cfg)
     trainer.fit()
-    written = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    written = logged(trainer.run_dir)
     numbers = [{k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))} for r in written]
     assert [(c[1], c[2]) for c in wandb_calls if c[0] == "log"] == [(r["step"], n) for r, n in zip(written, numbers)]
     assert [c[1] for c in mlflow_calls if c[0] == "log"] == [r["step"] for r in written]

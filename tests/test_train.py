@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-import yaml
 from conftest import tiny_run_config
+from helpers import logged, write_yaml
 
 from hybrid_distill import files
 from hybrid_distill.build import build_models
@@ -54,11 +54,6 @@ def test_accumulation_matches_one_big_batch(idx_folder, tmp_path):
     acc = run(idx_folder, tmp_path / "acc", 2, **{"student.drop_path": 0.0, "optim.accum_steps": 2})
     for a, b in zip(big.student.parameters(), acc.student.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
-
-
-def write_yaml(path, values):
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 def cli_error(capsys, argv) -> str:
@@ -140,8 +135,7 @@ def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
     from hybrid_distill.analysis.metrics import attention_distance, attention_nmi
 
     trainer = run(idx_folder, tmp_path, 2, **{"train.monitor_every": 2, "train.monitor_images": 4})
-    logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-    record = [r for r in logged if "attn/nmi/layer00" in r][-1]
+    record = [r for r in logged(trainer.run_dir) if "attn/nmi/layer00" in r][-1]
     assert record["step"] == 2
     probe = trainer.monitor.probe_images
     assert probe.shape == (4, 3, 28, 28)
@@ -158,19 +152,26 @@ def test_training_monitor_equals_direct_metric_calls(idx_folder, tmp_path):
         assert record[f"attn/nmi/layer{layer:02d}"] == pytest.approx(nmi, rel=1e-5)
 
 
-def test_cpu_student_uses_explicit_attention_and_teachers_sdpa(idx_folder, tmp_path):
-    trainer = Trainer(from_dict(tiny_run_config(idx_folder, tmp_path, **{"train.device": "cpu"})))
-    assert not any(b.attn.fused_attn for b in trainer.student.backbone.blocks)  # faster bf16 backward on CPU
-    assert all(b.attn.fused_attn for t in trainer.teachers.teachers.values() for b in t.model.blocks)
+def test_the_student_attends_explicitly_on_cpu_and_both_attention_paths_agree():
+    from conftest import tiny_vit
+
+    from hybrid_distill.models.attention import choose_attention, student_fused_attention
+
+    # SDPA's bf16 backward is slower than the explicit path on the CPU (`hybrid-distill bench`): CUDA only
+    assert not student_fused_attention(torch.device("cpu")) and student_fused_attention(torch.device("cuda"))
+    model, images = tiny_vit(qkv_scale=4.0).eval(), torch.rand(2, 3, 28, 28)  # sharp attention: paths differ if wrong
+    choose_attention(model, fused=True)
+    fused = model.forward_features(images)
+    choose_attention(model, fused=False)
+    assert not any(b.attn.fused_attn for b in model.blocks)
+    torch.testing.assert_close(model.forward_features(images), fused, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_run_casts_teachers_and_keeps_fp32_targets_and_student(idx_folder, tmp_path):
     trainer = run(idx_folder, tmp_path, 2, **{"train.amp": "bf16"})
     assert all(p.dtype == torch.bfloat16 for p in trainer.teachers.parameters())
     assert all(p.dtype == torch.float32 for p in trainer.student.parameters())
-    last = [
-        json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ][-1]
+    last = [r for r in logged(trainer.run_dir) if "loss" in r][-1]
     assert last["skipped"] == 0.0 and last["loss"] > 0
 
 
