@@ -12,6 +12,7 @@ while writing, disk full) and is never resumed from. Official teacher formats li
 import errno
 import hashlib
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config_schema import ConfigError
 from .models.fd_encoder import create_student_vit
 from .models.load import create_vit, mean_std, set_mean_std
 
@@ -83,13 +85,25 @@ def save_atomic(path: str | Path, payload: dict) -> Path:
     return write_atomic(path, lambda tmp: _torch_save(payload, tmp))
 
 
+class NotOurFile(ConfigError):
+    """A file given as one of ours that is not: bad input, said in one line (exit 2)."""
+
+
+def first_line(err: Exception) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+
+
 def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT)) -> dict:
     """One of our files, checked to be of one of `formats`."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    names = " or ".join(f.replace("hybrid-distill-", "") for f in formats)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        # torch's zip reader says "failed finding central directory" etc.: name the file and what it should be
+        raise NotOurFile(f"{path} is not a readable hybrid-distill {names} ({first_line(err)})") from None
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind not in formats:
-        names = " or ".join(f.replace("hybrid-distill-", "") for f in formats)
-        raise ValueError(f"{path} is not a hybrid-distill {names} (official teacher files: hybrid_distill.weights)")
+        raise NotOurFile(f"{path} is not a hybrid-distill {names} (official teacher files: hybrid_distill.weights)")
     if kind == CHECKPOINT_FORMAT and "model" not in payload:
         raise ValueError(f"{path} is a checkpoint of an earlier hybrid-distill layout (no 'model' entry)")
     return payload

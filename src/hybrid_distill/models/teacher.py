@@ -55,7 +55,8 @@ def build_teacher_model(name: str, cfg: TeacherConfig, student_grid=None) -> tup
             cfg.arch, file=file, pretrained=cfg.weights == "pretrained", model_kwargs=kwargs, resample=cfg.resample
         )
     except ValueError as err:  # a file that does not fit the model asked for: bad input, one line (exit 2)
-        raise ConfigError(f"teachers.{name}: {err}") from None
+        where = "" if file is None or str(file) in str(err) else f"{file}: "
+        raise ConfigError(f"teachers.{name}: {where}{err}") from None
 
 
 class Teacher(nn.Module):

@@ -110,6 +110,8 @@ def export_main(argv: list[str] | None = None) -> int:
     check_export(args.run, args.format, args.out)
     try:
         result = export(args.run, args.format, args.out, verify=args.verify)
+    except ConfigError:
+        raise  # bad input: one line, exit 2
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1

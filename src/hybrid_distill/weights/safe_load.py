@@ -65,21 +65,32 @@ def load_weights(path: str | Path) -> dict:
     from ..validate import weight_file
 
     weight_file("weight file", path)  # empty or not a weight format at all: said as such
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    if is_torchscript_archive(path):
-        return read_torchscript_state_dict(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _read(path)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"{path} needs arbitrary code to load and was refused ({_first_line(err)}). "
             f"If you trust it, convert it once on a trusted machine to safetensors ({conversion_hint()}) "
             "and pass the .safetensors file instead."
         ) from None
+
+
+def _read(path: Path) -> dict:
+    """The file's object; a file its own reader cannot parse (a lying safetensors header, a zip that is not
+    torch's, a truncated archive) is a ValueError naming it: bad input, not a crash."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        if is_torchscript_archive(path):
+            return read_torchscript_state_dict(path)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, UnsafeCheckpointError):
+        raise
+    except Exception as err:  # safetensors' SafetensorError, torch's RuntimeError from its zip reader, EOFError
+        raise ValueError(f"{path} is not a readable weight file ({_first_line(err)})") from None
 
 
 def _first_line(err: Exception) -> str:
