@@ -123,3 +123,18 @@ def test_a_resume_mid_estimation_continues_the_statistics_exactly(idx_folder, tm
         assert resumed[step]["sup/feat"] == pytest.approx(whole[step]["sup/feat"], rel=1e-5)
         assert resumed[step]["sup/target_scale"] == pytest.approx(whole[step]["sup/target_scale"], rel=1e-6)
     assert whole[10]["sup/target_scale"] == whole[12]["sup/target_scale"] != whole[4]["sup/target_scale"]
+
+
+def test_a_cell_key_leaves_out_normalize_at_its_default_and_keeps_it_otherwise(idx_folder, tmp_path):
+    """study/cell.py: the published cells were keyed before `normalize` existed; a non-default value is a
+    different student and gets a different key."""
+    from hybrid_distill.study.cell import digest, student_inputs
+
+    values = tiny_run_config(idx_folder, tmp_path)
+    plain = student_inputs(from_dict(values))
+    assert "normalize" not in plain["config"]["teachers"]["sup"]
+    assert "interpolate_features" not in plain["config"]["teachers"]["sup"]
+    values["teachers"]["sup"].update(normalize="standard", whiten=False)
+    phis = student_inputs(from_dict(values))
+    assert phis["config"]["teachers"]["sup"]["normalize"] == "standard"
+    assert digest(phis) != digest(plain)
