@@ -471,7 +471,6 @@ UNCLEAN = {
             "lying.safetensors",
             "int8.pth",
             "notorch.pt",
-            "arrays.npz",
             "truncated.pth",
             "list.pth",
             "scalar.pth",
