@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config_schema import ConfigError, DecoderKind, MaskStyle, Strategy
+from .config_schema import ConfigError, DecoderKind, MaskStyle, Strategy, TargetNorm
 from .models.load import create_vit
 from .relations import resolve_block
 from .runtime import pick_device
@@ -169,6 +169,12 @@ def check_fields(cfg: DictConfig) -> None:
             raise ConfigError(f"teachers.{name}.arch is missing: set a timm name, e.g. vit_base_patch16_224.mae")
         if not t.features and not t.relation_blocks:
             raise ConfigError(f"teachers.{name} gives no target: set features=true or relation_blocks=[-3,-2]")
+        if TargetNorm(t.normalize) is not TargetNorm.none and (t.whiten or not t.features):
+            raise ConfigError(
+                f"teachers.{name}.normalize={TargetNorm(t.normalize).value} standardises feature targets "
+                f"in place of whitening: set teachers.{name}.features=true and teachers.{name}.whiten=false"
+            )
+        check_interpolation(cfg, name, t)
     picker = cfg.masking.teacher
     if picker is not None and picker not in cfg.teachers:
         raise ConfigError(f"masking.teacher='{picker}' is not a teacher; choose one of {sorted(cfg.teachers)} or null")
@@ -179,6 +185,19 @@ def check_fields(cfg: DictConfig) -> None:
         raise ConfigError("train.compile is not supported with train.fsdp yet: set train.compile=false, or use DDP")
     if cfg.train.fsdp and cfg.train.monitor_every:
         raise ConfigError("train.monitor_every reads unsharded weights: set train.monitor_every=0 with train.fsdp=true")
+
+
+def check_interpolation(cfg: DictConfig, name: str, t) -> None:
+    """Interpolated feature maps are targets for the student's tokens, not tokens to pick or relate."""
+    if not t.interpolate_features:
+        return
+    fix = f"set teachers.{name}.match_grid=true (its input resized to the student's grid) instead"
+    if t.match_grid:
+        raise ConfigError(f"teachers.{name}.interpolate_features=true needs teachers.{name}.match_grid=false")
+    if cfg.masking.teacher == name:
+        raise ConfigError(f"masking.teacher='{name}' would pick tokens on another grid than the student's: {fix}")
+    if t.relation_blocks:
+        raise ConfigError(f"teachers.{name}.relation_blocks relate tokens of another grid than the student's: {fix}")
 
 
 def check_student_variant(cfg: DictConfig) -> None:

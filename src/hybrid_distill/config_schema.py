@@ -36,6 +36,14 @@ class RelationHeads(str, Enum):
     head_mean = "head_mean"  # for students whose head count differs from the teacher's
 
 
+class TargetNorm(str, Enum):
+    """How a teacher's feature targets are normalised across tokens (models/phis.py)."""
+
+    none = "none"  # as they are (after final_norm and whiten)
+    phis = "phis"  # PHI-S: Hadamard-rotated PCA basis, one scale (Ranzinger et al. 2024, RADIOv2.5)
+    standard = "standard"  # per-channel mean and std
+
+
 class DecoderKind(str, Enum):
     """What predicts the teacher features from the student encoder's tokens (`models.decoder.Decoder` is the
     `blocks` module)."""
@@ -120,12 +128,16 @@ class TeacherConfig:
     weights: str = "pretrained"  # 'pretrained' (timm / HF hub), 'random' (tests only), or a file path
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     match_grid: bool = True  # resize the input (pos-embed interpolated) so the token grid equals the student's
+    # with match_grid=false: the teacher sees its own input size, its feature map resized to the student's grid;
+    # off by default: its students scored 5 k-NN points below match_grid's (docs/grid_compare.py)
+    interpolate_features: bool = False
     resample: bool = False  # let timm resample a weights file's patch kernel of another size (else refused)
     weight: float = 1.0  # multiplies every loss part of this teacher (paper alpha for the MIM teacher)
     features: bool = False  # distil this teacher's features at feature_block (paper eq. 3, T_c)
     feature_block: int = -1  # -1: last block; another block is matched at its student block, own head
     final_norm: bool = True  # teacher's own final norm on a last-block target (FD PRED_FEAT_AFTERNORM)
     whiten: bool = True  # per-token LayerNorm without affine on feature targets (FD ln_tgt)
+    normalize: TargetNorm = TargetNorm.none  # phis | standard: statistics of the first batches, in place of whiten
     relation_blocks: list[int] = field(default_factory=list)  # e.g. [-3, -2]: paper's layers L-2, L-1
     # eq. 2's R = Q K^T; `scaled` is 8x smaller at head dim 64, which moves the balance alpha = 1 was set for
     relation_kind: RelationKind = RelationKind.raw

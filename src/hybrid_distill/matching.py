@@ -71,5 +71,5 @@ def match_targets(cfg, teachers: dict, student) -> list[Target]:
             out.append(Target(name, block, depth - 1 if block == teacher.depth - 1 else match[block], FEATURES, width))
         kind, heads = RelationKind(tcfg.relation_kind), RelationHeads(tcfg.relation_heads)
         head = width if form(kind).tokens else None  # T^i through the student's own head
-        out += [Target(name, b, match[b], kind, head, heads) for b in teacher.relation_blocks]
+        out += [Target(name, b, match[b], kind, head, heads, teacher.has_cls) for b in teacher.relation_blocks]
     return out

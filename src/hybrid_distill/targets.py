@@ -28,7 +28,8 @@ class Target:
     """One target: teacher `teacher`'s `kind` (FEATURES or a `RelationKind`, relations.py) read at its
     block `teacher_block`, matched at student block `student_block` (both resolved, 0-indexed). `head`:
     the width of the student's head for token targets (features, T^i; None: compared as they are);
-    `heads`: per-head or head-mean for per-head kinds."""
+    `heads`: per-head or head-mean for per-head kinds; `cls`: whether the teacher has a class token (False:
+    a block target is read at the kept patches only, models/tokens.py `patches_only`)."""
 
     teacher: str
     teacher_block: int
@@ -36,6 +37,7 @@ class Target:
     kind: str  # FEATURES or a RelationKind (a str enum)
     head: int | None = None
     heads: RelationHeads = RelationHeads.per_head
+    cls: bool = True
 
     @property
     def is_features(self) -> bool:
@@ -144,6 +146,20 @@ class TeacherSet(nn.Module):
         for teacher in self.teachers.values():
             teacher.compile(**kwargs)
         return self
+
+    def normalizer_state(self) -> dict[str, dict]:
+        """Teacher -> its target normaliser's statistics (models/phis.py): saved in checkpoints, so a
+        resumed run normalises as the run it continues."""
+        return {n: t.target_norm.state_dict() for n, t in self.teachers.items() if t.target_norm is not None}
+
+    def load_normalizer_state(self, state: dict[str, dict]) -> None:
+        for name, values in state.items():
+            self.teachers[name].target_norm.load_state_dict(values)
+
+    def normalizer_log(self) -> dict[str, float]:
+        """'<teacher>/target_scale': the scale a teacher's targets are divided by (PHI-S's alpha)."""
+        norms = {n: t.target_norm for n, t in self.teachers.items() if t.target_norm is not None}
+        return {f"{n}/target_scale": norm.scale() for n, norm in norms.items()}
 
     def order(self) -> list[str]:
         """The token picker first: the others follow on its keep set."""

@@ -184,6 +184,7 @@ class Trainer:
         set_model_state_dict(self.student, state["model"], options=FULL_STATE)
         set_optimizer_state_dict(self.student, self.optimizer, state["optimizer"], options=FULL_STATE)
         self.scaler.load_state_dict(state["scaler"])
+        self.teachers.load_normalizer_state(state.get("teachers", {}))
         self.step = int(state["step"])
         set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         if "bad_samples" in state:
@@ -216,6 +217,7 @@ class Trainer:
             "epoch": self.step // max(1, self.steps_per_epoch),
             "rng": rngs,
             "bad_samples": bads,
+            "teachers": self.teachers.normalizer_state(),  # PHI-S statistics (models/phis.py)
             "config": to_dict(self.cfg),
         }
 
@@ -352,6 +354,7 @@ class Trainer:
         if self.step % cfg.log_every == 0 or self.step == 1:
             record = mean_over_ranks({k: float(v) for k, v in parts.items()})  # every rank takes part
             record.update(lr=lr, epoch=epoch, img_per_s=log.throughput(self.step, self.cfg.optim.batch_size))
+            record.update(self.teachers.normalizer_log())
             log.log(self.step, record)
             log.show(self.step, record)
         if self.monitor is not None and self.step % cfg.monitor_every == 0:

@@ -35,6 +35,11 @@ def plain_teacher(
             f"the plain step covers last-block features and q k^T relations; teacher "
             f"'{teacher.name}' asks for relation_kind={teacher.kind.value} / an earlier feature block"
         )
+    if teacher.target_norm is not None or teacher.cfg.interpolate_features:
+        raise ValueError(
+            f"the plain step covers targets as they are on the student's grid; teacher '{teacher.name}' "
+            "asks for normalize or interpolate_features"
+        )
     x, rope = teacher.embed(pixels)  # (B, P + L, D), the patches' rotary embedding (Eva) or None
     P, logits, feats = teacher.model.num_prefix_tokens, {}, None
     every = all_indices(x.shape[0], x.shape[1] - P, x.device)
@@ -44,12 +49,16 @@ def plain_teacher(
             mask = narrow_mask(x[:, P:], mask, lambda patches, i=i: select(i, patches))
         if i == teacher.feature_block:
             feats = x
-    prefix_mask = torch.cat([torch.ones_like(mask[:, :1]), torch.zeros_like(mask[:, : P - 1]), mask], dim=1)
+    prefix = torch.zeros_like(mask[:, :1]).expand(-1, P).clone()  # (B, P); no class token: patches only
+    prefix[:, :1] = teacher.has_cls
+    prefix_mask = torch.cat([prefix, mask], dim=1)
     features = None
     if teacher.cfg.features:
         y = teacher.model.norm(feats) if teacher.cfg.final_norm else feats
         y = F.layer_norm(y, y.shape[-1:]) if teacher.cfg.whiten else y
-        features = masked_rows(y, prefix_mask)  # (B, 1 + K, D)
+        features = masked_rows(y, prefix_mask)  # (B, 1 + K, D), or (B, K, D) after the summary below
+        if not teacher.has_cls:
+            features = torch.cat([teacher.summary(feats), features], dim=1)
     relations = {}
     for i in teacher.relation_blocks:
         rel = masked_rows(masked_rows(logits[i], prefix_mask, dim=2), prefix_mask, dim=3)  # (B, H, 1+K, 1+K)

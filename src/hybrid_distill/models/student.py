@@ -20,7 +20,7 @@ from ..targets import Target, features_of, relations_of
 from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
 from .mask_recon import MaskRecon, visible_indices
-from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens, keep_with_prefix
+from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens, keep_with_prefix, patches_only
 
 
 @dataclass
@@ -102,9 +102,8 @@ class Student(nn.Module):
             return self.heads[t.head_name](tokens)
         head = self.heads[t.head_name] if t.head is not None else None
         attn = self.backbone.blocks[t.student_block].attn
-        return student_target(
-            t.kind, t.heads, attn, taps[t.student_block], lambda x, dim: cls_and_patches(x, P, dim), head
-        )
+        read = cls_and_patches if t.cls else patches_only  # a teacher without a class token: patches only
+        return student_target(t.kind, t.heads, attn, taps[t.student_block], lambda x, dim: read(x, P, dim), head)
 
     @property
     def style(self) -> MaskStyle:

@@ -13,20 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config_schema import ConfigError, RelationKind, TeacherConfig, TeacherPrecision
+from ..config_schema import ConfigError, RelationKind, TargetNorm, TeacherConfig, TeacherPrecision
 from ..masking import all_indices, gather_tokens, positions_within
 from ..relations import form, resolve_block, teacher_target
 from .attention import check_block, choose_attention, run_block
 from .load import mean_std
+from .phis import TargetNormalizer
 from .precision import apply_precision
 from .tokens import (
     Normalize,
-    check_class_token,
     cls_and_patches,
     embed_with_rope,
     grid_size,
+    has_class_token,
     image_size,
     keep_with_prefix,
+    patches_only,
     rope_at,
 )
 
@@ -76,12 +78,13 @@ class Teacher(nn.Module):
         super().__init__()
         for block in model.blocks:
             check_block(block, eva=True)
-        check_class_token(model, f"teacher '{name}' ({cfg.arch})")
-        if grid_size(model) != tuple(student_grid):
+        self.has_cls = has_class_token(model)
+        self.student_grid = tuple(student_grid)
+        if grid_size(model) != self.student_grid and not cfg.interpolate_features:
             patch = model.patch_embed.patch_size[0]
             raise ConfigError(
                 f"teacher '{name}' has a {grid_size(model)} token grid but the student has {tuple(student_grid)}; "
-                f"set teachers.{name}.match_grid=true or "
+                f"set teachers.{name}.match_grid=true, teachers.{name}.interpolate_features=true or "
                 f"teachers.{name}.model_kwargs.img_size={student_grid[0] * patch}"
             )
         device = device if device is not None else next(model.parameters()).device
@@ -90,10 +93,16 @@ class Teacher(nn.Module):
         self.model = apply_precision(model.requires_grad_(False).to(device), self.precision, device)
         choose_attention(model, True)
         self.normalize = Normalize(*mean_std(model)).to(device)  # its mean / std buffers beside the model
+        self.target_norm = self.build_target_norm(TargetNorm(cfg.normalize), model.embed_dim, device)
         depth = len(model.blocks)
         self.feature_block = (
             resolve_block(cfg.feature_block, depth, f"teachers.{name}.feature_block") if cfg.features else None
         )
+        if not self.has_cls and cfg.features and self.feature_block != depth - 1:
+            raise ConfigError(
+                f"teacher '{name}' ({cfg.arch}) has no class token: its summary target is its pooled output, "
+                f"which follows the last block; set teachers.{name}.feature_block=-1"
+            )
         self.relation_blocks = sorted(
             {resolve_block(b, depth, f"teachers.{name}.relation_blocks") for b in cfg.relation_blocks}
         )
@@ -105,6 +114,15 @@ class Teacher(nn.Module):
             ([self.feature_block + 1] if cfg.features else []) + [b + through for b in self.relation_blocks]
         )
         self.eval()
+
+    def build_target_norm(self, norm: TargetNorm, dim: int, device) -> TargetNormalizer | None:
+        """PHI-S or standardisation of the feature target (models/phis.py); None: the target as it is."""
+        if norm is TargetNorm.none:
+            return None
+        try:
+            return TargetNormalizer(norm.value, dim).to(device)
+        except ValueError as err:  # a width with no Hadamard matrix
+            raise ConfigError(f"teachers.{self.name}.normalize={norm.value}: {err}") from None
 
     @property
     def depth(self) -> int:
@@ -159,13 +177,48 @@ class Teacher(nn.Module):
         )
 
     def read(self, x: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(B, P + n, D) with patch rows `rows` -> (B, 1 + K, D) at CLS + the kept patches."""
+        """(B, P + n, D) with patch rows `rows` -> (B, 1 + K, D) at CLS + the kept patches; (B, K, D) at the
+        kept patches for a teacher without a class token."""
         P = self.model.num_prefix_tokens
-        return cls_and_patches(keep_with_prefix(x, positions_within(rows, keep), P), P)
+        x = keep_with_prefix(x, positions_within(rows, keep), P)
+        return cls_and_patches(x, P) if self.has_cls else patches_only(x, P)
 
     def feature_target(self, features, keep: torch.Tensor, block: int) -> torch.Tensor | None:
-        """Block output at CLS + kept -> final norm -> per-token LayerNorm without affine (FD)."""
-        return None if features is None else self.finish_tokens(self.read(*features, keep), block)
+        """Block output at CLS + kept -> final norm -> per-token LayerNorm without affine (FD), or PHI-S /
+        standardisation across tokens (normalize). Without a class token, the CLS slot holds the summary:
+        the model's pooled output (e.g. SigLIP's attention-pool head), which the student's CLS matches
+        through the teacher's head, as AM-RADIO matches each teacher's summary token."""
+        if features is None:
+            return None
+        x, rows = features
+        summary = None if self.has_cls else self.summary(x)  # (B, 1, D) from the model's own tokens
+        if grid_size(self.model) != self.student_grid:
+            x, rows = self.on_student_grid(x), all_indices(x.shape[0], self.num_student_patches, x.device)
+        tokens = self.finish_tokens(self.read(x, rows, keep), block)  # (B, 1 + K, D) or (B, K, D)
+        if summary is not None:
+            tokens = torch.cat([summary, tokens], dim=1)
+        return tokens if self.target_norm is None else self.target_norm(tokens)
+
+    @property
+    def num_student_patches(self) -> int:
+        return self.student_grid[0] * self.student_grid[1]
+
+    def on_student_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P + L, D) on the teacher's grid -> (B, P + L_s, D) on the student's (interpolate_features): the
+        patch map resized bilinearly (antialiased when it shrinks), prefix tokens as they are. The block's
+        output is resized, then finished per token (final norm, whitening) as on the teacher's own grid."""
+        P = self.model.num_prefix_tokens
+        B, _, D = x.shape
+        grid = grid_size(self.model)
+        patches = x[:, P:].transpose(1, 2).reshape(B, D, *grid)  # (B, D, H_t, W_t)
+        resized = F.interpolate(patches.float(), size=self.student_grid, mode="bilinear", antialias=True)
+        return torch.cat([x[:, :P], resized.flatten(2).transpose(1, 2).to(x.dtype)], dim=1)
+
+    def summary(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output (B, P + n, D) -> the model's pooled output (B, 1, D) as timm computes it
+        (forward_features' final norm, then forward_head's pool and fc_norm), whitened like the tokens."""
+        pooled = self.model.forward_head(self.model.norm(x), pre_logits=True).float().unsqueeze(1)
+        return F.layer_norm(pooled, pooled.shape[-1:]) if self.cfg.whiten else pooled
 
     def finish_tokens(self, x: torch.Tensor, block: int) -> torch.Tensor:
         """The final norm belongs to the last block's output (FD reads it there); an earlier block's

@@ -2,8 +2,9 @@
 
 A sequence is P prefix tokens (CLS first, then registers) and L patches. Models run on all prefix
 tokens and the kept patches (`keep_with_prefix`); targets and predictions are read at CLS + kept
-patches, registers dropped (`cls_and_patches`). Models without a CLS token are refused
-(`check_class_token`): the distilled CLS row would otherwise silently be patch 0.
+patches, registers dropped (`cls_and_patches`). A teacher without a CLS token is read at its kept
+patches only (`patches_only`); a student must have one (`check_class_token`): its CLS row would
+otherwise silently be patch 0.
 """
 
 import torch
@@ -57,8 +58,18 @@ def cls_and_patches(x: torch.Tensor, num_prefix: int, dim: int = 1) -> torch.Ten
     return torch.cat([x.narrow(dim, 0, 1), patches], dim=dim)
 
 
+def patches_only(x: torch.Tensor, num_prefix: int, dim: int = 1) -> torch.Tensor:
+    """Axis `dim` from P prefix tokens + patches to the patches (models without a class token)."""
+    return x.narrow(dim, num_prefix, x.shape[dim] - num_prefix)
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """timm's class_token=True (VisionTransformer and Eva alike keep cls_token None without one)."""
+    return getattr(model, "cls_token", None) is not None
+
+
 def check_class_token(model: nn.Module, who: str) -> None:
-    if getattr(model, "cls_token", None) is None:
+    if not has_class_token(model):
         raise ConfigError(
             f"{who} has no class token (timm class_token=False): hybrid-distill distils CLS + kept "
             "patch tokens; use a ViT with a class token"

@@ -65,6 +65,13 @@ NOT_RESULTS = {
 }
 
 
+ADDED_TEACHER_DEFAULTS = {
+    "interpolate_features": False,
+    "normalize": "none",
+}  # teacher settings added since the published cells were keyed, left out of a key while at their
+# default, so a published cell keeps its key (tests/data/study_cell_keys.json)
+
+
 def student_inputs(cfg: DictConfig) -> dict:
     """The training config less NOT_RESULTS: what decides the trained student, with the teacher files."""
     values, shas = to_dict(cfg), teacher_shas(cfg)
@@ -74,6 +81,10 @@ def student_inputs(cfg: DictConfig) -> dict:
             node.pop(key, None)
     for name in shas:  # a teacher file counts by its content, wherever it lies
         values["teachers"][name].pop("weights")
+    for teacher in values["teachers"].values():
+        for key, default in ADDED_TEACHER_DEFAULTS.items():
+            if key in teacher and teacher[key] == default:
+                teacher.pop(key)
     return {"config": values, "teachers": shas}
 
 

@@ -7,13 +7,23 @@ Layouts (the sources are named at each mapping):
   (`_convert_openai_clip`), which also handles open_clip's `visual.trunk.*` timm towers.
 - Hugging Face `ViTMAEModel` / `ViTModel` and `CLIPVisionModel` / `CLIPModel` names.
 - mmseg / mmpretrain ViT names (the inverse of `to_mm`).
-Every path ends in timm's `checkpoint_filter_fn` (pos-embed and patch-embed resampling to the
-model's grid) and a strict `load_state_dict`.
+- The Eva family's own releases, renamed by timm's `timm.models.eva.checkpoint_filter_fn`: DINOv3's
+  repository (`storage_tokens`, `ls1.gamma`, one `qkv.bias` with a zero k part), EVA-02's (`{'module'}`,
+  SwiGLU `mlp.w1 / w2 / w3`, `mlp.ffn_ln`), Perception Encoder's (`visual.conv1`, `transformer.resblocks`,
+  `ls_1.gamma`, `attn_pool`).
+- RADIO's timm form (`radio_model.model.*`: `patch_generator.embedder`, CLS + registers in one table,
+  a CPE position grid), renamed by timm's `_convert_radio`; its adaptors and input conditioner dropped.
+- big_vision `.npz` (SigLIP, `params/img/...`): read by timm's `load_pretrained` (numpy, no pickle), in
+  `weights/teachers.py`.
+Every path ends in the model family's timm `checkpoint_filter_fn` (pos-embed and patch-embed resampling
+to the model's grid) and a strict `load_state_dict`.
 """
 
 import re
 
 import torch
+from timm.models.eva import Eva
+from timm.models.eva import checkpoint_filter_fn as eva_filter
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
@@ -25,7 +35,7 @@ def unwrap(payload: dict) -> tuple[dict, str]:
     """The state dict inside a checkpoint, and the wrapper it came in."""
     if not isinstance(payload, dict):
         raise ValueError(f"expected a dict of tensors, got {type(payload).__name__}")
-    for key in ("model", "state_dict", "teacher"):
+    for key in ("model", "state_dict", "teacher", "module"):  # module: EVA-02's releases
         inner = payload.get(key)
         if isinstance(inner, dict) and any(torch.is_tensor(v) for v in inner.values()):
             return inner, key
@@ -37,8 +47,16 @@ def _strip(sd: dict, prefix: str) -> dict:
 
 
 def detect_format(sd: dict) -> str:
-    """One of: openai-clip, open-clip-timm, hf-clip, hf-vit, mmseg, mmpretrain, timm."""
+    """One of: dinov3, pe, eva02, radio, openai-clip, open-clip-timm, hf-clip, hf-vit, mmseg, mmpretrain, timm."""
     keys = set(sd)
+    if "storage_tokens" in keys:
+        return "dinov3"
+    if {"visual.conv1.weight", "conv1.weight"} & keys and any(".ls_1.gamma" in k or "attn_pool." in k for k in keys):
+        return "pe"
+    if any(re.search(r"\.mlp\.(w12|w1|ffn_ln)\.", k) for k in keys):
+        return "eva02"
+    if any(k.startswith("radio_model.model.") for k in keys):
+        return "radio"
     if {"visual.class_embedding", "module.visual.class_embedding"} & keys:
         return "openai-clip"
     if any(k.startswith(("visual.trunk.", "module.visual.trunk.")) for k in keys):
@@ -240,7 +258,7 @@ def from_mm(sd: dict, layout: str) -> dict:
 def to_timm_names(payload: dict) -> tuple[dict, str]:
     """Any supported layout -> (state dict in timm or OpenAI-CLIP names, format name).
 
-    OpenAI CLIP names are left for timm's `checkpoint_filter_fn` to convert."""
+    OpenAI CLIP, DINOv3, EVA-02, PE and RADIO names are left for timm's `checkpoint_filter_fn` to convert."""
     sd, wrapper = unwrap(payload)
     fmt = detect_format(sd)
     if fmt == "hf-vit":
@@ -263,7 +281,7 @@ def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names if not list(model.get_submodule(n).parameters()))
 
 
-PATCH_KEYS = ("patch_embed.proj.weight", "visual.conv1.weight")  # timm, OpenAI CLIP (before timm converts it)
+PATCH_KEYS = ("patch_embed.proj.weight", "visual.conv1.weight", "conv1.weight")  # timm, OpenAI CLIP and PE
 
 
 def check_patch(sd: dict, model: nn.Module, source: str, resample: bool) -> None:
@@ -284,7 +302,8 @@ def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resam
     interpolated (the teacher's match_grid), and the start-up summary shows the grid built."""
     sd, fmt = to_timm_names(payload)
     check_patch(sd, model, source, resample)
-    sd = checkpoint_filter_fn(sd, model)  # timm: OpenAI CLIP names, pos-embed / patch resampling
+    family_filter = eva_filter if isinstance(model, Eva) else checkpoint_filter_fn
+    sd = family_filter(sd, model)  # timm: official names, pos-embed / patch resampling
     drop = _classifier_keys(model)
     sd = {k: v for k, v in sd.items() if not (drop and k.startswith(drop))}
     try:

@@ -36,7 +36,8 @@ class TeacherSpec:
 
 
 # Licences: facebookresearch/mae LICENSE (CC BY-NC 4.0), facebookresearch/deit and dino LICENSE
-# (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT).
+# (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT); the newer rows as timm's
+# pretrained_cfg states them (dinov3-license, mit, apache-2.0, nvidia-open-model-license).
 # name | timm arch | kind | width depth heads patch img_size | licence | official file
 _TABLE = """
 mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth
@@ -48,6 +49,12 @@ dino_vit_small_patch16 | vit_small_patch16_224.dino | self-distillation | 384 12
 clip_vit_base_patch16 | vit_base_patch16_clip_quickgelu_224.openai | contrastive | 768 12 12 16 224 | MIT (openai/CLIP) | ViT-B-16.pt
 clip_vit_large_patch14 | vit_large_patch14_clip_quickgelu_224.openai | contrastive | 1024 24 16 14 224 | MIT (openai/CLIP) | ViT-L-14.pt
 openclip_vit_base_patch16_laion2b | vit_base_patch16_clip_224.laion2b | contrastive | 768 12 12 16 224 | MIT (mlfoundations/open_clip) | open_clip_pytorch_model.bin
+dinov3_vit_base_patch16 | vit_base_patch16_dinov3.lvd1689m | self-distillation | 768 12 12 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitb16_pretrain_lvd1689m-*.pth
+dinov3_vit_large_patch16 | vit_large_patch16_dinov3.lvd1689m | self-distillation | 1024 24 16 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitl16_pretrain_lvd1689m-*.pth
+eva02_vit_base_patch14 | eva02_base_patch14_224.mim_in22k | mim | 768 12 12 14 224 | MIT (baaivision/EVA) | eva02_B_pt_in21k_p14.pt
+pe_core_vit_base_patch16 | vit_pe_core_base_patch16_224.fb | contrastive | 768 12 12 16 224 | Apache-2.0 (facebookresearch/perception_models) | PE-Core-B16-224.pt
+siglip2_vit_base_patch16 | vit_base_patch16_siglip_224.v2_webli | contrastive | 768 12 12 16 224 | Apache-2.0 (google-research/big_vision) | big_vision SigLIP 2 .npz
+radio_v3_vit_base_patch16 | vit_base_patch16_radio_v3.c_radio | agglomerative | 768 12 12 16 512 | NVIDIA Open Model License (NVlabs/RADIO) | C-RADIOv3-B model.safetensors
 """
 
 
@@ -111,7 +118,22 @@ def _from_own_run(path: Path, payload: dict, model_kwargs: dict, resample: bool 
     return model, _record(path, f"hybrid-distill {own.format}", OWN_RUN_LICENSE, own.arch, own.format)
 
 
+def _from_big_vision(arch: str, file: Path, model_kwargs: dict) -> tuple[nn.Module, dict]:
+    """A big_vision .npz (SigLIP / SigLIP 2 `params/img/...`, ViT `Transformer/...`): timm's `load_pretrained`
+    reads it with numpy (allow_pickle=False) and renames it (vision_transformer.py `_load_weights`)."""
+    model = create_vit(arch, **model_kwargs)
+    if not hasattr(model, "load_pretrained"):
+        raise ValueError(f"{file} is a big_vision .npz; '{arch}' is not a timm VisionTransformer that reads one")
+    try:
+        model.load_pretrained(str(file))
+    except (KeyError, RuntimeError, ValueError) as err:  # a missing array, another shape, a pickled object array
+        raise ValueError(f"{file} (big_vision npz) does not fit '{arch}': {str(err).splitlines()[0]}") from None
+    return model, _record(file, f"file {file.name}", license_of(arch), arch, "big_vision npz")
+
+
 def _from_file(arch: str, file: Path, model_kwargs: dict, resample: bool = False) -> tuple[nn.Module, dict]:
+    if file.suffix == ".npz" and arch:
+        return _from_big_vision(arch, file, model_kwargs)
     payload = load_weights(file)
     if isinstance(payload, dict) and payload.get("format") in (MODEL_FORMAT, CHECKPOINT_FORMAT):
         return _from_own_run(file, payload, model_kwargs, resample)
