@@ -315,6 +315,23 @@ def test_shipped_study_resolves_every_row_and_its_smoke_version():
     assert cell_config(smoke, "hybrid", 1).data.limit == 256 and smoke.out.endswith("-smoke")
 
 
+@pytest.mark.parametrize("path", ["configs/studies/locality.yaml", "configs/studies/fashion_mnist_49.yaml"])
+def test_a_smoke_run_never_shares_the_real_teachers(path):
+    real, smoke = load_study(path), load_study(path, smoke=True)
+    assert real.teachers_dir and smoke.teachers_dir == real.teachers_dir + "-smoke"  # else refused or mixed up
+
+
+def test_the_49_token_study_judges_every_claim_with_the_mae_teacher_that_has_local_heads():
+    spec = load_study("configs/studies/fashion_mnist_49.yaml")
+    locality = load_study("configs/studies/locality.yaml", variant="mae_m25")
+    assert spec.teachers_dir == locality.teachers_dir and spec.teachers.mae_m25 == locality.teachers.mae_m25
+    assert list(spec.claims.judge) == ["a", "b", "c", "d", "e"] and spec.claims.mae_teacher == "mae_m25"
+    for row in ("hybrid", "hybrid_alpha0", "hybrid_no_mask", "distill_sup"):  # the same cells, so the same keys
+        assert cell_config(spec, row, 1).teachers == cell_config(locality, row, 1).teachers, row
+        assert cell_config(spec, row, 1).student == cell_config(locality, row, 1).student, row
+    assert cell_config(spec, "distill_mae", 0).teachers.mae.weights.endswith("mae_m25.pt")
+
+
 def test_alpha0_keeps_the_mae_teacher_picking_tokens(idx_folder, tmp_path):
     from conftest import tiny_run_config
 

@@ -14,7 +14,11 @@ from hybrid_distill.study.controlled import make_controlled
 from hybrid_distill.study.curve import head_distances
 from hybrid_distill.study.spec import base_config
 
-SHIPPED = ["configs/studies/fashion_mnist_196.yaml", "configs/studies/locality.yaml"]
+SHIPPED = [
+    "configs/studies/fashion_mnist_196.yaml",
+    "configs/studies/locality.yaml",
+    "configs/studies/fashion_mnist_49.yaml",
+]
 TRAIN = 60000  # Fashion-MNIST's train split
 
 

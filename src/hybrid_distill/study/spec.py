@@ -134,8 +134,9 @@ def load_study(
         if "=" not in item:
             raise StudyError(f"study override '{item}' is not key=value (e.g. seeds=[0,1])")
         spec = as_study(merge(spec, OmegaConf.from_dotlist([item]), f"study override '{item}'"))
-    if smoke:
+    if smoke:  # a smoke run's teachers are smoke teachers too: never beside (or refused by) the real ones
         spec.out = spec.out + "-smoke"
+        spec.teachers_dir = spec.teachers_dir and spec.teachers_dir.rstrip("/") + "-smoke"
     check_study(spec)
     return spec
 
