@@ -11,6 +11,9 @@ Layouts (the sources are named at each mapping):
   repository (`storage_tokens`, `ls1.gamma`, one `qkv.bias` with a zero k part), EVA-02's (`{'module'}`,
   SwiGLU `mlp.w1 / w2 / w3`, `mlp.ffn_ln`), Perception Encoder's (`visual.conv1`, `transformer.resblocks`,
   `ls_1.gamma`, `attn_pool`).
+- DINOv2's hub releases (facebookresearch/dinov2 `dinov2_vits14_pretrain.pth`, `*_reg4_pretrain.pth`):
+  timm names with `ls1.gamma`, a `mask_token` (1, D), `pos_embed` with a CLS entry and `register_tokens`,
+  renamed by timm's `_convert_dinov2` (registers to `reg_token`, the CLS position folded into `cls_token`).
 - RADIO's timm form (`radio_model.model.*`: `patch_generator.embedder`, CLS + registers in one table,
   a CPE position grid), renamed by timm's `_convert_radio`; its adaptors and input conditioner dropped.
 - big_vision `.npz` (SigLIP, `params/img/...`): read by timm's `load_pretrained` (numpy, no pickle), in
@@ -47,10 +50,13 @@ def _strip(sd: dict, prefix: str) -> dict:
 
 
 def detect_format(sd: dict) -> str:
-    """One of: dinov3, pe, eva02, radio, openai-clip, open-clip-timm, hf-clip, hf-vit, mmseg, mmpretrain, timm."""
+    """One of: dinov3, dinov2, pe, eva02, radio, openai-clip, open-clip-timm, hf-clip, hf-vit, mmseg, mmpretrain,
+    timm."""
     keys = set(sd)
     if "storage_tokens" in keys:
         return "dinov3"
+    if is_dinov2(sd):
+        return "dinov2"
     if {"visual.conv1.weight", "conv1.weight"} & keys and any(".ls_1.gamma" in k or "attn_pool." in k for k in keys):
         return "pe"
     if any(re.search(r"\.mlp\.(w12|w1|ffn_ln)\.", k) for k in keys):
@@ -72,6 +78,15 @@ def detect_format(sd: dict) -> str:
     if any(k.startswith(("module.", "backbone.")) for k in keys) and not any(k.startswith("blocks.") for k in keys):
         return "timm-prefixed"
     return "timm"
+
+
+def is_dinov2(sd: dict) -> bool:
+    """DINOv2's hub layout (dinov2/models/vision_transformer.py): registers, or its mask token (1, D); MAE's is
+    the decoder's (1, 1, D_dec), beside `decoder_*` keys, and is dropped with them."""
+    mask = sd.get("mask_token")
+    return "register_tokens" in sd or (
+        torch.is_tensor(mask) and mask.dim() == 2 and not any(k.startswith("decoder_") for k in sd)
+    )
 
 
 def _drop_prefix_all(sd: dict) -> dict:
@@ -258,7 +273,8 @@ def from_mm(sd: dict, layout: str) -> dict:
 def to_timm_names(payload: dict) -> tuple[dict, str]:
     """Any supported layout -> (state dict in timm or OpenAI-CLIP names, format name).
 
-    OpenAI CLIP, DINOv3, EVA-02, PE and RADIO names are left for timm's `checkpoint_filter_fn` to convert."""
+    OpenAI CLIP, DINOv2, DINOv3, EVA-02, PE and RADIO names are left for timm's `checkpoint_filter_fn` to
+    convert (DINOv2's by its `mask_token`, which the MAE clean-up below would drop)."""
     sd, wrapper = unwrap(payload)
     fmt = detect_format(sd)
     if fmt == "hf-vit":
