@@ -126,6 +126,17 @@ def test_a_file_in_the_official_dinov2_layout_loads_into_the_timm_model(family, 
     same_model(model, loaded)  # every tensor exactly, forward_features within 1e-6
 
 
+def test_the_listed_dinov2_names_load_the_official_layout_with_their_licence(tmp_path):
+    """`teachers list` names (ViT-B/14 rows) at tiny size through model_kwargs: the hub file's names and licence."""
+    model = dinov2("dinov2_reg4")
+    torch.save(official_layout(model), tmp_path / "dinov2_vitb14_reg4_pretrain.pth")
+    loaded, record = build_teacher_backbone(
+        "dinov2_vit_base_patch14_reg4", file=tmp_path / "dinov2_vitb14_reg4_pretrain.pth", model_kwargs=SMALL
+    )
+    assert record["arch"] == "vit_base_patch14_reg4_dinov2.lvd142m" and record["license"].startswith("Apache-2.0")
+    same_model(model, loaded)
+
+
 @pytest.mark.parametrize("family", ARCHS)
 def test_the_official_file_on_match_grids_grid_has_its_patch_positions_resampled(family, tmp_path):
     """The hub's files hold a 37 x 37 position grid (518 px); here 4 x 4, the teacher built by match_grid at

@@ -563,6 +563,34 @@ def test_registry_geometry_and_normalisation_match_timm():
     assert timm.models.get_pretrained_cfg(TEACHERS["clip_vit_base_patch16"].arch).mean == CLIP_MEAN
 
 
+def test_each_official_file_names_where_it_is_stated():
+    """The file a row names is the one its authors release: the basename of timm's own url where timm has one,
+    else the name an upstream source states (pinned here, source in the row's note), or 'unverified'."""
+    for spec in TEACHERS.values():
+        assert spec.note and "*" not in spec.official_file, spec.name
+        url = timm.models.get_pretrained_cfg(spec.arch).url
+        if url:
+            assert spec.official_file == url.rsplit("/", 1)[-1] and "timm url" in spec.note, spec.name
+    files = {s.name: (s.official_file, s.note) for s in TEACHERS.values()}
+    assert files["dinov2_vit_base_patch14_reg4"][0] == "dinov2_vitb14_reg4_pretrain.pth"
+    assert files["dinov3_vit_base_patch16"][0] == "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"
+    assert files["dinov3_vit_large_patch16"][0] == "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"
+    assert files["eva02_vit_base_patch14"][0] == "eva02_B_pt_in21k_p14.pt"
+    assert files["pe_core_vit_base_patch16"][0] == "PE-Core-B16-224.pt"
+    assert (
+        files["siglip2_vit_base_patch16"][0] == "siglip2_b16_224.npz"
+        and "big_vision" in files["siglip2_vit_base_patch16"][1]
+    )
+    assert files["radio_v3_vit_base_patch16"][1].startswith("unverified")
+    for name in (
+        "dinov3_vit_base_patch16",
+        "eva02_vit_base_patch14",
+        "pe_core_vit_base_patch16",
+        "siglip2_vit_base_patch16",
+    ):
+        assert "/" in files[name][1] and "unverified" not in files[name][1], name  # a repository's path
+
+
 def test_teachers_list_cli(capsys):
     assert teachers_main(["list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

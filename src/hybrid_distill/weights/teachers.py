@@ -32,35 +32,56 @@ class TeacherSpec:
     patch: int
     img_size: int
     license: str  # of the released weights, with where it is stated
-    official_file: str
+    official_file: str  # the weights file as its authors release it (`weights: FILE` reads it)
+    note: str  # where that file name is stated, or 'unverified'
 
 
 # Licences: facebookresearch/mae LICENSE (CC BY-NC 4.0), facebookresearch/deit and dino LICENSE
 # (Apache 2.0), openai/CLIP LICENSE (MIT), mlfoundations/open_clip LICENSE (MIT); the newer rows as timm's
-# pretrained_cfg states them (dinov3-license, mit, apache-2.0, nvidia-open-model-license).
-# name | timm arch | kind | width depth heads patch img_size | licence | official file
+# pretrained_cfg states them (dinov3-license, mit, apache-2.0, nvidia-open-model-license) and as checked at
+# the source: dinov2/hub/backbones.py's header (Apache 2.0), dinov3/hub/backbones.py's header (DINOv3 License
+# Agreement), baaivision/EVA LICENSE (MIT), perception_models README (Model License Apache 2.0), big_vision
+# README_siglip2.md (software Apache 2.0, other materials CC-BY 4.0), NVlabs/RADIO README (C-RADIO: NVIDIA Open
+# Model License). Official files, each row's note naming where its name is stated:
+# - timm url: the arch's pretrained_cfg `url`, whose basename the file is (tests/test_weights.py checks it);
+# - DINOv2: facebookresearch/dinov2 dinov2/hub/backbones.py, {model_name}/{model_name}_pretrain.pth with
+#   model_name dinov2_vitb14 or dinov2_vitb14_reg4 (hub/utils.py _make_dinov2_model_name);
+# - DINOv3: facebookresearch/dinov3 dinov3/hub/backbones.py, _make_dinov3_vit_model_url with the hashes
+#   dinov3_vitb16 / dinov3_vitl16 pass (73cec8be, 8aa4cbdd); the download URL comes by request form;
+# - EVA-02: baaivision/EVA EVA-02/asuka/README.md, "MIM pre-trained EVA-02", HF Yuxin-CV/EVA-02 eva02/pt/;
+# - PE core: facebookresearch/perception_models core/vision_encoder/config.py fetch_pe_checkpoint,
+#   hf://facebook/{name}:{name}.pt;
+# - SigLIP 2: google-research/big_vision configs/proj/image_text/SigLIP2_demo.ipynb,
+#   gs://big_vision/siglip2/siglip2_{variant}_{res}.npz (B/16 at 224: siglip2_b16_224.npz);
+# - C-RADIOv3: NVlabs/RADIO README names the HF repo nvidia/C-RADIOv3-B, whose HF model (radio/hf_model.py,
+#   pushed by hf_hub.py) holds the radio_model.* names read here; that its file is model.safetensors was not
+#   seen in a source. radio/common.py's torch.hub file c-radio_v3-b_half.pth.tar holds base_model.* names in
+#   a pickle with training args, which is not read.
+# name | timm arch | kind | width depth heads patch img_size | licence | official file | note
 _TABLE = """
-mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth
-mae_vit_large_patch16 | vit_large_patch16_224.mae | mim | 1024 24 16 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_large.pth
-deit_base_patch16 | deit_base_patch16_224.fb_in1k | supervised | 768 12 12 16 224 | Apache-2.0 (facebookresearch/deit) | deit_base_patch16_224-b5f2ef4d.pth
-deit_small_patch16 | deit_small_patch16_224.fb_in1k | supervised | 384 12 6 16 224 | Apache-2.0 (facebookresearch/deit) | deit_small_patch16_224-cd65a155.pth
-dino_vit_base_patch16 | vit_base_patch16_224.dino | self-distillation | 768 12 12 16 224 | Apache-2.0 (facebookresearch/dino) | dino_vitbase16_pretrain.pth
-dino_vit_small_patch16 | vit_small_patch16_224.dino | self-distillation | 384 12 6 16 224 | Apache-2.0 (facebookresearch/dino) | dino_deitsmall16_pretrain.pth
-clip_vit_base_patch16 | vit_base_patch16_clip_quickgelu_224.openai | contrastive | 768 12 12 16 224 | MIT (openai/CLIP) | ViT-B-16.pt
-clip_vit_large_patch14 | vit_large_patch14_clip_quickgelu_224.openai | contrastive | 1024 24 16 14 224 | MIT (openai/CLIP) | ViT-L-14.pt
-openclip_vit_base_patch16_laion2b | vit_base_patch16_clip_224.laion2b | contrastive | 768 12 12 16 224 | MIT (mlfoundations/open_clip) | open_clip_pytorch_model.bin
-dinov3_vit_base_patch16 | vit_base_patch16_dinov3.lvd1689m | self-distillation | 768 12 12 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitb16_pretrain_lvd1689m-*.pth
-dinov3_vit_large_patch16 | vit_large_patch16_dinov3.lvd1689m | self-distillation | 1024 24 16 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitl16_pretrain_lvd1689m-*.pth
-eva02_vit_base_patch14 | eva02_base_patch14_224.mim_in22k | mim | 768 12 12 14 224 | MIT (baaivision/EVA) | eva02_B_pt_in21k_p14.pt
-pe_core_vit_base_patch16 | vit_pe_core_base_patch16_224.fb | contrastive | 768 12 12 16 224 | Apache-2.0 (facebookresearch/perception_models) | PE-Core-B16-224.pt
-siglip2_vit_base_patch16 | vit_base_patch16_siglip_224.v2_webli | contrastive | 768 12 12 16 224 | Apache-2.0 (google-research/big_vision) | big_vision SigLIP 2 .npz
-radio_v3_vit_base_patch16 | vit_base_patch16_radio_v3.c_radio | agglomerative | 768 12 12 16 512 | NVIDIA Open Model License (NVlabs/RADIO) | C-RADIOv3-B model.safetensors
+mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth | timm url
+mae_vit_large_patch16 | vit_large_patch16_224.mae | mim | 1024 24 16 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_large.pth | timm url
+deit_base_patch16 | deit_base_patch16_224.fb_in1k | supervised | 768 12 12 16 224 | Apache-2.0 (facebookresearch/deit) | deit_base_patch16_224-b5f2ef4d.pth | timm url
+deit_small_patch16 | deit_small_patch16_224.fb_in1k | supervised | 384 12 6 16 224 | Apache-2.0 (facebookresearch/deit) | deit_small_patch16_224-cd65a155.pth | timm url
+dino_vit_base_patch16 | vit_base_patch16_224.dino | self-distillation | 768 12 12 16 224 | Apache-2.0 (facebookresearch/dino) | dino_vitbase16_pretrain.pth | timm url
+dino_vit_small_patch16 | vit_small_patch16_224.dino | self-distillation | 384 12 6 16 224 | Apache-2.0 (facebookresearch/dino) | dino_deitsmall16_pretrain.pth | timm url
+clip_vit_base_patch16 | vit_base_patch16_clip_quickgelu_224.openai | contrastive | 768 12 12 16 224 | MIT (openai/CLIP) | ViT-B-16.pt | openai/CLIP clip/clip.py _MODELS
+clip_vit_large_patch14 | vit_large_patch14_clip_quickgelu_224.openai | contrastive | 1024 24 16 14 224 | MIT (openai/CLIP) | ViT-L-14.pt | openai/CLIP clip/clip.py _MODELS
+openclip_vit_base_patch16_laion2b | vit_base_patch16_clip_224.laion2b | contrastive | 768 12 12 16 224 | MIT (mlfoundations/open_clip) | open_clip_pytorch_model.bin | open_clip constants.py HF_WEIGHTS_NAME (its hub repos' file)
+dinov2_vit_base_patch14 | vit_base_patch14_dinov2.lvd142m | self-distillation | 768 12 12 14 518 | Apache-2.0 (facebookresearch/dinov2) | dinov2_vitb14_pretrain.pth | timm url; facebookresearch/dinov2 dinov2/hub/backbones.py
+dinov2_vit_base_patch14_reg4 | vit_base_patch14_reg4_dinov2.lvd142m | self-distillation | 768 12 12 14 518 | Apache-2.0 (facebookresearch/dinov2) | dinov2_vitb14_reg4_pretrain.pth | timm url; facebookresearch/dinov2 dinov2/hub/backbones.py
+dinov3_vit_base_patch16 | vit_base_patch16_dinov3.lvd1689m | self-distillation | 768 12 12 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth | facebookresearch/dinov3 dinov3/hub/backbones.py (URL by request form)
+dinov3_vit_large_patch16 | vit_large_patch16_dinov3.lvd1689m | self-distillation | 1024 24 16 16 256 | DINOv3 License (facebookresearch/dinov3): read its terms | dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth | facebookresearch/dinov3 dinov3/hub/backbones.py (URL by request form)
+eva02_vit_base_patch14 | eva02_base_patch14_224.mim_in22k | mim | 768 12 12 14 224 | MIT (baaivision/EVA) | eva02_B_pt_in21k_p14.pt | baaivision/EVA EVA-02/asuka/README.md (HF Yuxin-CV/EVA-02 eva02/pt/)
+pe_core_vit_base_patch16 | vit_pe_core_base_patch16_224.fb | contrastive | 768 12 12 16 224 | Apache-2.0 (facebookresearch/perception_models) | PE-Core-B16-224.pt | facebookresearch/perception_models core/vision_encoder/config.py (HF facebook/PE-Core-B16-224)
+siglip2_vit_base_patch16 | vit_base_patch16_siglip_224.v2_webli | contrastive | 768 12 12 16 224 | Apache-2.0 (google-research/big_vision; its README_siglip2.md puts materials other than software under CC-BY-4.0) | siglip2_b16_224.npz | google-research/big_vision SigLIP2_demo.ipynb (gs://big_vision/siglip2/)
+radio_v3_vit_base_patch16 | vit_base_patch16_radio_v3.c_radio | agglomerative | 768 12 12 16 512 | NVIDIA Open Model License (NVlabs/RADIO) | model.safetensors of HF nvidia/C-RADIOv3-B | unverified file name: NVlabs/RADIO README names the HF repo; torch.hub's c-radio_v3-b_half.pth.tar (radio/common.py) is not read
 """
 
 
 def _spec(row: str) -> TeacherSpec:
-    name, arch, kind, dims, licence, file = (field.strip() for field in row.split("|"))
-    return TeacherSpec(name, arch, kind, *map(int, dims.split()), licence, file)
+    name, arch, kind, dims, licence, file, note = (field.strip() for field in row.split("|"))
+    return TeacherSpec(name, arch, kind, *map(int, dims.split()), licence, file, note)
 
 
 TEACHERS = {spec.name: spec for spec in map(_spec, _TABLE.strip().splitlines())}
