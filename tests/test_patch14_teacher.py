@@ -3,25 +3,38 @@ scale, 4 registers) beside a patch-4 student on a 7 x 7 grid, at tiny size with 
 
 1. relations equal the model's own pre-softmax attention logits, on its own grid and at the input size
    match_grid builds it at (98 px for 7 x 7 patches of 14);
+2. one optimiser step of a hybrid config with the patch-14 model as the MIM teacher (relations, token
+   picking; match_grid) and, apart, as the feature teacher (match_grid, and interpolate_features from its
+   own 4 x 4 grid); picking or relating its tokens on another grid refused in one line;
 3. the official DINOv2 release layout (facebookresearch/dinov2 hub checkpoints, dinov2_vits14_pretrain.pth
    and *_reg4_pretrain.pth: cls_token and pos_embed with a CLS entry, register_tokens, mask_token (1, D),
    blocks.N.ls1.gamma) loaded from a file the test writes, on its grid and on match_grid's;
-(2. a training step and 4. the student's export: to come.)
+4. the student of that step exported for timm and loaded back by timm itself, outputs equal.
 
 Covered elsewhere for patch 14: grid_model_kwargs of a /14 CLIP (tests/test_weights.py
 test_grid_kwargs_for_patch14_teacher) and the bilinear weights of a 2 x 2 map of patch 14 interpolated to
 4 x 4 (tests/test_feature_grid.py)."""
 
+import copy
+import json
+import math
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
+from conftest import tiny_run_config
 from test_eva_teachers import at, cls_and, own_softmaxes
 from timm.layers import resample_abs_pos_embed
 
-from hybrid_distill.config import TeacherConfig
+from hybrid_distill import cli
+from hybrid_distill.config import ConfigError, TeacherConfig, from_dict
 from hybrid_distill.masking import KeepGiven, all_indices
+from hybrid_distill.models.attention import choose_attention
 from hybrid_distill.models.teacher import Teacher, build_teacher_model
+from hybrid_distill.trainer import Trainer
+from hybrid_distill.weights.export import export, load_timm_export
 from hybrid_distill.weights.teachers import build_teacher_backbone
 
 ARCHS = {"dinov2": "vit_small_patch14_dinov2", "dinov2_reg4": "vit_small_patch14_reg4_dinov2"}
@@ -172,3 +185,118 @@ def test_an_mae_checkpoint_with_its_mask_token_is_still_read_as_mae(tmp_path):
     torch.save({"model": mae}, tmp_path / "mae.pth")
     _, record = build_teacher_backbone("vit_base_patch16_224.mae", file=tmp_path / "mae.pth", model_kwargs=VIT_SMALL)
     assert record["format"] == "timm ('model' wrapper)"
+
+
+# ---------------------------------------------------------------- 2 and 4. a training step, the export
+
+
+def patch14(family: str, **extra) -> dict:
+    return {"arch": ARCHS[family], "weights": "random", "model_kwargs": dict(STEP), **extra}
+
+
+def step_and_export(values: dict, tmp_path) -> tuple[Trainer, dict]:
+    """One optimiser step (lr > 0 at step 0), the student moved, every logged part finite and positive; then
+    the student exported as FILE.safetensors and loaded by timm itself, as the export's json says."""
+    trainer = Trainer(from_dict(values))
+    before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.fit()
+    logged = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    parts = [k for k in logged if k.endswith("/feat") or "/rel" in k]
+    assert trainer.step == 1 and logged["skipped"] == 0
+    assert parts and all(math.isfinite(logged[k]) and logged[k] > 0 for k in parts), logged
+    moved = [k for k, v in trainer.student.state_dict().items() if not torch.equal(v, before[k])]
+    assert "backbone.blocks.0.attn.qkv.weight" in moved and "backbone.blocks.5.attn.qkv.weight" in moved
+
+    out = tmp_path / "export" / "student.safetensors"
+    assert export(trainer.run_dir, "timm", out, verify=True)["max_feature_diff"] < 1e-6
+    config = json.loads((tmp_path / "export" / "student.safetensors.json").read_text())
+    reloaded = timm.create_model(  # the documented call, by hand
+        config["architecture"],
+        pretrained=True,
+        num_classes=0,
+        pretrained_cfg_overlay=dict(config["pretrained_cfg_overlay"], file=str(out)),
+        **config["model_kwargs"],
+    ).eval()
+    student = copy.deepcopy(trainer.student.backbone).eval()
+    for name, tensor in student.state_dict().items():  # the trained weights, exactly
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    choose_attention(student, reloaded.blocks[0].attn.fused_attn)  # the student trains on the explicit path
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.forward_features(x), student.forward_features(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(reloaded(x), student(x), rtol=0, atol=1e-6)
+    strict = timm.create_model(config["architecture"], num_classes=0, **config["model_kwargs"])
+    strict.load_state_dict(load_timm_export(out.with_name(out.name + ".json")).state_dict(), strict=True)
+    assert reloaded.patch_embed.grid_size == STUDENT_GRID
+    return trainer, logged
+
+
+def test_a_step_with_a_patch14_mim_teacher_from_the_official_layout_on_match_grids_grid(idx_folder, tmp_path):
+    """The DINOv2-with-registers MIM teacher, read from an official-layout file at its 4 x 4 grid, built at 98
+    px for the student's 7 x 7 (match_grid, the default): relations at blocks 1 and 2, and it picks the tokens."""
+    official = official_layout(dinov2("dinov2_reg4", **STEP))
+    torch.save(official, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    mim = patch14("dinov2_reg4", weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"), relation_blocks=[-3, -2])
+    values = tiny_run_config(
+        idx_folder, tmp_path, **{"teachers.mim": mim, "train.max_steps": 1, "optim.warmup_epochs": 0}
+    )
+    trainer, logged = step_and_export(values, tmp_path)
+    teacher = trainer.teachers.teachers["mim"]
+    assert teacher.model.patch_embed.patch_size == (14, 14) and teacher.model.patch_embed.img_size == (98, 98)
+    assert teacher.model.num_prefix_tokens == 5
+    assert {"mim/rel1", "mim/rel2", "sup/feat"} <= set(logged)
+    targets = trainer.teachers(torch.rand(2, 3, 28, 28))
+    K = targets.keep.shape[1]
+    assert 0 < K < 49 and targets.relations["mim"][2].shape == (2, 3, 1 + K, 1 + K)
+    assert targets.keep.max() < 49  # kept positions are on the student's grid
+
+
+@pytest.mark.parametrize("grid", ["match_grid", "interpolate_features"])
+def test_a_step_with_a_patch14_feature_teacher(grid, idx_folder, tmp_path):
+    """DINOv2 (no registers) as the feature teacher: built at 98 px (7 x 7) with match_grid, or at its own 56 px
+    (4 x 4) with its last block's map resized to 7 x 7 (interpolate_features)."""
+    sup = patch14("dinov2", features=True)
+    if grid == "interpolate_features":
+        sup.update(match_grid=False, interpolate_features=True, model_kwargs={**STEP, "img_size": 56})
+    values = tiny_run_config(
+        idx_folder, tmp_path, **{"teachers.sup": sup, "train.max_steps": 1, "optim.warmup_epochs": 0}
+    )
+    trainer, logged = step_and_export(values, tmp_path)
+    teacher = trainer.teachers.teachers["sup"]
+    assert teacher.model.patch_embed.patch_size == (14, 14)
+    assert tuple(teacher.model.patch_embed.grid_size) == ((4, 4) if grid == "interpolate_features" else STUDENT_GRID)
+    assert "sup/feat" in logged and "mim/rel4" in logged
+    targets = trainer.teachers(torch.rand(2, 3, 28, 28))
+    assert targets.features["sup"].shape == (2, 1 + targets.keep.shape[1], 48)
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (
+            {},
+            r"masking\.teacher='mim' would pick tokens on another grid .*: set teachers\.mim\.match_grid=true",
+        ),
+        ({"masking.teacher": "sup"}, r"teachers\.mim\.relation_blocks relate tokens of another grid"),
+    ],
+)
+def test_a_patch14_mim_teacher_on_its_own_grid_is_refused_in_one_line(extra, said, idx_folder, tmp_path):
+    """Picking (masking) or relating the patch-14 teacher's 4 x 4 tokens for the student's 7 x 7 has no meaning."""
+    mim = patch14("dinov2_reg4", relation_blocks=[-2], match_grid=False, interpolate_features=True)
+    mim["model_kwargs"]["img_size"] = 56
+    values = tiny_run_config(idx_folder, tmp_path, **{"teachers.mim": mim, **extra})
+    with pytest.raises(ConfigError, match=said) as err:
+        from_dict(values)
+    assert "\n" not in str(err.value)
+
+
+def test_a_patch14_teacher_on_its_own_grid_without_interpolation_is_refused_in_one_line(idx_folder, tmp_path, capsys):
+    """Neither match_grid nor interpolate_features: `train --dry-run` stops in one line, exit code 2."""
+    mim = patch14("dinov2_reg4", relation_blocks=[-2], match_grid=False)
+    mim["model_kwargs"]["img_size"] = 56
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config(idx_folder, tmp_path, **{"teachers.mim": mim})))
+    assert cli.main(["train", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'mim' has a (4, 4) token grid but the student has (7, 7)" in err, err
+    assert "teachers.mim.match_grid=true" in err and "teachers.mim.interpolate_features=true" in err
