@@ -462,7 +462,7 @@ def case_id(argv: list[str]) -> str:
 
 # Inputs that do not end in one clean line yet (a traceback, exit 1, or a late refusal), each an
 # expected failure that fails the table once fixed: move it out of here then. Where they fail is in
-# weights/ (teacher and model files), evaluation/loading.py, weights/command.py, bench/command.py and
+# weights/ (teacher and model files), evaluation/loading.py, weights/command.py and
 # the config checks, outside this table's owner's files.
 UNCLEAN = {
     *(f"train --resume auto teachers.sup.weights={{d}}/{name}" for name in ("int8.pth",)),
@@ -474,10 +474,6 @@ UNCLEAN = {
     "train --init-from {d}/model.pt name=fresh",
     "export {d}/runs/tiny --out /dev/full.pth",
     "export {d}/noconfig_ckpt.pt --out {d}/y.pth",
-    "bench {d}/c.yaml --device cpu --out {d}/nockpt",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline -1",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline 0",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline nan",
 }
 UNCLEAN_MARK = pytest.mark.xfail(strict=True, reason="not one clean line yet (issue 23)")
 PARAMS = [pytest.param(a, n, id=case_id(a), marks=[UNCLEAN_MARK] if case_id(a) in UNCLEAN else []) for a, n in CASES]

@@ -159,7 +159,8 @@ def in_range(key: str, value, rule: Range | tuple) -> None:
         if value not in rule:
             raise ConfigError(f"{key}={value} is not one of {', '.join(map(str, rule))}")
     elif not rule.holds(value):
-        raise ConfigError(f"{key}={value} must be {rule}")
+        finite = "" if not isinstance(value, float) or math.isfinite(value) else "a finite number "
+        raise ConfigError(f"{key}={value} must be {finite}{rule}")
 
 
 def check_fields(cfg: DictConfig) -> None:

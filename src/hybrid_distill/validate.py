@@ -23,6 +23,15 @@ def writable_dir(key: str, path: str | Path) -> None:
         raise ConfigError(f"{key}={path}: {existing} is not writable; choose a folder you can write to")
 
 
+def writable_file(key: str, path: str | Path) -> None:
+    """A file the command may write: not an existing folder (writing there fails only after the work), in a
+    folder writable_dir accepts."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key} {path} is a folder; name a file in it, e.g. {key} {path / 'result.json'}")
+    writable_dir(key, path.parent)
+
+
 def run_name(name: str) -> None:
     """One plain path component, so the run stays inside output_dir."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
