@@ -469,8 +469,6 @@ UNCLEAN = {
     *(f"eval knn {{d}}/{name} --data fashion_mnist:{{d}}/fmnist" for name in MODEL_FILES[:6]),
     *(f"export {{d}}/{name} --out {{d}}/x.safetensors" for name in MODEL_FILES[:3]),
     *(f"analyze {{d}}/{name} --data fashion_mnist:{{d}}/fmnist --out {{d}}/an" for name in MODEL_FILES),
-    "train --dry-run data.img_size=32 name=fresh",
-    "train --dry-run data.img_size=56 name=fresh",
     "train --init-from {d}/model.pt name=fresh",
     "export {d}/runs/tiny --out /dev/full.pth",
     "export {d}/noconfig_ckpt.pt --out {d}/y.pth",
