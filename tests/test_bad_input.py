@@ -465,7 +465,6 @@ def case_id(argv: list[str]) -> str:
 # weights/ (teacher and model files), evaluation/loading.py, weights/command.py and
 # the config checks, outside this table's owner's files.
 UNCLEAN = {
-    "train --init-from {d}/model.pt name=fresh",
     "export {d}/runs/tiny --out /dev/full.pth",
 }
 UNCLEAN_MARK = pytest.mark.xfail(strict=True, reason="not one clean line yet (issue 23)")

@@ -29,7 +29,7 @@ from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, P
 from .models.attention import student_fused_attention
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
-from .resume import check_fits
+from .resume import check_fits, resolve_init
 from .resume import load as load_resume
 from .resume import resolve as resolve_resume
 from .resume_policy import check_resume_config, init_state, schedule_note
@@ -71,6 +71,7 @@ class Trainer:
         check_available(self.run_dir, resume)  # every refusal before anything is built or written
         check_teacher_files(cfg)
         resume_path = resolve_resume(resume, self.run_dir)
+        init_path = resolve_init(init_from, resume)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
         self.micro_batch = micro_batch(cfg.optim.batch_size, cfg.optim.accum_steps, self.dist.world)
@@ -114,9 +115,7 @@ class Trainer:
             cfg.data.bad_check_every,
             self.dist.main,
         )
-        if init_from and resume:
-            raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
-        self.init_from(init_from)
+        self.init_from(init_path)
         self.resume(resume_path)
         if self.step > self.last_step():
             raise ConfigError(
@@ -127,11 +126,10 @@ class Trainer:
         if self.dist.main:
             print(startup_summary(self), flush=True)
 
-    def init_from(self, source: str | None) -> None:
+    def init_from(self, path: Path | None) -> None:
         """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
-        if not source:
+        if path is None:
             return
-        path = resolve_resume(source, Path(source))
         heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
         state, with_heads = init_state(files.load_checkpoint(path), heads)
         set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
