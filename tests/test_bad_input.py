@@ -464,9 +464,7 @@ def case_id(argv: list[str]) -> str:
 # expected failure that fails the table once fixed: move it out of here then. Where they fail is in
 # weights/ (teacher and model files), evaluation/loading.py, weights/command.py and
 # the config checks, outside this table's owner's files.
-UNCLEAN = {
-    "export {d}/runs/tiny --out /dev/full.pth",
-}
+UNCLEAN: set[str] = set()
 UNCLEAN_MARK = pytest.mark.xfail(strict=True, reason="not one clean line yet (issue 23)")
 PARAMS = [pytest.param(a, n, id=case_id(a), marks=[UNCLEAN_MARK] if case_id(a) in UNCLEAN else []) for a, n in CASES]
 

@@ -119,3 +119,14 @@ def test_data_img_size_must_be_the_students_input_size_unless_it_takes_any(idx_f
         from_dict(values)
     values["student"]["model_kwargs"]["dynamic_img_size"] = True  # timm resizes its position embeddings
     assert from_dict(values).data.img_size == 56
+
+
+def test_the_systems_device_and_kernel_folders_take_no_output_but_its_ram_disk_does(tmp_path):
+    from pathlib import Path
+
+    from hybrid_distill.validate import is_system_folder, writable_dir
+
+    assert is_system_folder(Path("/dev")) and is_system_folder(Path("/proc/self")) and is_system_folder(Path("/sys"))
+    assert not is_system_folder(Path("/dev/shm")) and not is_system_folder(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--out=/dev/full\.pth: /dev "):  # root may write there: refused anyway
+        writable_dir("--out", "/dev/full.pth")

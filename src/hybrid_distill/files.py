@@ -30,14 +30,19 @@ CHECKPOINT_FORMAT = "hybrid-distill-checkpoint"
 BACKBONE = "backbone."  # the student's timm model inside Student.state_dict()
 
 
-class DiskFull(OSError):
-    """A write ran out of space, said in one line naming the folder and its free space."""
+class CannotWrite(OSError):
+    """A write the destination refused (full, read-only, not ours to write), said in one line naming it."""
 
     def __str__(self) -> str:
         return self.strerror  # the sentence alone, without OSError's '[Errno 28]'
 
 
+class DiskFull(CannotWrite):
+    """A write ran out of space, said in one line naming the folder and its free space."""
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def is_no_space(err: BaseException) -> bool:
@@ -58,11 +63,11 @@ def disk_full(folder: Path) -> DiskFull:
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """`write(temp path)`, fsync, rename: a crash never leaves a half file under the real name, and a
-    failed write (a full disk: DiskFull) leaves no temp file."""
+    failed write (a full disk: DiskFull; a read-only or foreign folder: CannotWrite) leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -71,6 +76,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         if isinstance(err, Exception) and is_no_space(err):
             raise disk_full(path.parent) from None
+        if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # access() said yes: root on NFS, a remount
+            raise CannotWrite(err.errno, f"cannot write {path}: {os.strerror(err.errno)}") from None
         raise
     return path
 
