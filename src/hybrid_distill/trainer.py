@@ -23,9 +23,18 @@ from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
 from .data.shards import ShardStream
 from .data.unreadable import sample_name
-from .distributed import Dist, init_distributed, mean_over_ranks
+from .distributed import Dist, init_distributed, lost_peer, mean_over_ranks
 from .engine import build_optimizer, lr_at, train_step
-from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
+from .guards import (
+    EXIT_PREEMPTED,
+    BadSamples,
+    NonFiniteGuard,
+    NonFiniteStop,
+    Preemption,
+    StopTraining,
+    lost_rank,
+    worker_killed,
+)
 from .models.attention import student_fused_attention
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
@@ -282,17 +291,7 @@ class Trainer:
     def stop(self, stop: Exception, good: GoodStates, log: RunLog) -> None:
         """Save what is worth resuming from, then raise StopTraining."""
         if not isinstance(stop, StopTraining):
-            if not worker_killed(stop, self.batches):
-                raise stop
-            # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
-            # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
-            safe = not self.stepping and not self.dist.enabled
-            stop = StopTraining(
-                f"preempted: a loader worker was killed by a signal; resume with --resume auto "
-                f"(exit code {EXIT_PREEMPTED})",
-                EXIT_PREEMPTED,
-                save=safe,
-            )
+            stop = self.as_stop(stop)
         if isinstance(stop, NonFiniteStop) and good.oldest() is not None:
             self.save_good(good.oldest())
             stop = NonFiniteStop(
@@ -302,6 +301,22 @@ class Trainer:
             self.save()
         log.write(f"stopped at step {self.step}: {stop}")
         raise stop
+
+    def as_stop(self, err: Exception) -> StopTraining:
+        """The stop that another rank's or a loader worker's death means; any other error is raised again."""
+        if lost_peer(err):
+            return lost_rank(self.dist.rank, self.dist.world, files.newest_complete(self.run_dir, warn=False))
+        if not worker_killed(err, self.batches):
+            raise err
+        # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
+        # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
+        safe = not self.stepping and not self.dist.enabled
+        return StopTraining(
+            f"preempted: a loader worker was killed by a signal; resume with --resume auto "
+            f"(exit code {EXIT_PREEMPTED})",
+            EXIT_PREEMPTED,
+            save=safe,
+        )
 
     def save_good(self, state: dict) -> None:
         """The kept state becomes the newest checkpoint: newer ones move to checkpoints/diverged/."""
