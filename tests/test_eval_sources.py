@@ -74,6 +74,18 @@ def test_an_official_mae_file_is_evaluated_with_its_weights(tmp_path):
     assert len(written) == 1 and json.loads(written[0].read_text())["top1"] == 100.0
 
 
+def test_an_official_file_its_arch_cannot_read_ends_in_one_line_exit_2(tmp_path, capsys):
+    from hybrid_distill import cli
+
+    file = tmp_path / "tensors.pth"
+    torch.save([torch.zeros(3)], file)  # a list, not a state dict
+    data = str(colour_folder(tmp_path / "images", n_per_class=2))
+    assert cli.main(["eval", "knn", str(file), "--arch", "vit_tiny_patch16_224", "--data", data]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hybrid-distill eval: error: --arch vit_tiny_patch16_224: {file}: expected a dict of tensors, got list"
+    ]
+
+
 def test_the_source_of_an_official_training_checkpoint_has_no_step(tmp_path):
     from hybrid_distill.evaluation.source import model_source
 

@@ -48,6 +48,16 @@ def check_model_file(spec: str, arch: str | None = None) -> None:
             read_model(path, mmap=True)
 
 
+def official_model(path, arch: str, model_kwargs: dict) -> nn.Module:
+    """An official weight file, read as a teacher's is; one it cannot read, or that does not fit --arch, is
+    bad input (models/teacher.py says the same of a teacher's)."""
+    try:
+        return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
+    except ValueError as err:
+        where = "" if str(path) in str(err) else f"{path}: "
+        raise ConfigError(f"--arch {arch}: {where}{err}") from None
+
+
 def load_eval_model(
     spec: str, arch: str | None = None, pretrained: bool = False, warn=None, **model_kwargs
 ) -> nn.Module:
@@ -56,7 +66,7 @@ def load_eval_model(
     path = model_path(spec)
     if path is not None:
         if arch:
-            return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
+            return official_model(path, arch, model_kwargs)
         with arch_hint(spec):
             return load_model(spec)
     name = resolve_arch(spec)
