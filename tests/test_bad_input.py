@@ -460,42 +460,22 @@ def case_id(argv: list[str]) -> str:
     return " ".join(argv[:1] + argv[2:] if argv[0] == "train" else argv)[:80]
 
 
-# Inputs that do not end in one clean line yet (a traceback, exit 1, or a late refusal), each an
-# expected failure that fails the table once fixed: move it out of here then. Where they fail is in
-# weights/ (teacher and model files), evaluation/loading.py, weights/command.py, bench/command.py and
-# the config checks, outside this table's owner's files.
-UNCLEAN = {
-    *(f"train --resume auto teachers.sup.weights={{d}}/{name}" for name in ("int8.pth",)),
-    *(f"eval knn {{d}}/{name} --data fashion_mnist:{{d}}/fmnist" for name in MODEL_FILES[:6]),
-    *(f"export {{d}}/{name} --out {{d}}/x.safetensors" for name in MODEL_FILES[:3]),
-    *(f"analyze {{d}}/{name} --data fashion_mnist:{{d}}/fmnist --out {{d}}/an" for name in MODEL_FILES),
-    "train --dry-run data.img_size=32 name=fresh",
-    "train --dry-run data.img_size=56 name=fresh",
-    "train --init-from {d}/model.pt name=fresh",
-    "export {d}/runs/tiny --out /dev/full.pth",
-    "export {d}/noconfig_ckpt.pt --out {d}/y.pth",
-    "bench {d}/c.yaml --device cpu --out {d}/nockpt",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline -1",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline 0",
-    "bench {d}/c.yaml --device cpu --out {d}/bench/b.json --deadline nan",
-}
-UNCLEAN_MARK = pytest.mark.xfail(strict=True, reason="not one clean line yet (issue 23)")
-PARAMS = [pytest.param(a, n, id=case_id(a), marks=[UNCLEAN_MARK] if case_id(a) in UNCLEAN else []) for a, n in CASES]
+PARAMS = [pytest.param(a, n, id=case_id(a)) for a, n in CASES]
 
 
 @pytest.mark.parametrize("argv,named", PARAMS)
 def test_bad_input_ends_in_one_line_naming_it(world, argv, named, monkeypatch):
     monkeypatch.chdir(world)
-    runs = snapshot(world / "runs")
+    runs, tree = snapshot(world / "runs"), sorted(world.rglob("*"))
     code, err = run_cli([a.format(d=world) for a in argv])
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     assert named.format(d=world) in err, err
     assert snapshot(world / "runs") == runs
-    assert not (world / "escaped").exists()
+    assert sorted(world.rglob("*")) == tree  # no stray file or folder, no temp file left
+    assert not (world.parent / "escaped").exists() and not os.path.exists("/dev/full.pth")  # name=../../escaped
 
 
 def test_the_table_has_a_case_for_every_command_the_cli_offers():
     commands = {argv[0] for argv, _ in CASES} - {"bogus-command"}
     assert commands == {"train", *cli.DELEGATED}  # a new command without a bad-input case fails here
-    assert UNCLEAN <= {case_id(argv) for argv, _ in CASES}  # every known-unclean case is still tried

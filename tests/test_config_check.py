@@ -109,3 +109,24 @@ def test_the_python_api_goes_through_the_same_checker(tmp_path):
     with pytest.raises(ConfigError, match=r"^RUN=\S*missing\.pt: no such file$"):
         hybrid_distill.export(tmp_path / "missing.pt", "timm", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_data_img_size_must_be_the_students_input_size_unless_it_takes_any(idx_folder, tmp_path):
+    from hybrid_distill.config import from_dict
+
+    values = tiny_run_config(idx_folder, tmp_path, **{"data.img_size": 56})
+    with pytest.raises(ConfigError, match=r"^data\.img_size=56 does not match the student's input size 28x28 .*"):
+        from_dict(values)
+    values["student"]["model_kwargs"]["dynamic_img_size"] = True  # timm resizes its position embeddings
+    assert from_dict(values).data.img_size == 56
+
+
+def test_the_systems_device_and_kernel_folders_take_no_output_but_its_ram_disk_does(tmp_path):
+    from pathlib import Path
+
+    from hybrid_distill.validate import is_system_folder, writable_dir
+
+    assert is_system_folder(Path("/dev")) and is_system_folder(Path("/proc/self")) and is_system_folder(Path("/sys"))
+    assert not is_system_folder(Path("/dev/shm")) and not is_system_folder(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--out=/dev/full\.pth: /dev "):  # root may write there: refused anyway
+        writable_dir("--out", "/dev/full.pth")

@@ -85,3 +85,15 @@ def test_export_on_a_full_disk_ends_in_one_line_exit_2(tiny_run, tmp_path, monke
     assert (code, len(err.splitlines())) == (2, 1), err
     assert f"the disk of {tmp_path / 'out'} is full" in err, err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_export_to_a_destination_that_refuses_the_write_ends_in_one_line_exit_2(tiny_run, tmp_path, monkeypatch):
+    def read_only_save(payload, f, *args, **kwargs):  # a folder that turned read-only after the checks
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    _, run = tiny_run
+    monkeypatch.setattr(torch, "save", read_only_save)
+    out = tmp_path / "out" / "student.pth"
+    code, err = run_cli(["export", str(run), "--out", str(out)])
+    assert (code, err) == (2, f"hybrid-distill export: error: cannot write {out}: Read-only file system")
+    assert list((tmp_path / "out").iterdir()) == []

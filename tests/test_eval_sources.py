@@ -2,6 +2,7 @@
 --pretrained (offline: one line naming `teachers prefetch`), MAE-style average pooling and layer
 decay, dBOT's recipe for CIFAR-100 / Cars / iNat19 and torchvision's readers for them."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -71,6 +72,26 @@ def test_an_official_mae_file_is_evaluated_with_its_weights(tmp_path):
     assert command.main(["knn", str(file), "--arch", "vit_tiny_patch16_224", "--data", str(data), "--k", "2"]) == 0
     written = list((tmp_path / "eval").glob("knn-images-cls*.json"))  # named per weight file (its SHA-256)
     assert len(written) == 1 and json.loads(written[0].read_text())["top1"] == 100.0
+
+
+def test_an_official_file_its_arch_cannot_read_ends_in_one_line_exit_2(tmp_path, capsys):
+    from hybrid_distill import cli
+
+    file = tmp_path / "tensors.pth"
+    torch.save([torch.zeros(3)], file)  # a list, not a state dict
+    data = str(colour_folder(tmp_path / "images", n_per_class=2))
+    assert cli.main(["eval", "knn", str(file), "--arch", "vit_tiny_patch16_224", "--data", data]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hybrid-distill eval: error: --arch vit_tiny_patch16_224: {file}: expected a dict of tensors, got list"
+    ]
+
+
+def test_the_source_of_an_official_training_checkpoint_has_no_step(tmp_path):
+    from hybrid_distill.evaluation.source import model_source
+
+    file = tmp_path / "checkpoint-799.pth"  # MAE's training checkpoints carry their argparse arguments
+    torch.save({"model": small_vit().state_dict(), "args": argparse.Namespace(lr=1e-3), "epoch": 799}, file)
+    assert model_source(str(file))["step"] is None
 
 
 def test_global_average_pool_is_the_patch_token_mean_through_a_fresh_fc_norm():

@@ -14,10 +14,12 @@ from helpers import jpeg_folder, logged, write_yaml
 
 from hybrid_distill import engine
 from hybrid_distill import files as ckpt
+from hybrid_distill import trainer as trainer_module
 from hybrid_distill.cli import main
 from hybrid_distill.config import ConfigError, from_dict
+from hybrid_distill.distributed import lost_peer
 from hybrid_distill.files import save_model_file
-from hybrid_distill.guards import EXIT_GUARD, EXIT_PREEMPTED, Preemption, StopTraining, worker_killed
+from hybrid_distill.guards import EXIT_GUARD, EXIT_LOST_RANK, EXIT_PREEMPTED, Preemption, StopTraining, worker_killed
 from hybrid_distill.resume import resolve
 from hybrid_distill.run_dir import LOCK
 from hybrid_distill.trainer import Trainer
@@ -91,6 +93,36 @@ def test_a_loader_worker_killed_by_a_signal_counts_as_preemption():
     Batches._workers = [Worker(None), Worker(None)]
     assert not worker_killed(ConnectionResetError(104, "Connection reset by peer"), Batches())
     assert worker_killed(RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated."), None)
+
+
+def test_a_collective_that_lost_its_peer_ends_the_rank_in_one_line_exit_4(idx_folder, tmp_path, monkeypatch, capsys):
+    """In one process: a gloo group of one under WORLD_SIZE=2, and the error gloo raises on rank 0 when
+    rank 1 is killed (test_resilience.py kills a real one)."""
+    values = tiny_run_config(idx_folder, tmp_path, **{"train.max_steps": 5, "train.ckpt_every_steps": 2})
+    config = write_yaml(tmp_path / "c.yaml", values)
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:6049. This is ...")
+    real, steps = trainer_module.train_step, []
+
+    def step(*args):  # the third step's gradient all-reduce meets a closed connection
+        steps.append(1)
+        if len(steps) == 3:
+            raise gone
+        return real(*args)
+
+    monkeypatch.setattr(trainer_module, "train_step", step)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        code = main(["train", str(config)])
+    finally:
+        torch.distributed.destroy_process_group()
+    checkpoint = tmp_path / "tiny" / "checkpoints" / "checkpoint-00000002.pt"
+    assert code == EXIT_LOST_RANK == 4
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died or was killed?); the "
+        f"last checkpoint is {checkpoint}; resume with --resume auto (exit code 4)"
+    ]
+    assert not lost_peer(gone)  # no process group: a message alone is not a lost peer
 
 
 def test_fresh_run_into_a_used_directory_is_refused_and_changes_nothing(idx_folder, tmp_path, capsys):

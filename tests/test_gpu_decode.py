@@ -17,6 +17,7 @@ from hybrid_distill.trainer import Trainer
 def folder_config(path, decode: str):
     values = tiny_run_config("/unused", "/unused")
     values["data"] = {"dataset": "folder", "path": str(path), "img_size": 64, "num_workers": 0, "decode": decode}
+    values["student"]["model_kwargs"]["img_size"] = 64  # the student takes the crops' size
     return from_dict(values)
 
 

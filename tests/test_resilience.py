@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from helpers import SUBPROCESS_ENV, train_cmd, write_yaml
 from hybrid_distill import files
 from hybrid_distill.cli import main
 from hybrid_distill.config import from_dict
-from hybrid_distill.guards import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from hybrid_distill.guards import EXIT_INTERRUPTED, EXIT_LOST_RANK, EXIT_PREEMPTED
 from hybrid_distill.run_dir import LOCK
 from hybrid_distill.trainer import Trainer
 
@@ -109,6 +110,42 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(idx_fo
     proc.wait()
     subprocess.run(train_cmd(killed, "--resume", "auto"), env=SUBPROCESS_ENV, check=True, capture_output=True)
     assert_same(final_params(tmp_path / "a" / "tiny"), final_params(tmp_path / "b" / "tiny"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # default suite: test_faults.py's test_a_collective_that_lost_its_peer_ends_the_rank_...
+def test_a_rank_killed_mid_run_ends_the_other_in_one_line_and_the_run_resumes(idx_folder, tmp_path):
+    extra = {"train.max_steps": 200, "train.epochs": 50, "train.ckpt_every_steps": 2, "train.device": "cpu"}
+    config = write_yaml(tmp_path / "c.yaml", tiny_run_config(idx_folder, tmp_path, **extra))
+    world = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # as torchrun sets
+    ranks = [
+        subprocess.Popen(
+            train_cmd(config),
+            env={**SUBPROCESS_ENV, **world, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    wait_for_step(tmp_path / "tiny" / "metrics.jsonl", 3, ranks[0])
+    ranks[1].kill()  # SIGKILL: no handler runs, its sockets close
+    _, err = ranks[0].communicate(timeout=120)
+    ranks[1].wait()
+    saved = files.list_checkpoints(tmp_path / "tiny")[-1]
+    assert ranks[0].returncode == EXIT_LOST_RANK, err
+    assert err.strip().splitlines() == [
+        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died or was killed?); the "
+        f"last checkpoint is {saved}; resume with --resume auto (exit code {EXIT_LOST_RANK})"
+    ]
+    step = torch.load(saved, weights_only=True)["step"]
+    resumed = train_cmd(config, "--resume", "auto", f"train.max_steps={step + 1}")
+    assert subprocess.run(resumed, env=SUBPROCESS_ENV, capture_output=True).returncode == 0
 
 
 @pytest.mark.slow

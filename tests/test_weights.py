@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -148,6 +149,15 @@ def test_wrong_arch_is_named_with_the_fix(tmp_path):
         build_teacher_backbone("vit_base_patch16_224.mae", file=path, model_kwargs=dict(SMALL, depth=3))
     with pytest.raises(ValueError, match="arch"):
         build_teacher_backbone("vit_base_patch16_224.mae", file=path, model_kwargs=dict(SMALL, embed_dim=32))
+
+
+def test_quantised_weights_are_refused_naming_file_dtype_and_fix(tmp_path):
+    path = tmp_path / "q.pth"  # load_state_dict would copy the raw integers into the float model
+    ints = {k: v.to(torch.int8) for k, v in state(random_vit("vit_base_patch16_224.mae", **SMALL)).items()}
+    torch.save({"model": {**ints, "position_ids": torch.arange(4)}}, path)  # an int64 index buffer is fine
+    named = rf"^{re.escape(str(path))}: tensor 'cls_token' is int8, not floating point .*fp32"
+    with pytest.raises(ValueError, match=named):
+        build_teacher_backbone("vit_base_patch16_224.mae", file=path, model_kwargs=SMALL)
 
 
 # ---------------------------------------------------------------- OpenAI CLIP and open_clip

@@ -13,14 +13,14 @@ from .cli_parser import Parser
 from .config import load_config, to_yaml
 from .config_schema import ConfigError
 from .data.build import DataError
-from .files import DiskFull
+from .files import CannotWrite
 from .weights.safe_load import UnsafeCheckpointError
 
 # what bad input raises anywhere in the package: said in one line, exit code 2
 BAD_INPUT = (
     ConfigError,
     DataError,
-    DiskFull,
+    CannotWrite,
     FileNotFoundError,
     NotADirectoryError,
     PermissionError,

@@ -159,7 +159,8 @@ def in_range(key: str, value, rule: Range | tuple) -> None:
         if value not in rule:
             raise ConfigError(f"{key}={value} is not one of {', '.join(map(str, rule))}")
     elif not rule.holds(value):
-        raise ConfigError(f"{key}={value} must be {rule}")
+        finite = "" if not isinstance(value, float) or math.isfinite(value) else "a finite number "
+        raise ConfigError(f"{key}={value} must be {finite}{rule}")
 
 
 def check_fields(cfg: DictConfig) -> None:
@@ -228,12 +229,16 @@ def micro_batch(batch_size: int, accum_steps: int, world: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _meta_depth(arch: str, kwargs_json: str) -> int | None:
-    """Blocks of a ViT built on the meta device (None: not a ViT); cached because building one costs about
-    0.5 s and a config asks for the same model several times (student, teachers, matching)."""
+def _meta_shape(arch: str, kwargs_json: str) -> tuple[int, tuple[int, int] | None] | None:
+    """(blocks, input size; None when any size is taken) of a ViT built on the meta device (None: not a
+    ViT); cached because building one costs about 0.5 s and a config asks for the same model several
+    times (student, teachers, matching)."""
     with torch.device("meta"):
         model = create_vit(arch, **json.loads(kwargs_json))
-    return len(model.blocks) if hasattr(model, "blocks") else None
+    if not hasattr(model, "blocks"):
+        return None
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(model.patch_embed, "img_size", None) is None
+    return len(model.blocks), None if dynamic else tuple(model.patch_embed.img_size)
 
 
 def _plain(value):
@@ -243,30 +248,42 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not a config value")
 
 
-def depth_of(key: str, arch: str, model_kwargs: dict) -> int:
-    """Blocks of the ViT `arch` would build."""
+def shape_of(key: str, arch: str, model_kwargs: dict) -> tuple[int, tuple[int, int] | None]:
+    """(blocks, input size or None) of the ViT `arch` would build."""
     timm_arch(key, arch)
     try:
-        depth = _meta_depth(arch, json.dumps(dict(model_kwargs), sort_keys=True, default=_plain))
+        shape = _meta_shape(arch, json.dumps(dict(model_kwargs), sort_keys=True, default=_plain))
     except Exception as err:  # timm rejects kwargs with TypeError, AssertionError, ValueError, ...
         raise ConfigError(
             f"{key.rsplit('.', 1)[0]}.model_kwargs={model_kwargs}: timm cannot build {arch} "
             f"with them ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from None
-    if depth is None:
+    if shape is None:
         raise ConfigError(f"{key}={arch} is not a ViT (no transformer blocks); use a vit_* timm name")
-    return depth
+    return shape
+
+
+def check_image_size(cfg: DictConfig, size: tuple[int, int] | None) -> None:
+    """The crops are data.img_size square and the student takes only its own input size: a mismatch
+    would pass every check and the summary, then fail in the first step's patch embedding."""
+    if size is not None and size != (cfg.data.img_size, cfg.data.img_size):
+        given = "student.model_kwargs.img_size" if "img_size" in cfg.student.model_kwargs else cfg.student.arch
+        raise ConfigError(
+            f"data.img_size={cfg.data.img_size} does not match the student's input size "
+            f"{'x'.join(map(str, size))} ({given}): set data.img_size={size[0]}, or "
+            f"student.model_kwargs.img_size={cfg.data.img_size} for a student at that size"
+        )
 
 
 def check_models(cfg: DictConfig) -> None:
     """Architectures exist and every block index lies within its model."""
     kwargs = {"drop_path_rate": cfg.student.drop_path, **cfg.student.model_kwargs}
-    depth_of("student.arch", cfg.student.arch, kwargs)
+    check_image_size(cfg, shape_of("student.arch", cfg.student.arch, kwargs)[1])
     depths = {}
     for name, t in cfg.teachers.items():
         key = f"teachers.{name}"
         arch = resolve_arch(t.arch)
-        depths[name] = depth_of(f"{key}.arch", arch, dict(t.model_kwargs))
+        depths[name] = shape_of(f"{key}.arch", arch, dict(t.model_kwargs))[0]
         resolve_block(t.feature_block, depths[name], f"{key}.feature_block")
         for b in t.relation_blocks:
             resolve_block(b, depths[name], f"{key}.relation_blocks")

@@ -46,6 +46,20 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(rank, world, local)
 
 
+# what gloo says when the process at the other end of a collective is gone (killed, crashed, out of memory)
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """A collective failed because another rank is gone: gloo raises a RuntimeError naming the closed
+    connection (a DistNetworkError in some versions); NCCL's watchdog aborts the process instead."""
+    if not dist.is_initialized():
+        return False
+    return isinstance(err, dist.DistNetworkError) or (
+        isinstance(err, RuntimeError) and any(s in str(err) for s in LOST_PEER)
+    )
+
+
 def mean_over_ranks(values: dict) -> dict:
     """Each scalar averaged over all ranks (one all_reduce), so a logged loss is the whole global
     batch's and does not depend on the world size; unchanged in a single process."""

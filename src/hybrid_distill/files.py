@@ -12,7 +12,6 @@ while writing, disk full) and is never resumed from. Official teacher formats li
 import errno
 import hashlib
 import os
-import pickle
 import shutil
 import warnings
 from collections.abc import Callable
@@ -31,14 +30,19 @@ CHECKPOINT_FORMAT = "hybrid-distill-checkpoint"
 BACKBONE = "backbone."  # the student's timm model inside Student.state_dict()
 
 
-class DiskFull(OSError):
-    """A write ran out of space, said in one line naming the folder and its free space."""
+class CannotWrite(OSError):
+    """A write the destination refused (full, read-only, not ours to write), said in one line naming it."""
 
     def __str__(self) -> str:
         return self.strerror  # the sentence alone, without OSError's '[Errno 28]'
 
 
+class DiskFull(CannotWrite):
+    """A write ran out of space, said in one line naming the folder and its free space."""
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def is_no_space(err: BaseException) -> bool:
@@ -59,11 +63,11 @@ def disk_full(folder: Path) -> DiskFull:
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """`write(temp path)`, fsync, rename: a crash never leaves a half file under the real name, and a
-    failed write (a full disk: DiskFull) leaves no temp file."""
+    failed write (a full disk: DiskFull; a read-only or foreign folder: CannotWrite) leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -72,6 +76,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         if isinstance(err, Exception) and is_no_space(err):
             raise disk_full(path.parent) from None
+        if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # access() said yes: root on NFS, a remount
+            raise CannotWrite(err.errno, f"cannot write {path}: {os.strerror(err.errno)}") from None
         raise
     return path
 
@@ -89,23 +95,28 @@ class NotOurFile(ConfigError):
     """A file given as one of ours that is not: bad input, said in one line (exit 2)."""
 
 
+class NotOurFormat(NotOurFile):
+    """A readable weight file without our format mark: an official checkpoint, say, which its own readers
+    take (`hybrid_distill.weights`, `--arch`)."""
+
+
 def first_line(err: Exception) -> str:
     return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
 
-def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT)) -> dict:
-    """One of our files, checked to be of one of `formats`."""
+def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT), mmap: bool = False) -> dict:
+    """One of our files, checked to be of one of `formats`; `mmap`: the tensors stay on disk until used
+    (a check that reads the whole file costs no memory)."""
     names = " or ".join(f.replace("hybrid-distill-", "") for f in formats)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        # torch's zip reader says "failed finding central directory" etc.: name the file and what it should be
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch's zip reader, pickle, safetensors' header parser: each raises its own kind
         raise NotOurFile(f"{path} is not a readable hybrid-distill {names} ({first_line(err)})") from None
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind not in formats:
-        raise NotOurFile(f"{path} is not a hybrid-distill {names} (official teacher files: hybrid_distill.weights)")
+        raise NotOurFormat(f"{path} is not a hybrid-distill {names} (official teacher files: hybrid_distill.weights)")
     if kind == CHECKPOINT_FORMAT and "model" not in payload:
-        raise ValueError(f"{path} is a checkpoint of an earlier hybrid-distill layout (no 'model' entry)")
+        raise NotOurFile(f"{path} is a checkpoint of an earlier hybrid-distill layout (no 'model' entry)")
     return payload
 
 
@@ -227,11 +238,18 @@ class OwnModel:
         return set_mean_std(model, self.mean, self.std) if self.mean and self.std else model
 
 
-def own_model(payload: dict) -> OwnModel:
+def own_model(payload: dict, source: str | Path = "the file") -> OwnModel:
     """A model file or checkpoint payload -> the plain timm backbone it holds (the checkpoint's
-    `backbone.` prefix stripped here and nowhere else)."""
+    `backbone.` prefix stripped here and nowhere else); `source` names the file in the refusal of one
+    without the entries that build it."""
     if payload["format"] == CHECKPOINT_FORMAT:
-        cfg = payload["config"]["student"]
+        cfg = payload.get("config")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("student"), dict) or "arch" not in cfg["student"]:
+            raise NotOurFile(
+                f"{source} is a hybrid-distill checkpoint without its 'config' (the student's arch and "
+                "model_kwargs): pass an intact checkpoint of the run, or its run directory"
+            )
+        cfg = cfg["student"]
         state = {k[len(BACKBONE) :]: v for k, v in payload["model"].items() if k.startswith(BACKBONE)}
         return OwnModel(
             cfg["arch"],
@@ -242,20 +260,21 @@ def own_model(payload: dict) -> OwnModel:
             CHECKPOINT_FORMAT,
             bool(cfg.get("fd_encoder", False)),
         )
-    return OwnModel(
-        payload["arch"],
-        dict(payload["model_kwargs"]),
-        payload["state_dict"],
-        payload["mean"],
-        payload["std"],
-        MODEL_FORMAT,
-    )
+    missing = [k for k in ("arch", "model_kwargs", "state_dict") if k not in payload]
+    if missing:
+        raise NotOurFile(
+            f"{source} is a hybrid-distill model file without {' and '.join(map(repr, missing))}: write it "
+            "again with hybrid_distill.files.save_model_file"
+        )
+    kwargs, mean, std = payload["model_kwargs"], payload.get("mean"), payload.get("std")
+    return OwnModel(payload["arch"], dict(kwargs), payload["state_dict"], mean, std, MODEL_FORMAT)
 
 
-def read_model(path: str | Path) -> OwnModel:
+def read_model(path: str | Path, mmap: bool = False) -> OwnModel:
     """A run directory (its newest complete checkpoint), a checkpoint or a model file."""
     path = Path(path)
-    return own_model(read(newest_checkpoint(path) if path.is_dir() else path))
+    path = newest_checkpoint(path) if path.is_dir() else path
+    return own_model(read(path, mmap=mmap), path)
 
 
 def student_with_decoder(spec: str) -> nn.Module:
@@ -263,8 +282,9 @@ def student_with_decoder(spec: str) -> nn.Module:
     from .models.decoder import decoder_from_checkpoint
 
     path = Path(spec)
-    payload = read(newest_checkpoint(path) if path.is_dir() else path, (CHECKPOINT_FORMAT,))
-    model = own_model(payload).build()
+    path = newest_checkpoint(path) if path.is_dir() else path
+    payload = read(path, (CHECKPOINT_FORMAT,))
+    model = own_model(payload, path).build()
     block = model.blocks[0]
     model.decoder = decoder_from_checkpoint(
         payload,

@@ -4,6 +4,7 @@ Exit codes of `hybrid-distill train` (documented in README):
   0   finished
   2   bad input, found before training
   3   stopped by a guard: too many non-finite steps in a row, or too many unreadable samples
+  4   a distributed run lost one of its processes: nothing new was saved; resume from the last checkpoint
   75  preempted (SIGTERM / SIGUSR1): a checkpoint was written; requeue and it resumes by itself
   130 interrupted (Ctrl-C): the step finished and a checkpoint was written; a second Ctrl-C aborts at once
 """
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 EXIT_GUARD = 3
+EXIT_LOST_RANK = 4  # not 75: no checkpoint is written at the stop, and a rank that dies again would loop a requeue
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a Ctrl-C
 
@@ -121,6 +123,19 @@ def worker_killed(err: BaseException, batches) -> bool:
     if any(w.exitcode is not None and w.exitcode < 0 for w in workers):
         return True
     return isinstance(err, RuntimeError) and "DataLoader worker" in str(err) and "killed by signal" in str(err)
+
+
+def lost_rank(rank: int, world: int, checkpoint: Path | None) -> StopTraining:
+    """The stop of a rank whose collective failed because another rank is gone: its state cannot be
+    gathered any more (a collective), so nothing is saved; the run resumes from its last checkpoint."""
+    others = f"rank {1 - rank}" if world == 2 else f"one of the other {world - 1} ranks"
+    last = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+    return StopTraining(
+        f"rank {rank}: lost contact with the other processes ({others} died or was killed?); {last}; "
+        f"resume with --resume auto (exit code {EXIT_LOST_RANK})",
+        EXIT_LOST_RANK,
+        save=False,
+    )
 
 
 class NonFiniteStop(StopTraining):

@@ -19,20 +19,20 @@ class ResumeError(ConfigError):
     """The checkpoint to resume from is missing, corrupt or of another architecture."""
 
 
-def resolve(resume: str | None, run_dir: Path) -> Path | None:
+def resolve(resume: str | None, run_dir: Path, flag: str = "--resume") -> Path | None:
     """'auto': the newest complete checkpoint of this run, None when the run has none yet; a run
-    directory: its newest complete one; else a checkpoint file."""
+    directory: its newest complete one; else a checkpoint file. `flag` names the option in refusals."""
     if not resume:
         return None
     if resume == "auto" or Path(resume).is_dir():
         where = Path(run_dir) if resume == "auto" else Path(resume)
         found, saved = files.newest_complete(where, warn=False), files.list_checkpoints(where)
         if found is None and not saved and resume != "auto":
-            raise ResumeError(f"--resume {resume}: no checkpoints/checkpoint-*.pt in that run directory")
+            raise ResumeError(f"{flag} {resume}: no checkpoints/checkpoint-*.pt in that run directory")
         if found is None and saved:
             raise ResumeError(
-                f"--resume {resume}: none of the {len(saved)} checkpoint(s) in {where / 'checkpoints'} is "
-                "complete (checksum mismatch or missing); pass an intact one with --resume FILE, or "
+                f"{flag} {resume}: none of the {len(saved)} checkpoint(s) in {where / 'checkpoints'} is "
+                f"complete (checksum mismatch or missing); pass an intact one with {flag} FILE, or "
                 "start a new run with another name="
             )
         if found is not None and found != saved[-1]:
@@ -43,14 +43,36 @@ def resolve(resume: str | None, run_dir: Path) -> Path | None:
         return found
     path = Path(resume)
     if not path.is_file():
-        raise ResumeError(f"--resume {resume}: no such checkpoint file (use --resume auto for the newest)")
+        newest = " (use --resume auto for the newest)" if flag == "--resume" else ""
+        raise ResumeError(f"{flag} {resume}: no such checkpoint file{newest}")
     problem = weight_file_problem(path)
     if problem:
-        raise ResumeError(f"--resume {resume} {problem}; pass a checkpoint-*.pt of a run")
+        raise ResumeError(f"{flag} {resume} {problem}; pass a checkpoint-*.pt of a run")
     if files.has_checksum(path) and not files.is_complete(path):
         raise ResumeError(
-            f"--resume {resume}: the file does not match its checksum {path.name}.sha256 "
+            f"{flag} {resume}: the file does not match its checksum {path.name}.sha256 "
             "(truncated or corrupt); pass an intact checkpoint"
+        )
+    return path
+
+
+def resolve_init(source: str | None, resume: str | None) -> Path | None:
+    """--init-from: a run directory or one of its checkpoints, read through (memory-mapped) before
+    anything is built. A model file holds a backbone without the run's heads and config: a teacher's
+    weights, not a run to start from."""
+    if not source:
+        return None
+    if resume:
+        raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
+    path = resolve(source, Path(source), "--init-from")
+    try:
+        kind = files.read(path, mmap=True)["format"]
+    except files.NotOurFile as err:
+        raise ResumeError(f"--init-from {err}") from None
+    if kind == files.MODEL_FORMAT:
+        raise ResumeError(
+            f"--init-from {source} is a model file, not a run: pass a run directory or one of its "
+            f"checkpoint-*.pt; a model file teaches as a teacher (teachers.NAME.weights={source})"
         )
     return path
 

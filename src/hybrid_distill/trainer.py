@@ -23,13 +23,22 @@ from .data.build import build_dataset, build_loader
 from .data.gpu_decode import check_gpu_decode
 from .data.shards import ShardStream
 from .data.unreadable import sample_name
-from .distributed import Dist, init_distributed, mean_over_ranks
+from .distributed import Dist, init_distributed, lost_peer, mean_over_ranks
 from .engine import build_optimizer, lr_at, train_step
-from .guards import EXIT_PREEMPTED, BadSamples, NonFiniteGuard, NonFiniteStop, Preemption, StopTraining, worker_killed
+from .guards import (
+    EXIT_PREEMPTED,
+    BadSamples,
+    NonFiniteGuard,
+    NonFiniteStop,
+    Preemption,
+    StopTraining,
+    lost_rank,
+    worker_killed,
+)
 from .models.attention import student_fused_attention
 from .nonfinite import GoodStates, describe
 from .provenance import provenance
-from .resume import check_fits
+from .resume import check_fits, resolve_init
 from .resume import load as load_resume
 from .resume import resolve as resolve_resume
 from .resume_policy import check_resume_config, init_state, schedule_note
@@ -71,6 +80,7 @@ class Trainer:
         check_available(self.run_dir, resume)  # every refusal before anything is built or written
         check_teacher_files(cfg)
         resume_path = resolve_resume(resume, self.run_dir)
+        init_path = resolve_init(init_from, resume)
         seed_everything(cfg.seed)  # the same initial student and random teachers on every rank
         self.dataset = build_dataset(cfg.data)  # fails early on a bad path or an empty dataset
         self.micro_batch = micro_batch(cfg.optim.batch_size, cfg.optim.accum_steps, self.dist.world)
@@ -114,9 +124,7 @@ class Trainer:
             cfg.data.bad_check_every,
             self.dist.main,
         )
-        if init_from and resume:
-            raise ConfigError("--init-from starts a new run and --resume continues one: give one of them")
-        self.init_from(init_from)
+        self.init_from(init_path)
         self.resume(resume_path)
         if self.step > self.last_step():
             raise ConfigError(
@@ -127,11 +135,10 @@ class Trainer:
         if self.dist.main:
             print(startup_summary(self), flush=True)
 
-    def init_from(self, source: str | None) -> None:
+    def init_from(self, path: Path | None) -> None:
         """Another run's student weights, step 0, fresh optimiser (a new run, not a resume)."""
-        if not source:
+        if path is None:
             return
-        path = resolve_resume(source, Path(source))
         heads = {k: tuple(v.shape) for k, v in self.student.heads.state_dict().items()}
         state, with_heads = init_state(files.load_checkpoint(path), heads)
         set_model_state_dict(self.student, state, options=StateDictOptions(full_state_dict=True, strict=False))
@@ -284,17 +291,7 @@ class Trainer:
     def stop(self, stop: Exception, good: GoodStates, log: RunLog) -> None:
         """Save what is worth resuming from, then raise StopTraining."""
         if not isinstance(stop, StopTraining):
-            if not worker_killed(stop, self.batches):
-                raise stop
-            # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
-            # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
-            safe = not self.stepping and not self.dist.enabled
-            stop = StopTraining(
-                f"preempted: a loader worker was killed by a signal; resume with --resume auto "
-                f"(exit code {EXIT_PREEMPTED})",
-                EXIT_PREEMPTED,
-                save=safe,
-            )
+            stop = self.as_stop(stop)
         if isinstance(stop, NonFiniteStop) and good.oldest() is not None:
             self.save_good(good.oldest())
             stop = NonFiniteStop(
@@ -304,6 +301,22 @@ class Trainer:
             self.save()
         log.write(f"stopped at step {self.step}: {stop}")
         raise stop
+
+    def as_stop(self, err: Exception) -> StopTraining:
+        """The stop that another rank's or a loader worker's death means; any other error is raised again."""
+        if lost_peer(err):
+            return lost_rank(self.dist.rank, self.dist.world, files.newest_complete(self.run_dir, warn=False))
+        if not worker_killed(err, self.batches):
+            raise err
+        # torch raises this from its SIGCHLD handler, maybe mid-step, and on one rank only: the state
+        # is safe to save at a step boundary of a single process; otherwise the last checkpoint stays
+        safe = not self.stepping and not self.dist.enabled
+        return StopTraining(
+            f"preempted: a loader worker was killed by a signal; resume with --resume auto "
+            f"(exit code {EXIT_PREEMPTED})",
+            EXIT_PREEMPTED,
+            save=safe,
+        )
 
     def save_good(self, state: dict) -> None:
         """The kept state becomes the newest checkpoint: newer ones move to checkpoints/diverged/."""

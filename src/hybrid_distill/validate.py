@@ -14,13 +14,42 @@ from .files import model_path, newest_complete
 
 def writable_dir(key: str, path: str | Path) -> None:
     """The folder exists and is writable, or can be made: its nearest existing ancestor is a
-    writable folder (not a file)."""
+    writable folder (not a file), outside the system's device and kernel folders."""
     path = Path(path).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{key}={path}: {existing} is a file, not a folder; choose another {key}")
+    if is_system_folder(existing):
+        raise ConfigError(f"{key}={path}: {existing} holds the system's devices or kernel state; choose another {key}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={path}: {existing} is not writable; choose a folder you can write to")
+
+
+SYSTEM_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))
+RAM_DISK = Path("/dev/shm")
+
+
+def is_system_folder(folder: Path) -> bool:
+    """Root may write into /dev (a RAM file system on Linux), where a file is lost at reboot and its name
+    may be a device's (/dev/full); /dev/shm is the RAM disk people do write to."""
+    real = folder.resolve()
+    inside = [real, *real.parents]
+    return any(s in inside for s in SYSTEM_FOLDERS) and RAM_DISK not in inside
+
+
+def writable_target(key: str, path: str | Path) -> None:
+    """A file or folder a command writes: the nearest existing folder at or above where it goes passes
+    writable_dir, and a refusal names the path as given (--out=/dev/full.pth, not /dev)."""
+    path = Path(path)
+    writable_dir(key, path if path.is_dir() or not path.exists() else path.parent)
+
+
+def writable_file(key: str, path: str | Path) -> None:
+    """A file a command writes: not an existing folder (writing there fails only after the work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key} {path} is a folder; name a file in it, e.g. {key} {path / 'result.json'}")
+    writable_target(key, path)
 
 
 def run_name(name: str) -> None:

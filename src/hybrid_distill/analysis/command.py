@@ -28,7 +28,7 @@ from hybrid_distill.data.unreadable import (
     readable_indices,
     unreadable_policy,
 )
-from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.evaluation.loading import check_model_file, load_eval_model
 from hybrid_distill.files import student_with_decoder, write_atomic
 from hybrid_distill.models.load import mean_std
 from hybrid_distill.provenance import provenance
@@ -113,6 +113,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Models readable, device valid, sizes in range, output writable: before any image is read."""
     for spec in args.models:
         model_spec("MODEL", spec)
+        check_model_file(spec, args.arch)
     pick_device(args.device, "--device")
     check_flags(args, FLAGS)
     check_unreadable_flags(args)

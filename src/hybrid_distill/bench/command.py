@@ -21,10 +21,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..cli_parser import Parser
 from ..config import load_config, to_dict
-from ..config_check import AT_LEAST_0, AT_LEAST_1, check_flags
+from ..config_check import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_flags
 from ..provenance import provenance
 from ..runtime import pick_device
-from ..validate import writable_dir
+from ..validate import writable_file
 from .flops import SDPA_CPU
 from .phases import Bench, Switches, default_switches
 from .stop import Stop
@@ -79,9 +79,10 @@ def parse(argv):
 
 
 def check_args(args) -> None:
-    check_flags(args, {"--batch": AT_LEAST_1, "--steps": AT_LEAST_1, "--warmup": AT_LEAST_0})
+    # a deadline of 0, below 0 or NaN would stop before the first timed repeat, after the models were built
+    check_flags(args, {"--batch": AT_LEAST_1, "--steps": AT_LEAST_1, "--warmup": AT_LEAST_0, "--deadline": POSITIVE})
     pick_device(args.device, "--device")
-    writable_dir("--out", Path(args.out).parent)
+    writable_file("--out", Path(args.out))
 
 
 def synthetic_batches(batch: int, size: int, device: torch.device):

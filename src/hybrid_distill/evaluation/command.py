@@ -33,7 +33,7 @@ from hybrid_distill.distributed import process_group
 from hybrid_distill.evaluation.datasets import TORCHVISION_DATA, torchvision_data
 from hybrid_distill.evaluation.features import POOLS
 from hybrid_distill.evaluation.finetune import PRESETS
-from hybrid_distill.evaluation.loading import load_eval_model
+from hybrid_distill.evaluation.loading import check_model_file, load_eval_model
 from hybrid_distill.evaluation.protocols import PROTOCOLS
 from hybrid_distill.evaluation.source import model_source, source_tag
 from hybrid_distill.runtime import pick_device
@@ -92,6 +92,7 @@ def check_args(args, model_given: bool = False) -> None:
     model are loaded."""
     if not model_given:
         model_spec("MODEL", args.model)
+        check_model_file(args.model, args.arch)
     check_flags(args, FLAGS)
     if args.device is not None:
         pick_device(args.device, "--device")

@@ -8,12 +8,13 @@
   said loudly on stderr.
 """
 
+import contextlib
 import sys
 
 from torch import nn
 
 from ..config_schema import ConfigError
-from ..files import load_model, model_path
+from ..files import NotOurFormat, load_model, model_path, read_model
 from ..models.load import create_vit
 from ..weights import build_teacher_backbone
 from ..weights.teachers import resolve_arch
@@ -26,6 +27,37 @@ def random_weights_warning(name: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def arch_hint(spec: str):
+    """A readable file that is not ours is an official checkpoint, read with --arch."""
+    try:
+        yield
+    except NotOurFormat:
+        raise ConfigError(
+            f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
+            "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae"
+        ) from None
+
+
+def check_model_file(spec: str, arch: str | None = None) -> None:
+    """A file or run directory named without --arch is one of ours: read through before any data is,
+    memory-mapped (no weights loaded), so a file cut down or lying is named before anything runs."""
+    path = model_path(spec)
+    if path is not None and not arch:
+        with arch_hint(spec):
+            read_model(path, mmap=True)
+
+
+def official_model(path, arch: str, model_kwargs: dict) -> nn.Module:
+    """An official weight file, read as a teacher's is; one it cannot read, or that does not fit --arch, is
+    bad input (models/teacher.py says the same of a teacher's)."""
+    try:
+        return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
+    except ValueError as err:
+        where = "" if str(path) in str(err) else f"{path}: "
+        raise ConfigError(f"--arch {arch}: {where}{err}") from None
+
+
 def load_eval_model(
     spec: str, arch: str | None = None, pretrained: bool = False, warn=None, **model_kwargs
 ) -> nn.Module:
@@ -34,14 +66,9 @@ def load_eval_model(
     path = model_path(spec)
     if path is not None:
         if arch:
-            return build_teacher_backbone(resolve_arch(arch), file=path, model_kwargs=model_kwargs)[0]
-        try:
+            return official_model(path, arch, model_kwargs)
+        with arch_hint(spec):
             return load_model(spec)
-        except ValueError:
-            raise ConfigError(
-                f"{spec} is not a hybrid-distill file; for an official checkpoint (MAE, DeiT, DINO, "
-                "CLIP, ...) name its timm arch, e.g. --arch vit_base_patch16_224.mae"
-            ) from None
     name = resolve_arch(spec)
     if pretrained:
         return build_teacher_backbone(name, pretrained=True, model_kwargs=model_kwargs)[0]

@@ -3,9 +3,7 @@ a run writes a new result beside the old one instead of over it."""
 
 from pathlib import Path
 
-import torch
-
-from hybrid_distill.files import CHECKPOINT_FORMAT, newest_checkpoint, sha256_file
+from hybrid_distill.files import CHECKPOINT_FORMAT, NotOurFile, newest_checkpoint, read, sha256_file
 
 
 def model_source(spec: str) -> dict | None:
@@ -15,9 +13,16 @@ def model_source(spec: str) -> dict | None:
     path = newest_checkpoint(path) if path.is_dir() else path
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    step = payload.get("step") if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT else None
-    return {"path": str(path.resolve()), "sha256": sha256_file(path), "step": step}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "step": checkpoint_step(path)}
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of one of our checkpoints (memory-mapped: its tensors are not read); None for any other
+    file, an official one included, which its own reader has read or refused."""
+    try:
+        return read(path, (CHECKPOINT_FORMAT,), mmap=True).get("step")
+    except NotOurFile:
+        return None
 
 
 def source_tag(source: dict | None) -> str:

@@ -8,7 +8,7 @@ from ..cli_parser import Parser
 from ..config_schema import ConfigError
 from ..files import write_atomic
 from ..provenance import provenance
-from ..validate import timm_arch, weight_file, writable_dir
+from ..validate import timm_arch, weight_file, writable_dir, writable_target
 from .export import FORMATS, TORCH_SUFFIXES, export
 from .offline import known_pretrained
 from .teachers import build_teacher_backbone, resolve_arch, teacher_table
@@ -125,8 +125,8 @@ def check_export(run: str, fmt: str, out: Path) -> None:
     """The run readable and --out a path export may write, before anything is read or written (the command
     and `hybrid_distill.export`)."""
     weight_file("RUN", run)
-    writable_dir("--out", out.parent)
     export_target(out, fmt)
+    writable_target("--out", out)
 
 
 def export_record(out: Path) -> Path:

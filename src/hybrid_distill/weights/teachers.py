@@ -130,7 +130,7 @@ def _record(file, source: str, license: str, arch: str, fmt: str) -> dict:
 
 def _from_own_run(path: Path, payload: dict, model_kwargs: dict, resample: bool = False) -> tuple[nn.Module, dict]:
     """A student of one of our runs (or a model file) as the next stage's teacher (dBOT-style)."""
-    own = own_model(payload)
+    own = own_model(payload, path)
     own.model_kwargs.pop("drop_path_rate", None)  # a teacher runs in eval mode; keep its structure only
     model = create_vit(own.arch, **{**own.model_kwargs, **model_kwargs})
     load_into(model, {"model": own.state_dict}, source=str(path), resample=resample)
