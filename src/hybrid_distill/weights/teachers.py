@@ -54,9 +54,10 @@ class TeacherSpec:
 # - SigLIP 2: google-research/big_vision configs/proj/image_text/SigLIP2_demo.ipynb,
 #   gs://big_vision/siglip2/siglip2_{variant}_{res}.npz (B/16 at 224: siglip2_b16_224.npz);
 # - C-RADIOv3: NVlabs/RADIO README names the HF repo nvidia/C-RADIOv3-B, whose HF model (radio/hf_model.py,
-#   pushed by hf_hub.py) holds the radio_model.* names read here; that its file is model.safetensors was not
-#   seen in a source. radio/common.py's torch.hub file c-radio_v3-b_half.pth.tar holds base_model.* names in
-#   a pickle with training args, which is not read.
+#   pushed by hf_hub.py) holds the radio_model.* names read here; NVlabs/RADIO issue #116 links the earlier HF
+#   repo's nvidia/C-RADIO/blob/main/model.safetensors, so the name is that convention, not seen for v3-B
+#   itself. radio/common.py's torch.hub file c-radio_v3-b_half.pth.tar holds base_model.* names in a pickle
+#   with training args, which is not read.
 # name | timm arch | kind | width depth heads patch img_size | licence | official file | note
 _TABLE = """
 mae_vit_base_patch16 | vit_base_patch16_224.mae | mim | 768 12 12 16 224 | CC-BY-NC-4.0 (facebookresearch/mae): non-commercial | mae_pretrain_vit_base.pth | timm url
