@@ -54,6 +54,16 @@ def test_offline_pretrained_timm_name_fails_in_one_line_naming_prefetch(tmp_path
     assert len(lines) == 1 and "hybrid-distill teachers prefetch vit_base_patch16_224.mae" in lines[0], result.stderr
 
 
+def test_a_legacy_pickled_official_file_without_arch_gets_the_arch_hint(tmp_path):
+    """Official checkpoints saved before torch's zip layout cannot be memory-mapped: read whole, then named."""
+    from hybrid_distill.evaluation.loading import check_model_file
+
+    file = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), file, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"not a hybrid-distill file.*--arch"):
+        check_model_file(str(file))
+
+
 def test_a_timm_name_without_pretrained_says_its_weights_are_random():
     said = []
     load_eval_model("vit_tiny_patch16_224", warn=said.append, **SMALL)

@@ -139,6 +139,16 @@ def test_a_file_in_the_official_dinov2_layout_loads_into_the_timm_model(family, 
     same_model(model, loaded)  # every tensor exactly, forward_features within 1e-6
 
 
+@pytest.mark.parametrize("prefix", ["module.", "backbone."])
+def test_the_official_layout_inside_a_ddp_or_training_wrapper_loads_too(prefix, tmp_path):
+    model = dinov2("dinov2_reg4")
+    path = tmp_path / "wrapped.pth"
+    torch.save({"teacher": {prefix + k: v for k, v in official_layout(model).items()}}, path)
+    loaded, record = build_teacher_backbone(ARCHS["dinov2_reg4"], file=path, model_kwargs=SMALL)
+    assert record["format"].startswith("dinov2") and record["prefix_tokens"] == model.num_prefix_tokens
+    same_model(model, loaded)
+
+
 def test_the_listed_dinov2_names_load_the_official_layout_with_their_licence(tmp_path):
     """`teachers list` names (ViT-B/14 rows) at tiny size through model_kwargs: the hub file's names and licence."""
     model = dinov2("dinov2_reg4")

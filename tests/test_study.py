@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,6 +320,16 @@ def test_shipped_study_resolves_every_row_and_its_smoke_version():
 def test_a_smoke_run_never_shares_the_real_teachers(path):
     real, smoke = load_study(path), load_study(path, smoke=True)
     assert real.teachers_dir and smoke.teachers_dir == real.teachers_dir + "-smoke"  # else refused or mixed up
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_smoke_run_trains_every_teacher_small_in_every_variant(path):
+    """Smoke runs share one teachers-smoke folder per teachers_dir: a teacher left at full size there takes hours
+    and makes another study's smoke recipe of it refused."""
+    for variant in [None, *load_study(path).variants]:
+        spec = load_study(path, variant=variant, smoke=True)
+        for name, t in spec.teachers.items():
+            assert t.kind.value == "controlled" or (t.images <= 256 and t.epochs <= 1), (variant, name)
 
 
 def test_the_49_token_study_judges_every_claim_with_the_mae_teacher_that_has_local_heads():

@@ -104,12 +104,19 @@ def first_line(err: Exception) -> str:
     return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
 
+def is_zip(path: str | Path) -> bool:
+    """torch.save's zip layout (torch >= 1.6); only it can be memory-mapped: a legacy pickle (an official
+    checkpoint saved with _use_new_zipfile_serialization=False) is read whole."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def read(path: str | Path, formats: tuple[str, ...] = (MODEL_FORMAT, CHECKPOINT_FORMAT), mmap: bool = False) -> dict:
     """One of our files, checked to be of one of `formats`; `mmap`: the tensors stay on disk until used
     (a check that reads the whole file costs no memory)."""
     names = " or ".join(f.replace("hybrid-distill-", "") for f in formats)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip(path))
     except Exception as err:  # torch's zip reader, pickle, safetensors' header parser: each raises its own kind
         raise NotOurFile(f"{path} is not a readable hybrid-distill {names} ({first_line(err)})") from None
     kind = payload.get("format") if isinstance(payload, dict) else None

@@ -285,7 +285,9 @@ def to_timm_names(payload: dict) -> tuple[dict, str]:
         sd = from_mm(sd, fmt)
     elif fmt in ("timm", "timm-prefixed"):
         sd = _drop_prefix_all(sd)
-        if any(k.startswith(_MAE_DECODER) for k in sd):
+        if is_dinov2(sd):  # DDP's `module.` or a DINOv2 training checkpoint's `backbone.` around the hub layout
+            fmt = "dinov2"
+        elif any(k.startswith(_MAE_DECODER) for k in sd):
             sd = {k: v for k, v in sd.items() if not k.startswith(_MAE_DECODER)}
     return sd, f"{fmt} ({wrapper!r} wrapper)" if wrapper else fmt
 
