@@ -10,14 +10,17 @@ token, attention-pool head). The machine is shared: the families alternate with 
 (plain, family, plain, family, ...) for --rounds rounds; printed: the optimised step's median ms and the
 feature teacher's own ms, each as mean +- spread (half the range) over rounds, and the family / plain ratio.
 
-Measured (--rounds 1 --img 112 --batch 8 --steps 2; AMD EPYC, 2 cores shared with other jobs, load ~7),
-optimised step ms and feature-teacher ms, each family beside the plain run just before it:
-    plain 771 / 237   DINOv3-S 874 / 310   (x1.13)
-    plain 843 / 256   EVA-02-S 860 / 275   (x1.02)
-    plain 950 / 283   PE core-S 942 / 301  (x0.99)
-    plain 873 / 275   SigLIP-S 781 / 245   (x0.89)
-The plain step alone spans 771-950 ms (859 +- 90) on this shared machine: no family differs from a plain
-ViT of its size by more than that spread. One round only; a quiet machine and --rounds 3 would say more.
+Measured (--rounds 3 --img 112 --batch 8 --steps 3; AMD EPYC, 2 cores shared with a 2-job study; git 804982f
+with this script's paired ratios), optimised step ms and feature-teacher ms as mean +- half range over rounds,
+and each family's step over the plain run just before it (paired), mean +- half range:
+    plain ViT-S  1280 +- 279 / 435 +- 245
+    DINOv3-S     1318 +-  49 / 567 +- 234   x1.07 +- 0.07
+    EVA-02-S     1277 +-  96 / 439 +-  73   x0.98 +- 0.14
+    PE core-S    1274 +- 126 / 437 +- 107   x1.04 +- 0.13
+    SigLIP-S     1333 +- 184 / 405 +-  81   x1.01 +- 0.08
+Every paired ratio's range covers 1 except DINOv3's (1.00-1.14): on this shared machine no family's step
+differs from a plain ViT of its size by more than the machine's own noise; DINOv3 (RoPE and 4 registers) is
+the one that may be a few per cent slower. An earlier single round (git 93c2958) gave 1.13 / 1.02 / 0.99 / 0.89.
 """
 
 import argparse
@@ -69,17 +72,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     plain, rows = "plain ViT-S", {name: [] for name in FAMILIES}
-    with tempfile.TemporaryDirectory() as tmp:
+    ratios = {name: [] for name in list(FAMILIES)[1:]}  # family / the plain run just before it: paired, so the
+    with tempfile.TemporaryDirectory() as tmp:  # machine's drift between pairs cancels
         for _ in range(args.rounds):
             for name in list(FAMILIES)[1:]:
                 for each in (plain, name):
                     rows[each].append(bench(*FAMILIES[each], args, Path(tmp) / "bench.json"))
                     print(each, {k: round(v) for k, v in rows[each][-1].items()}, flush=True)
-    base = statistics.mean(r["step_ms"] for r in rows[plain])
+                ratios[name].append(rows[name][-1]["step_ms"] / rows[plain][-1]["step_ms"])
     for name, runs in rows.items():
         step, teacher = [r["step_ms"] for r in runs], [r["teacher_ms"] for r in runs]
-        ratio = statistics.mean(step) / base
-        print(f"{name}: step {spread(step)} ms, feature teacher {spread(teacher)} ms, x{ratio:.2f} of plain")
+        paired = ratios.get(name)
+        ratio = f", x{statistics.mean(paired):.2f} +- {(max(paired) - min(paired)) / 2:.2f} of plain" if paired else ""
+        print(f"{name}: step {spread(step)} ms, feature teacher {spread(teacher)} ms{ratio}")
 
 
 if __name__ == "__main__":
