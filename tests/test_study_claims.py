@@ -139,6 +139,18 @@ def test_claims_follow_hand_computed_paired_intervals():
     assert c["e"].parts[3]["margin"] == 0.5 and -0.5 <= c["e"].parts[3]["lo"]
 
 
+def test_the_last_layer_part_depends_on_hybrid_beyond_both_teachers():
+    """|H - M| - |H - S| is the teachers' gap in every seed once H lies past both (a zero-width interval that
+    says nothing of H): the part measures H past the teachers' midpoint instead (MIM 2, sup 4 at L4)."""
+    res = result()
+    res["rows"]["hybrid"].update(row(**layer_metrics("distance", [[3.0] * 3] * 3 + [[5.0, 6.0, 7.0]])))
+    last = by_name(judge_claims(res, teachers(), ROLES))["b"].parts[-1]
+    assert last["mean"] == pytest.approx(2 * 6.0 - 2.0 - 4.0) and last["lo"] < 6.0 < last["hi"]
+    assert last["lo"] == pytest.approx(6.0 - 4.303 * 2.0 / 3**0.5, 1e-3)  # 2H - 6 = (4, 6, 8): s = 2
+    res["rows"]["hybrid"].update(row(**layer_metrics("distance", [[3.0] * 3] * 3 + [[1.0, 1.5, 0.5]])))  # past MIM's
+    assert by_name(judge_claims(res, teachers(), ROLES))["b"].parts[-1]["mean"] == pytest.approx(2 * 1.0 - 6.0)
+
+
 def test_head_by_head_gaps_pair_each_student_head_with_the_teachers_same_head():
     res = result()
     heads = {
