@@ -45,3 +45,20 @@ def test_the_throughput_paragraph_quotes_the_measured_files():
     assert f"one cell at 1 / 2 threads {one} / {two} img/s, two cells at once on 1 thread each {both} in all" in text
     s1, s2 = round(shared["1 thread, alone"]["total"]), round(shared["2 threads, alone"]["total"])
     assert re.search(rf"one cell at 1 / 2 threads {s1} / {s2} img/s", text)
+
+
+def test_readme_quotes_the_relation_scale_from_the_196_token_study():
+    rows = json.loads((REPLICATION / "study.json").read_text())["rows"]
+    mean = lambda row, metric: rows[row][f"train/{metric}"]["mean"]  # noqa: E731
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    raw, scaled, alpha0 = (mean(r, "sup/feat") for r in ("hybrid", "hybrid_scaled", "hybrid_alpha0"))
+    raw_rel = (mean("hybrid", "mim/rel3") + mean("hybrid", "mim/rel4")) / raw
+    scaled_rel = (mean("hybrid_scaled", "mim/rel3") + mean("hybrid_scaled", "mim/rel4")) / scaled
+    assert (
+        f"relation loss is {raw_rel:.1f}x the feature loss and the gradient norm {mean('hybrid', 'grad_norm'):.1f}"
+        in readme
+    )
+    assert f"{raw / alpha0:.2f}x as high as with alpha = 0 ({raw:.3f} against {alpha0:.3f})" in readme
+    scaled_norm = mean("hybrid_scaled", "grad_norm")
+    assert f"relation loss is {scaled_rel:.2f}x the feature loss, the gradient norm {scaled_norm:.2f}" in readme
+    assert f"{scaled / alpha0:.2f}x as high ({scaled:.3f})" in readme
