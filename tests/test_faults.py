@@ -119,7 +119,7 @@ def test_a_collective_that_lost_its_peer_ends_the_rank_in_one_line_exit_4(idx_fo
     checkpoint = tmp_path / "tiny" / "checkpoints" / "checkpoint-00000002.pt"
     assert code == EXIT_LOST_RANK == 4
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died or was killed?); the "
+        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died, hung or was killed?); the "
         f"last checkpoint is {checkpoint}; resume with --resume auto (exit code 4)"
     ]
     assert not lost_peer(gone)  # no process group: a message alone is not a lost peer

@@ -140,7 +140,7 @@ def test_a_rank_killed_mid_run_ends_the_other_in_one_line_and_the_run_resumes(id
     saved = files.list_checkpoints(tmp_path / "tiny")[-1]
     assert ranks[0].returncode == EXIT_LOST_RANK, err
     assert err.strip().splitlines() == [
-        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died or was killed?); the "
+        f"hybrid-distill train: rank 0: lost contact with the other processes (rank 1 died, hung or was killed?); the "
         f"last checkpoint is {saved}; resume with --resume auto (exit code {EXIT_LOST_RANK})"
     ]
     step = torch.load(saved, weights_only=True)["step"]

@@ -131,7 +131,7 @@ def lost_rank(rank: int, world: int, checkpoint: Path | None) -> StopTraining:
     others = f"rank {1 - rank}" if world == 2 else f"one of the other {world - 1} ranks"
     last = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
     return StopTraining(
-        f"rank {rank}: lost contact with the other processes ({others} died or was killed?); {last}; "
+        f"rank {rank}: lost contact with the other processes ({others} died, hung or was killed?); {last}; "
         f"resume with --resume auto (exit code {EXIT_LOST_RANK})",
         EXIT_LOST_RANK,
         save=False,
