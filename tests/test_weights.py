@@ -350,6 +350,17 @@ def test_openai_state_dict_pickle_and_open_clip_checkpoint(tmp_path):
             assert (model(images()) - clip.visual(images())).abs().max() < TOL
 
 
+def test_integer_entries_the_model_does_not_load_are_not_taken_for_quantised_weights(tmp_path):
+    """A state dict with the text tower's integer entries (dropped by timm's converter): only entries that
+    land on the model's float tensors are checked."""
+    clip = random_clip(act=nn.GELU)
+    path = tmp_path / "clip_state_dict.pt"
+    torch.save({**clip.state_dict(), "context_length": torch.tensor(77, dtype=torch.int32)}, path)
+    model, _ = build_teacher_backbone("openclip_vit_base_patch16_laion2b", file=path, model_kwargs=CLIP_SMALL)
+    with torch.no_grad():
+        assert (model.forward_features(images()) - clip.visual.ln_post(clip.visual.tokens(images()))).abs().max() < TOL
+
+
 def test_open_clip_equals_timm_own_loader(tmp_path):
     clip = random_clip(act=nn.GELU)
     path = tmp_path / "open_clip_pytorch_model.bin"

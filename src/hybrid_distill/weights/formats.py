@@ -314,12 +314,19 @@ def check_patch(sd: dict, model: nn.Module, source: str, resample: bool) -> None
         )
 
 
-def check_float(sd: dict, source: str) -> None:
+def check_float(sd: dict, model: nn.Module, source: str) -> None:
     """Quantised weights (int8, uint8, int4, qint8, ...) would be copied into the float model as their raw
-    integers by load_state_dict, silently; int64 and bool tensors are index and mask buffers."""
-    kept = (torch.int64, torch.bool)
+    integers by load_state_dict, silently. Only entries the model holds as floats are checked: a file's
+    integer metadata (OpenAI CLIP's `input_resolution`, index buffers) is not weights."""
+    own = model.state_dict()
     for key, value in sd.items():
-        if torch.is_tensor(value) and not value.is_floating_point() and value.dtype not in kept:
+        target = own.get(key)
+        if (
+            torch.is_tensor(value)
+            and not value.is_floating_point()
+            and target is not None
+            and target.is_floating_point()
+        ):
             raise ValueError(
                 f"{source}: tensor '{key}' is {str(value.dtype).removeprefix('torch.')}, not floating point "
                 "(quantised weights); pass the float weights (fp32, fp16 or bf16), or dequantise them first"
@@ -331,10 +338,11 @@ def load_into(model: nn.Module, payload: dict, source: str = "checkpoint", resam
     kernel of another size is refused unless `resample`; position embeddings of another grid are
     interpolated (the teacher's match_grid), and the start-up summary shows the grid built."""
     sd, fmt = to_timm_names(payload)
-    check_float(sd, source)
+    check_float(sd, model, source)  # before timm's filter, which would resample integer kernels and positions
     check_patch(sd, model, source, resample)
     family_filter = eva_filter if isinstance(model, Eva) else checkpoint_filter_fn
     sd = family_filter(sd, model)  # timm: official names, pos-embed / patch resampling
+    check_float(sd, model, source)  # names that only timm's filter maps onto the model (OpenAI CLIP, DINOv3)
     drop = _classifier_keys(model)
     sd = {k: v for k, v in sd.items() if not (drop and k.startswith(drop))}
     try:
