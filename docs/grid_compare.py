@@ -71,6 +71,7 @@ def config(teacher: str, way: str, seed: int, steps: int):
     return from_dict(
         {
             "seed": seed,
+            "data": {"img_size": 28},
             "student": {"arch": "vit_tiny_patch16_224", "model_kwargs": {**TINY, "patch_size": 4}, "drop_path": 0.1},
             "teachers": {"sup": {**sup, "features": True, **WAYS[way]}},
             "masking": {"teacher": None},
