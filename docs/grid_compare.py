@@ -9,7 +9,9 @@ k-NN top-1 (k = 20, CLS, --probe held-out train / half as many test images), the
 as it is run there (at 49 px with match_grid: its positions interpolated, a resolution it was not trained
 at; at 28 px with interpolation), and the teacher's forward time per step.
 
-Measured (150 steps, batch 64, seeds 0 1 2, teacher 600 steps, probe 2000 / 1000; AMD EPYC, 2 shared cores):
+Measured (150 steps, batch 64, seeds 0 1 2, teacher 600 steps, probe 2000 / 1000; AMD EPYC, 2 shared cores;
+first on the teachers branch, 93c2958; again on main at 17c15f3 with the same k-NN figures and teacher times of
+39 +- 5 / 19 +- 1 ms, the machine less loaded):
     match_grid:  student 44.83 +- 1.38, teacher 69.90, teacher 202 +- 13 ms/step
     interpolate: student 39.73 +- 1.21, teacher 82.60, teacher 126 +- 24 ms/step
 The resized-input teacher is itself weaker (69.9 against 82.6: 49 px is not its training resolution), yet
