@@ -73,12 +73,11 @@ def relations_of(values: dict[Target, torch.Tensor]) -> Mapping[str, Mapping[int
     return MappingProxyType({name: MappingProxyType(blocks) for name, blocks in out.items()})
 
 
-@dataclass
-class Targets:
-    """What the student distils in one step, every tensor at CLS + the same kept patches."""
+class ByTarget:
+    """Read-only views by teacher over `values` ({Target: tensor}): the teachers' targets and the student's
+    predictions of them are keyed alike."""
 
-    keep: torch.Tensor  # (B, K) kept patch indices
-    values: dict[Target, torch.Tensor] = field(default_factory=dict)  # (B, 1 + K, D_t), (B, H, 1+K, 1+K), ...
+    values: dict[Target, torch.Tensor]
 
     @property
     def features(self) -> Mapping[str, torch.Tensor]:
@@ -87,6 +86,14 @@ class Targets:
     @property
     def relations(self) -> Mapping[str, Mapping[int, torch.Tensor]]:
         return relations_of(self.values)
+
+
+@dataclass
+class Targets(ByTarget):
+    """What the student distils in one step, every tensor at CLS + the same kept patches."""
+
+    keep: torch.Tensor  # (B, K) kept patch indices
+    values: dict[Target, torch.Tensor] = field(default_factory=dict)  # (B, 1 + K, D_t), (B, H, 1+K, 1+K), ...
 
     def add(self, name: str, out: TeacherOutput, targets: list[Target]) -> None:
         """Teacher `name`'s values of the targets in the list that are its own."""

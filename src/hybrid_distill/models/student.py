@@ -6,7 +6,6 @@ beside it and are saved apart (FD, dBOT): they are trained, never exported. A ta
 earlier teacher block is matched at the student block `matching.py` names, through its own head.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config_schema import MaskStyle
 from ..masking import all_indices, gather_tokens
 from ..relations import student_target
-from ..targets import Target, features_of, relations_of
+from ..targets import ByTarget, Target
 from .attention import block_with_parts, check_block, choose_attention
 from .decoder import Decoder
 from .mask_recon import MaskRecon, visible_indices
@@ -24,18 +23,10 @@ from .tokens import Normalize, check_class_token, cls_and_patches, embed_tokens,
 
 
 @dataclass
-class StudentOutput:
+class StudentOutput(ByTarget):
     tokens: torch.Tensor  # (B, 1 + K, D_s) last block, final norm, CLS + kept (registers dropped)
     values: dict[Target, torch.Tensor] = field(default_factory=dict)  # each target's prediction, as Targets
     loss_mask: torch.Tensor | None = None  # (B, 1 + K) bool: the tokens the feature loss reads (mask reconstruction)
-
-    @property
-    def features(self) -> Mapping[str, torch.Tensor]:
-        return features_of(self.values)
-
-    @property
-    def relations(self) -> Mapping[str, Mapping[int, torch.Tensor]]:
-        return relations_of(self.values)
 
 
 class Student(nn.Module):
